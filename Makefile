@@ -1,0 +1,31 @@
+# Two quick-start commands: `make demo` (the pipeline on offline photos) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
+TORCH_INDEX ?=
+
+.PHONY: demo test bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -e '.[dev,eval]' --constraint $(VENV)/torch-constraint.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) pipelines/demo.py
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/codec.py
+
+clean:
+	rm -rf outputs .pytest_cache
