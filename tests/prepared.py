@@ -1,0 +1,30 @@
+"""Write a small prepare output (shards + stats.json) straight from images, without Ray, for the
+training/sampling tests; pipelines/prepare.py has its own tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dctdiff.codec import DCTCodec
+from dctdiff.shards import COEFFICIENT_DIR, CodecParams, write_shard
+from dctdiff.stats import coefficient_histogram, compute_stats, write_stats
+
+
+def write_prepared(folder: Path, images: np.ndarray, block_size: int = 2, labels=None, shards: int = 2) -> Path:
+    """images uint8 [N, R, R, 3] -> folder/coefficients/part-*.parquet + folder/stats.json."""
+    resolution = images.shape[1]
+    params = CodecParams(resolution=resolution, block_size=block_size)
+    coefficients = DCTCodec(resolution, block_size, block_size**2, dtype=__import__("torch").float64).analyze(images).numpy()
+    labels = np.zeros(len(images), np.int32) - 1 if labels is None else np.asarray(labels, np.int32)
+    ids = [f"img-{i:05d}" for i in range(len(images))]
+    (folder / COEFFICIENT_DIR).mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(np.array_split(np.arange(len(images)), shards)):
+        write_shard(
+            str(folder / COEFFICIENT_DIR / f"part-{k:05d}.parquet"),
+            [ids[i] for i in part], labels[part], coefficients[part], params,
+        )  # fmt: skip
+    counts = {"read": len(images), "written": len(images), "rejected": 0}
+    write_stats(str(folder / "stats.json"), compute_stats(coefficient_histogram(coefficients, block_size), block_size, counts, params.to_dict()))
+    return folder
