@@ -8,7 +8,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -18,7 +17,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from dctdiff.codec import Codec, DCTCodec, PixelCodec
 from dctdiff.config import TrainConfig
@@ -80,7 +78,7 @@ class Batch:
 
 @dataclass
 class StepDraws:
-    """Per-sample random draws of one step: t [n], eps [n, L, D], flip [n] bool, drop [n] bool."""
+    """Per-sample random draws of one step: t [n], eps [n, L, D], flip [n] bool, drop [n] uniform."""
 
     t: torch.Tensor
     eps: torch.Tensor
@@ -171,7 +169,9 @@ class Trainer:
         out = self.loss_fn(eps_pred.float(), eps)
         loss = out.per_sample.mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; stopping (last good checkpoint kept)")
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.step + 1}; stopping (the last good checkpoint is kept)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -215,7 +215,7 @@ class Trainer:
             # Randomness is counter-based (sample_seed): (seed, step) is the whole RNG state.
             "rng": {"seed": self.config.schedule.seed, "step": self.step},
             "optimizer_param_groups": optimizer_state["param_groups"],
-            "lr_schedule": {k: v for k, v in self.lr_schedule.state_dict().items() if k != "lr_lambdas"},
+            "lr_schedule": self.lr_schedule.state_dict(),  # lr_lambdas: [None] (the lambda is rebuilt)
             "grad_scaler": self.scaler.state_dict(),
             **extra,
         }
@@ -272,11 +272,3 @@ def load_ema_model(checkpoint: str | Path, device: str | torch.device = "cpu") -
     model.load_state_dict(load_file(checkpoint / "ema.safetensors", device=str(device)))
     return model.to(device).eval(), config, state
 
-
-def copy_tree(source: str | Path, destination: str | Path) -> None:
-    """Copy a checkpoint folder (used to hand it to Ray Train's storage)."""
-    shutil.copytree(source, destination, dirs_exist_ok=True)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -53,6 +53,7 @@ class LaunchOptions:
     workers: int = 1
     cpus_per_worker: float | None = None  # None: fit the cluster, leaving DATA_CPUS free
     gpus_per_worker: float = 0.0
+    placement_strategy: str = "PACK"  # SPREAD puts one worker per node
     storage: str = "outputs/runs"
     name: str | None = None
     resume: bool = False
@@ -108,6 +109,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Trainer:
     torch.set_num_threads(loop_config["threads"])
     device = ray.train.torch.get_device()
     codec = build_codec(config, info.eta)
+    torch.manual_seed(config.schedule.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
     pixel_source = DCTCodec(info.resolution, info.block_size, info.block_size**2) if config.data.space == "pixel" else None
     trainer = Trainer(
         config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model
@@ -348,6 +350,7 @@ def launch(
             num_workers=options.workers,
             use_gpu=options.gpus_per_worker > 0,
             resources_per_worker={"CPU": cpus, **({"GPU": options.gpus_per_worker} if options.gpus_per_worker else {})},
+            placement_strategy=options.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -414,6 +417,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LaunchOption
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (one per GPU on GPU clusters)")
     parser.add_argument("--cpus-per-worker", type=float, help="default: fit the cluster, keeping 1 CPU for Ray Data")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--placement", choices=["PACK", "SPREAD"], default="PACK", help="SPREAD: one worker per node")
     parser.add_argument("--storage", default=os.environ.get("DCTDIFF_STORAGE", "outputs/runs"), help="checkpoint root (path or URI)")
     parser.add_argument("--name", help="run name (default: preset-space-timestamp)")
     parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --name (default: newest run)")
@@ -436,6 +440,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LaunchOption
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
+        placement_strategy=args.placement,
         storage=args.storage,
         name=args.name,
         resume=args.resume,

@@ -1,0 +1,161 @@
+"""pipelines/train.py on a real local Ray: MLflow contents, exact resume, worker loss, bad states."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dctdiff.photos import photo_crops
+from dctdiff.ray_utils import init_ray
+from pipelines.train import LaunchOptions, ResourceError, launch, main, parse_args
+from tests.prepared import write_prepared
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2",
+    "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2", "--set", "schedule.keep_checkpoints=2",
+    "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4", "--set", "schedule.sample_nfe=3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("data"), photo_crops(32, 32, seed=0))
+
+
+@pytest.fixture
+def places(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return ["--storage", str(tmp_path / "runs"), "--mlflow-uri", uri], MlflowClient(uri), tmp_path / "runs"
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def run_id_of(client: MlflowClient, name: str) -> str:
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"attributes.run_name = '{name}'"
+    )
+    return run.info.run_id
+
+
+def test_train_logs_to_mlflow_and_resumes_exactly(ray_local, data, places):
+    where, client, runs = places
+    assert main(["--data", str(data), *SMALL, *where, "--name", "straight", "--max-steps", "6"]) == 0
+    assert main(["--data", str(data), *SMALL, *where, "--name", "split", "--max-steps", "3"]) == 0
+    assert main(["--data", str(data), *SMALL, *where, "--name", "split", "--max-steps", "6", "--resume"]) == 0
+
+    straight = run_id_of(client, "straight")
+    run = client.get_run(straight)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.001" and run.data.params["data.keep"] == "4"
+    for key in ("loss", "loss_dc", "loss_ac", "loss_luma", "loss_chroma", "lr", "grad_norm", "images_per_s"):
+        assert sorted(history(client, straight, key)) == [1, 2, 3, 4, 5, 6], key
+    artifacts = {a.path for a in client.list_artifacts(straight)}
+    assert {"config.yaml", "stats.json", "samples", "model"} <= artifacts
+    assert {a.path for a in client.list_artifacts(straight, "samples")} == {
+        "samples/step_0000004.png", "samples/step_0000006.png"
+    }
+    assert [a.path for a in client.list_artifacts(straight, "model")] == ["model/ema.safetensors"]
+    # keep_checkpoints=2: steps 4 and 6 remain
+    checkpoints = sorted(p for p in (runs / "straight").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    assert len(checkpoints) == 2
+    assert (checkpoints[-1] / "ema.safetensors").exists() and '"step": 6' in (checkpoints[-1] / "state.json").read_text()
+
+    # the resumed run continues the same MLflow run and repeats the uninterrupted losses
+    split = run_id_of(client, "split")
+    assert client.get_run(split).info.status == "FINISHED"
+    expected, resumed = history(client, straight, "loss"), history(client, split, "loss")
+    np.testing.assert_allclose([resumed[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)], atol=1e-6)
+
+
+def test_worker_killed_mid_run_restarts_from_checkpoint(ray_local, data, places):
+    import ray
+    from ray.util.state import list_actors
+
+    where, client, runs = places
+    config, options, _ = parse_args(
+        ["--data", str(data), *SMALL, *where, "--name", "killed", "--max-steps", "40",
+         "--set", "schedule.checkpoint_every=10", "--set", "schedule.log_every=5", "--set", "schedule.sample_every=0"]
+    )  # fmt: skip
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=launch(config, options)))
+    thread.start()
+    deadline = time.time() + 240
+    while not any(p.is_dir() and p.name.startswith("checkpoint_") for p in (runs / "killed").glob("*")) and time.time() < deadline:
+        time.sleep(0.2)
+    (worker,) = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
+    os.kill(worker.pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    result, run_id = outcome["result"]
+    assert result.error is None and result.metrics["step"] == 40
+    assert '"step": 40' in (Path(result.checkpoint.path) / "state.json").read_text()
+    # every step was trained and logged; the steps after the last checkpoint were logged twice
+    assert sorted(set(history(client, run_id, "loss"))) == list(range(5, 41, 5))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_local, data, places, capsys):
+    where, client, runs = places
+    args = ["--data", str(data), *SMALL, *where, "--name", "nan", "--max-steps", "5", "--max-failures", "0",
+            "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=0", "--set", "schedule.checkpoint_every=1"]  # fmt: skip
+    with pytest.raises(Exception, match="loss is (nan|inf) at step 2"):
+        main(args)
+    assert client.get_run(run_id_of(client, "nan")).info.status == "FAILED"
+    (checkpoint,) = [p for p in (runs / "nan").iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]
+    assert '"step": 1' in (checkpoint / "state.json").read_text()
+
+
+def test_bad_inputs_fail_fast_with_a_clear_message(ray_local, data, places, tmp_path, capsys):
+    where, _, _ = places
+    cases = [
+        (["--data", str(tmp_path / "missing")], "does not exist: run pipelines/prepare.py"),
+        (["--data", str(tmp_path)], "has no coefficients/\\*.parquet shards"),
+        (["--data", str(data), "--set", "data.block_size=4", "--set", "data.keep=9"], "block size 2"),
+        (["--data", str(data), *SMALL, "--workers", "2", "--cpus-per-worker", "1"], "the cluster has 2 CPUs"),
+        (["--data", str(data), *SMALL, "--workers", "3"], "must be divisible by --workers 3"),
+        (["--data", str(data), "--set", "optim.batch_size=64"], "fewer than one global batch"),
+        (["--data", str(data), *SMALL, "--name", "nothing", "--resume"], "--resume: .* does not exist"),
+    ]
+    for extra, message in cases:
+        assert main([*where, *extra]) == 2, extra
+        assert __import__("re").search(message, capsys.readouterr().err), message
+
+
+def test_plan_resources_keeps_a_cpu_for_ray_data():
+    assert LaunchOptions(data="x").cpus_per_worker is None
+    from pipelines.train import plan_resources
+
+    assert plan_resources(LaunchOptions(data="x", workers=2), 2.0, 0.0) == 0.5
+    assert plan_resources(LaunchOptions(data="x", workers=1), 16.0, 0.0) == 1.0
+    with pytest.raises(ResourceError, match="GPUs; the cluster has 0"):
+        plan_resources(LaunchOptions(data="x", gpus_per_worker=1), 8.0, 0.0)
+    with pytest.raises(ResourceError, match="would wait forever"):
+        plan_resources(LaunchOptions(data="x", cpus_per_worker=2), 2.0, 0.0)
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["--preset", "cifar10", "--dry-run", "--set", "optim.lr=1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0001" in out and "eta: 242.382" in out and "size: M" in out
