@@ -1,0 +1,80 @@
+"""Ray Train overhead: images/s of pipelines/train.py (1 worker) against a bare PyTorch loop with the
+same model, data, batch and training step, in one run.
+
+    python benchmarks/train.py [--steps 200] [--batch 64] [--images 512]
+
+Both sides run ``dctdiff.training.Trainer.train_step``; the Ray side adds Ray Data reading of the
+Parquet shards, the token conversion, DDP preparation and ``ray.train.report`` every ``--log-every``
+steps. Throughput is taken after a warm-up window on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from dctdiff.config import build_config  # noqa: E402
+from dctdiff.photos import photo_crops  # noqa: E402
+from dctdiff.training import Batch, Trainer, build_codec, build_model  # noqa: E402
+from pipelines.train import launch, parse_args  # noqa: E402
+from tests.prepared import write_prepared  # noqa: E402
+
+
+def bare_loop(config, images, steps: int, warmup: int) -> float:
+    """images/s of Trainer.train_step on in-memory tokens (no Ray, no Parquet)."""
+    torch.set_num_threads(1)
+    codec = build_codec(config, eta=242.0)
+    trainer = Trainer(config, codec, build_model(config, codec), None, torch.device("cpu"))
+    tokens = codec.encode(images)
+    ids = [str(i) for i in range(len(images))]
+    batch = config.optim.batch_size
+    start = None
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        i = (step * batch) % (len(images) - batch + 1)
+        trainer.train_step(Batch(tokens[i : i + batch], None, ids[i : i + batch]))
+    return (steps - warmup) * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--log-every", type=int, default=50)
+    args = parser.parse_args()
+    settings = [
+        "--set", f"optim.batch_size={args.batch}", "--set", f"schedule.log_every={args.log_every}",
+        "--set", "schedule.sample_every=0", "--set", f"schedule.checkpoint_every={args.steps}",
+        "--set", "diffusion.ebfr=false", "--max-steps", str(args.steps),
+    ]  # fmt: skip
+    images = photo_crops(args.images, 32, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_prepared(Path(tmp) / "data", images)
+        config, options, _ = parse_args(
+            ["--data", str(data), *settings, "--storage", f"{tmp}/runs", "--mlflow-uri", f"sqlite:///{tmp}/m.db"]
+        )
+        result, run_id = launch(config, options)
+        from mlflow.tracking import MlflowClient
+
+        history = MlflowClient(f"sqlite:///{tmp}/m.db").get_metric_history(run_id, "images_per_s")
+        windows = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # skip the warm-up window
+        ray_rate = sum(windows) / len(windows)
+    bare_rate = bare_loop(build_config("demo", overrides=settings[1::2][:-1] + [f"schedule.max_steps={args.steps}"]),
+                          images, args.steps, args.log_every)  # fmt: skip
+    print(f"{'loop':<28}{'images/s':>10}")
+    print(f"{'bare PyTorch':<28}{bare_rate:>10.1f}")
+    print(f"{'pipelines/train.py (Ray)':<28}{ray_rate:>10.1f}")
+    print(f"Ray Train overhead: {100 * (1 - ray_rate / bare_rate):.1f}% (ratio {ray_rate / bare_rate:.3f})")
+
+
+if __name__ == "__main__":
+    main()
