@@ -176,10 +176,10 @@ _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "model": {"size": "tiny"},
         "optim": {"batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995},
         "schedule": {
-            "max_steps": 3000,
-            "log_every": 25,
+            "max_steps": 1500,
+            "log_every": 50,
             "checkpoint_every": 500,
-            "sample_every": 1000,
+            "sample_every": 500,
             "sample_count": 16,
             "sample_nfe": 25,
         },

@@ -7,8 +7,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dctdiff import storage
 from dctdiff.codec import Codec, DCTCodec, PixelCodec
 from dctdiff.config import TrainConfig
 from dctdiff.loss import TokenLoss
@@ -219,10 +218,10 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             **extra,
         }
-        _atomic_save(lambda p: save_file(_contiguous(self.model.state_dict()), p), directory / "model.safetensors")
-        _atomic_save(lambda p: save_file(_contiguous(self.ema.state_dict()), p), directory / "ema.safetensors")
-        _atomic_save(lambda p: save_file(tensors, p), directory / "optimizer.safetensors")
-        _atomic_save(lambda p: Path(p).write_text(json.dumps(state, indent=1)), directory / "state.json")
+        for name, weights in (("model", self.model.state_dict()), ("ema", self.ema.state_dict()), ("optimizer", tensors)):
+            with storage.atomic_path(str(directory / f"{name}.safetensors")) as (_, path):
+                save_file(_contiguous(weights), path)
+        storage.write_json(str(directory / "state.json"), state)
 
     def load(self, directory: str | Path) -> dict[str, Any]:
         """Restore everything ``save`` wrote; returns state.json."""
@@ -246,18 +245,6 @@ class Trainer:
 
 def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-
-
-def _atomic_save(write, path: Path) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so the rename is atomic)."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_ema_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[UViT, TrainConfig, dict]:

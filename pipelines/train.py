@@ -32,17 +32,13 @@ from dctdiff.config import ConfigError, TrainConfig, build_config, config_from_d
 from dctdiff.data import DatasetInfo, load_dataset_info
 from dctdiff.generate import generate_images
 from dctdiff.grid import image_grid
-from dctdiff.ray_utils import init_ray
+from dctdiff.periodic_fid import ensure_reference_stats, load_reference, sample_fid
+from dctdiff.ray_utils import ResourceError, init_ray, plan_worker_cpus
 from dctdiff.tracking import get_or_create_experiment, resolve_tracking_uri, ui_command
 from dctdiff.training import Batch, Trainer, build_codec, build_model
 
 RUN_FILE = "dctdiff_run.json"  # in <storage>/<name>/: the MLflow run id and the resolved config
 MATERIALIZE_BYTES = 512 * 2**20  # datasets up to this size are read once into the object store
-DATA_CPUS = 1.0  # CPUs left free for Ray Data to read shards (DESIGN.md §9: else training hangs)
-
-
-class ResourceError(RuntimeError):
-    """The cluster cannot hold the requested workers."""
 
 
 @dataclass
@@ -51,7 +47,7 @@ class LaunchOptions:
 
     data: str
     workers: int = 1
-    cpus_per_worker: float | None = None  # None: fit the cluster, leaving DATA_CPUS free
+    cpus_per_worker: float | None = None  # None: fit the cluster, leaving a CPU for Ray Data
     gpus_per_worker: float = 0.0
     placement_strategy: str = "PACK"  # SPREAD puts one worker per node
     storage: str = "outputs/runs"
@@ -61,7 +57,9 @@ class LaunchOptions:
     mlflow_uri: str | None = None
     experiment: str = "dctdiff"
     address: str | None = None
-    tune: bool = False  # set by tune/sweep.py: report through Tune, no run file
+    # set by tune/sweep.py: the run is a Tune trial; a restored trial continues its own run (checkpoints
+    # and MLflow run, a child of the sweep's run through extra_tags["mlflow.parentRunId"])
+    tune: bool = False
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -118,7 +116,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Trainer:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
-    logger = _RankZeroLogger(loop_config.get("mlflow"), rank) if not loop_config.get("tune") else None
+    logger = _RankZeroLogger(loop_config["mlflow"], rank)
+    reference = load_reference(loop_config["fid_reference"]) if loop_config["fid_reference"] else None
 
     s = config.schedule
     per_worker = config.optim.batch_size // world
@@ -145,26 +144,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> Trainer:
             last = step == s.max_steps
             save = step % s.checkpoint_every == 0 or last
             grid = s.sample_every > 0 and (step % s.sample_every == 0 or last)
-            if step % s.log_every and not (save or grid):
+            fid = s.fid_every > 0 and (step % s.fid_every == 0 or last)
+            if step % s.log_every and not (save or grid or fid):
                 continue
             elapsed = time.perf_counter() - window_start
             metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             metrics = _reduce_mean(metrics, world)
             metrics.update(step=step, epoch=epoch, images_per_s=len(window) * config.optim.batch_size / elapsed)
+            if fid:  # every rank samples its share of the seeds (a collective)
+                metrics["fid"] = sample_fid(
+                    trainer.ema, codec, trainer.schedule, reference, s.fid_samples, s.sampler, s.sample_nfe,
+                    device=device, rank=rank, world=world,
+                )  # fmt: skip
             if rank == 0:
                 print(
                     f"step {step}/{s.max_steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                    f"{metrics['images_per_s']:.1f} img/s",
+                    f"{metrics['images_per_s']:.1f} img/s" + (f" FID {metrics['fid']:.2f}" if fid else ""),
                     flush=True,
                 )
-            if logger:
-                logger.metrics(metrics, step)
-                if grid:
-                    logger.sample_grid(trainer, step)
+            logger.metrics(metrics, step)
+            if grid:
+                logger.sample_grid(trainer, step)
             _report(trainer, metrics, save, rank, config, info)
             window, window_start = [], time.perf_counter()
-    if logger:
-        logger.final_weights(trainer)
+    logger.final_weights(trainer)
     return trainer
 
 
@@ -229,28 +232,6 @@ class _RankZeroLogger:
 # --------------------------------------------------------------------------------------------------
 
 
-def plan_resources(options: LaunchOptions, cluster_cpus: float, cluster_gpus: float) -> float:
-    """CPUs per worker; raises ResourceError when the workers plus Ray Data cannot fit the cluster."""
-    if options.workers < 1:
-        raise ResourceError(f"--workers must be >= 1, got {options.workers}")
-    if options.gpus_per_worker * options.workers > cluster_gpus:
-        raise ResourceError(
-            f"{options.workers} workers x {options.gpus_per_worker} GPU need "
-            f"{options.workers * options.gpus_per_worker:g} GPUs; the cluster has {cluster_gpus:g}. "
-            "Lower --workers or --gpus-per-worker, or add GPU nodes."
-        )
-    cpus = options.cpus_per_worker
-    if cpus is None:
-        cpus = min(1.0, (cluster_cpus - DATA_CPUS) / options.workers)
-    if cpus <= 0 or options.workers * cpus + DATA_CPUS > cluster_cpus + 1e-9:
-        raise ResourceError(
-            f"{options.workers} workers need {options.workers} x {cpus:g} CPUs plus {DATA_CPUS:g} CPU for Ray Data "
-            f"to read the shards, but the cluster has {cluster_cpus:g} CPUs; training would wait forever. "
-            "Lower --workers or --cpus-per-worker, or add nodes."
-        )
-    return cpus
-
-
 def _run_name(options: LaunchOptions, config: TrainConfig) -> str:
     if options.name:
         return options.name
@@ -298,7 +279,7 @@ def launch(
     run_config_overrides: dict[str, Any] | None = None,
     loop=train_loop_per_worker,
 ):
-    """Run one training job on the current Ray cluster; returns (ray.train Result, MLflow run id or None).
+    """Run one training job on the current Ray cluster; returns (ray.train Result, MLflow run id).
 
     ``loop`` is the per-worker function (default ``train_loop_per_worker``; wrappers of it may add work).
     """
@@ -319,31 +300,39 @@ def launch(
         )
     init_ray(options.address)
     resources = ray.cluster_resources()
-    cpus = plan_resources(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+    cpus = plan_worker_cpus(
+        options.workers, resources.get("CPU", 0.0), resources.get("GPU", 0.0),
+        options.cpus_per_worker, options.gpus_per_worker,
+    )  # fmt: skip
 
     storage_uri = storage.normalize(options.storage)
     name = _run_name(options, config)
     options.name = name
     run_file = storage.join(storage_uri, name, RUN_FILE)
-    mlflow_settings = None
-    if not options.tune:
-        record = _check_resume(run_file, config, options)
-        mlflow_settings = _start_mlflow_run(config, options, info, record.get("mlflow_run_id"))
-        storage.write_json(run_file, {"config": config.to_dict(), "mlflow_run_id": mlflow_settings["run_id"]})
+    if options.tune:  # a trial that Tuner.restore restarts continues its checkpoints and MLflow run
+        options.resume = storage.exists(run_file)
+    record = _check_resume(run_file, config, options)
+    fid_reference = ensure_reference_stats(options.data, info.rows) if config.schedule.fid_every else None
+    mlflow_settings = _start_mlflow_run(config, options, info, record.get("mlflow_run_id"))
+    storage.write_json(run_file, {"config": config.to_dict(), "mlflow_run_id": mlflow_settings["run_id"]})
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print training progress
     dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
     if info.rows * info.row_bytes <= MATERIALIZE_BYTES:
         dataset = dataset.materialize()  # small data: read once, not again every epoch
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
+
+    def entry(loop_config: dict[str, Any]) -> None:
+        loop(loop_config)  # not its return value: Ray sends that to the controller, where a DDP model cannot unpickle
+
     trainer = TorchTrainer(
-        loop,
+        entry,
         train_loop_config={
             "config": config.to_dict(),
             "info": info,
             "threads": max(1, int(cpus)),
             "mlflow": mlflow_settings,
-            "tune": options.tune,
+            "fid_reference": fid_reference,
         },
         torch_config=TorchConfig(backend="nccl" if options.gpus_per_worker > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -365,12 +354,10 @@ def launch(
     try:
         result = trainer.fit()
     except BaseException:
-        if mlflow_settings:
-            _end_mlflow_run(mlflow_settings, "FAILED")
+        _end_mlflow_run(mlflow_settings, "FAILED")
         raise
-    if mlflow_settings:
-        _end_mlflow_run(mlflow_settings, "FINISHED")
-    return result, (mlflow_settings or {}).get("run_id")
+    _end_mlflow_run(mlflow_settings, "FINISHED")
+    return result, mlflow_settings["run_id"]
 
 
 def _start_mlflow_run(config: TrainConfig, options: LaunchOptions, info: DatasetInfo, run_id: str | None) -> dict:

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from dctdiff.photos import photo_crops
 from dctdiff.ray_utils import init_ray
-from pipelines.train import LaunchOptions, ResourceError, launch, main, parse_args
+from dctdiff.ray_utils import ResourceError, plan_worker_cpus
+from pipelines.train import launch, main, parse_args
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
@@ -143,16 +144,14 @@ def test_bad_inputs_fail_fast_with_a_clear_message(ray_local, data, places, tmp_
         assert __import__("re").search(message, capsys.readouterr().err), message
 
 
-def test_plan_resources_keeps_a_cpu_for_ray_data():
-    assert LaunchOptions(data="x").cpus_per_worker is None
-    from pipelines.train import plan_resources
-
-    assert plan_resources(LaunchOptions(data="x", workers=2), 2.0, 0.0) == 0.5
-    assert plan_resources(LaunchOptions(data="x", workers=1), 16.0, 0.0) == 1.0
+def test_plan_worker_cpus_keeps_a_cpu_for_ray_data():
+    assert plan_worker_cpus(2, 2.0) == 0.5
+    assert plan_worker_cpus(1, 16.0) == 1.0
+    assert plan_worker_cpus(4, 16.0, cpus_per_worker=3) == 3
     with pytest.raises(ResourceError, match="GPUs; the cluster has 0"):
-        plan_resources(LaunchOptions(data="x", gpus_per_worker=1), 8.0, 0.0)
+        plan_worker_cpus(1, 8.0, 0.0, gpus_per_worker=1)
     with pytest.raises(ResourceError, match="would wait forever"):
-        plan_resources(LaunchOptions(data="x", cpus_per_worker=2), 2.0, 0.0)
+        plan_worker_cpus(1, 2.0, cpus_per_worker=2)
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
