@@ -70,7 +70,7 @@ class LaunchOptions:
 
 def _batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec, pixel_source) -> Batch:
     """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained."""
-    coefficients = torch.from_numpy(np.ascontiguousarray(rows["coefficients"]))  # [n, L, 6, B^2]
+    coefficients = torch.from_numpy(np.array(rows["coefficients"]))  # [n, L, 6, B^2] (a writable copy)
     if pixel_source is None:
         tokens = codec.tokens_from_coefficients(coefficients)  # keep m, divide by eta (load time, §3)
     else:  # pixel baseline: images decoded from all B^2 coefficients, then pixel patches
