@@ -58,7 +58,8 @@ class LaunchOptions:
     experiment: str = "dctdiff"
     address: str | None = None
     # set by tune/sweep.py: the run is a Tune trial; a restored trial continues its own run (checkpoints
-    # and MLflow run, a child of the sweep's run through extra_tags["mlflow.parentRunId"])
+    # and MLflow run, a child of the sweep's run through extra_tags["mlflow.parentRunId"]), which the
+    # sweep ends
     tune: bool = False
     extra_tags: dict[str, str] = field(default_factory=dict)
 
@@ -351,12 +352,13 @@ def launch(
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=execution),
     )
+    status = "FAILED"
     try:
         result = trainer.fit()
-    except BaseException:
-        _end_mlflow_run(mlflow_settings, "FAILED")
-        raise
-    _end_mlflow_run(mlflow_settings, "FINISHED")
+        status = "FINISHED"
+    finally:
+        if not options.tune:  # a sweep ends its trials' runs: Tune decides when a trial ends (ASHA stops some)
+            _end_mlflow_run(mlflow_settings, status)
     return result, mlflow_settings["run_id"]
 
 

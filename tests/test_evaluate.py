@@ -1,0 +1,241 @@
+"""Image sets (folders, prepare outputs, .npz, statistics, sources), the reconstruction analysis, and the
+evaluate pipeline end to end on Ray with MLflow logging."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dctdiff.codec import DCTCodec
+from dctdiff.fid import FEATURE_DIM, FIDStats, compute_fid_stats, fid_from_stats, load_stats, save_stats
+from dctdiff.image_sets import ImageSetError, PreparedImages, open_image_set
+from dctdiff.metrics import mse, psnr_from_mse
+from dctdiff.photos import photo_crops
+from dctdiff.reconstruction import ReconstructionRow, choose_keep, reconstruction_analysis, reconstructions
+from dctdiff.sources import FASHION_MNIST_DIR
+from tests.prepared import write_prepared
+
+
+def save_folder(folder, images, suffix=".png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}{suffix}")
+    return folder
+
+
+# Image sets ------------------------------------------------------------------------------------------
+
+
+def test_folder_set_reads_sorted_images_recursively(tmp_path):
+    images = photo_crops(4, 24, seed=0)
+    save_folder(tmp_path / "set", images[:2])
+    save_folder(tmp_path / "set" / "sub", images[2:])
+    (tmp_path / "set" / "notes.txt").write_text("not an image")
+    image_set = open_image_set(str(tmp_path / "set"))
+    assert (image_set.count, image_set.size) == (4, (24, 24))
+    np.testing.assert_array_equal(image_set.load(), images)
+    assert open_image_set(str(tmp_path / "set"), limit=3).load().shape == (3, 24, 24, 3)
+    assert open_image_set(str(tmp_path / "set"), resolution=16).load().shape == (4, 16, 16, 3)
+
+
+def test_folder_set_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageSetError, match="holds no image files"):
+        open_image_set(str(tmp_path / "empty"))
+    mixed = save_folder(tmp_path / "mixed", photo_crops(2, 24))
+    Image.fromarray(photo_crops(1, 32)[0]).save(mixed / "big.png")
+    with pytest.raises(ImageSetError, match=r"mixes image sizes: .*000.png is 24x24 but .*big.png is 32x32"):
+        open_image_set(str(mixed))
+    corrupt = save_folder(tmp_path / "corrupt", photo_crops(2, 24))
+    (corrupt / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageSetError, match=r"bad.png: not an image file"):
+        open_image_set(str(corrupt))
+    truncated = save_folder(tmp_path / "truncated", photo_crops(2, 24))
+    data = (truncated / "001.png").read_bytes()
+    (truncated / "001.png").write_bytes(data[: len(data) // 2])  # the header still reads
+    with pytest.raises(ImageSetError, match=r"001.png: corrupt"):
+        open_image_set(str(truncated)).load()
+    with pytest.raises(ImageSetError, match="does not exist"):
+        open_image_set(str(tmp_path / "missing"))
+
+
+def test_npz_sets_images_and_statistics(tmp_path):
+    images = photo_crops(3, 16)
+    for key in ("images", "arr_0", "samples"):
+        np.savez(tmp_path / f"{key}.npz", **{key: images})
+        np.testing.assert_array_equal(open_image_set(str(tmp_path / f"{key}.npz")).load(), images)
+    np.savez(tmp_path / "float.npz", images=images.astype(np.float32))
+    with pytest.raises(ImageSetError, match="must be uint8"):
+        open_image_set(str(tmp_path / "float.npz"))
+    np.savez(tmp_path / "two.npz", a=images, b=images)
+    with pytest.raises(ImageSetError, match="expected FID statistics"):
+        open_image_set(str(tmp_path / "two.npz"))
+    with pytest.raises(ImageSetError, match="not at resolution 32"):
+        open_image_set(str(tmp_path / "images.npz"), resolution=32)
+    stats = FIDStats(np.arange(FEATURE_DIM, dtype=np.float64), np.eye(FEATURE_DIM))
+    save_stats(tmp_path / "stats.npz", stats)
+    loaded = open_image_set(str(tmp_path / "stats.npz"))
+    assert isinstance(loaded, FIDStats)
+    np.testing.assert_array_equal(loaded.mu, stats.mu)
+    np.savez(tmp_path / "narrow.npz", mu=np.zeros(768), sigma=np.eye(768))
+    with pytest.raises(ImageSetError, match=r"width mu \[768\]"):
+        open_image_set(str(tmp_path / "narrow.npz"))
+
+
+def test_prepared_set_decodes_the_stored_coefficients(tmp_path):
+    images = photo_crops(5, 16, seed=2)
+    write_prepared(tmp_path / "prep", images, block_size=2, shards=2)
+    image_set = open_image_set(str(tmp_path / "prep"))
+    assert isinstance(image_set, PreparedImages) and (image_set.count, image_set.size) == (5, (16, 16))
+    codec = DCTCodec(16, 2, 4)
+    stored = codec.analyze(images).numpy().astype(np.float16).astype(np.float32)  # shards hold float16
+    np.testing.assert_array_equal(image_set.load(), codec.decode(codec.tokens_from_coefficients(stored)).numpy())
+    assert open_image_set(str(tmp_path / "prep"), limit=4).count == 4
+
+
+def test_photos_and_source_sets(tmp_path):
+    with pytest.raises(ImageSetError, match="needs a resolution"):
+        open_image_set("photos:4")
+    with pytest.raises(ImageSetError, match="photos:N"):
+        open_image_set("photos:many", resolution=16)
+    np.testing.assert_array_equal(open_image_set("photos:3", resolution=16).load(), photo_crops(3, 16, seed=0))
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    fashion = open_image_set("fashion-mnist", limit=5).load()  # 28x28 grey, zero-padded to 32x32, as RGB
+    assert fashion.shape == (5, 32, 32, 3) and (fashion[..., 0] == fashion[..., 2]).all()
+    assert (fashion[:, :2] == 0).all() and fashion.max() > 200
+
+
+# Reconstruction analysis -----------------------------------------------------------------------------
+
+
+def test_reconstructions_equal_decode_of_encode():
+    images = photo_crops(3, 16, seed=4)
+    for keep, rebuilt in reconstructions(images, block_size=2).items():
+        codec = DCTCodec(16, 2, keep, eta=3.0, dtype=torch.float64)  # eta cancels out
+        difference = np.abs(rebuilt.astype(int) - codec.decode(codec.encode(images)).numpy())
+        assert difference.max() <= 1 and (difference == 0).mean() > 0.995  # float32 rounding only
+
+
+def test_choose_keep_is_the_smallest_under_gamma():
+    rows = [ReconstructionRow(k, rfid, 0.0) for k, rfid in [(1, 9.0), (2, 0.4), (3, 0.6), (4, 0.1)]]
+    assert choose_keep(rows, 0.5) == 2
+    assert choose_keep(rows, 0.05) is None
+
+
+RECONSTRUCTION_IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def reconstruction_rows():
+    return reconstruction_analysis(photo_crops(RECONSTRUCTION_IMAGES, 32, seed=0), block_size=2)
+
+
+def test_reconstruction_fid_falls_as_keep_grows(reconstruction_rows):
+    rows = reconstruction_rows
+    assert [r.keep for r in rows] == [1, 2, 3, 4]
+    rfids, psnrs = [r.rfid for r in rows], [r.psnr for r in rows]
+    assert all(a > b for a, b in zip(rfids, rfids[1:])), rfids
+    assert all(a < b for a, b in zip(psnrs, psnrs[1:])), psnrs
+    images = photo_crops(RECONSTRUCTION_IMAGES, 32, seed=0)
+    rebuilt = reconstructions(images, 2)
+    np.testing.assert_allclose(psnrs, [psnr_from_mse(mse(images, rebuilt[k]).mean()) for k in (1, 2, 3, 4)], rtol=1e-9)
+
+
+# The pipeline on Ray, logged to MLflow ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.evaluate import Tracking, main, run_fid
+
+    samples = photo_crops(5, 32, seed=0)
+    np.savez(tmp_path / "samples.npz", images=samples)
+    write_prepared(tmp_path / "prep", photo_crops(5, 32, seed=9), block_size=2)
+    reference = compute_fid_stats(open_image_set(str(tmp_path / "prep")).load(), device="cpu")
+    expected = fid_from_stats(compute_fid_stats(samples, device="cpu"), reference)
+
+    argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "prep"), "--save-stats", str(tmp_path / "ref.npz"),
+            "--mlflow-uri", tracking_uri, "--batch-size", "10"]
+    assert main(argv) == 0
+    ref = load_stats(tmp_path / "ref.npz")
+    np.testing.assert_allclose(ref.mu, reference.mu, rtol=1e-5, atol=1e-7)
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
+    assert run.data.metrics["fid"] == pytest.approx(expected, rel=1e-5)
+    assert run.data.tags["fid.reference"] == str(tmp_path / "prep")
+
+    # Against saved statistics, logged into an existing (e.g. training) run that stays RUNNING.
+    experiment = client.create_experiment("training")
+    training_run = client.create_run(experiment).info.run_id
+    fid = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")], batch_size=6,
+                  tracking=Tracking(tracking_uri, run_id=training_run), step=500)
+    assert fid == pytest.approx(expected, rel=1e-5)
+    history = client.get_metric_history(training_run, "fid")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(500, round(fid, 6))]
+    assert client.get_run(training_run).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
+    from pipelines.evaluate import main
+
+    np.savez(tmp_path / "samples.npz", images=photo_crops(4, 32))
+    np.savez(tmp_path / "narrow.npz", mu=np.zeros(64), sigma=np.eye(64))
+    truncated = save_folder(tmp_path / "truncated", photo_crops(3, 32))
+    data = (truncated / "002.png").read_bytes()
+    (truncated / "002.png").write_bytes(data[: len(data) // 2])
+    common = ["--mlflow-uri", tracking_uri]
+    cases = [
+        (["fid", str(tmp_path / "samples.npz")], "add --save-stats"),
+        (["fid", str(tmp_path / "samples.npz"), str(tmp_path / "narrow.npz")], "width mu [64]"),
+        (["fid", str(tmp_path / "samples.npz"), str(tmp_path / "missing")], "does not exist"),
+        (["fid", str(truncated), str(tmp_path / "samples.npz")], "002.png: corrupt"),
+        (["fid", str(tmp_path / "samples.npz"), str(tmp_path / "samples.npz"), "--run-id", "nope"], "not a run"),
+        (["reconstruction", str(tmp_path / "samples.npz"), "--block-size", "3"], "multiple of 2 * block_size"),
+    ]
+    for argv, message in cases:
+        assert main(argv + common) == 2, argv
+        assert message in capsys.readouterr().err.splitlines()[-1], argv
+
+
+@pytest.mark.slow
+def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_path, tracking_uri, reconstruction_rows):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.evaluate import Tracking, run_reconstruction
+
+    rows, chosen = run_reconstruction(
+        f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=str(tmp_path / "out"),
+        batch_size=15, tracking=Tracking(tracking_uri),
+    )
+    for ray_row, local_row in zip(rows, reconstruction_rows, strict=True):  # the Ray job = the in-process analysis
+        assert ray_row.keep == local_row.keep
+        assert ray_row.rfid == pytest.approx(local_row.rfid, rel=1e-4)
+        assert ray_row.psnr == pytest.approx(local_row.psnr, rel=1e-9)
+    assert chosen == choose_keep(rows, 100.0)
+    with open(tmp_path / "out" / "reconstruction.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["keep"]) for r in table] == [1, 2, 3, 4]
+    assert float(table[2]["rfid"]) == pytest.approx(rows[2].rfid)
+    assert (tmp_path / "out" / "reconstruction.png").stat().st_size > 1000
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "rfid")
+    assert sorted((m.step, m.value) for m in history) == [(r.keep, pytest.approx(r.rfid)) for r in rows]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reconstruction")}
+    assert artifacts == {"reconstruction/reconstruction.csv", "reconstruction/reconstruction.png"}
+    if chosen is not None:
+        assert run.data.metrics["chosen_keep"] == chosen

@@ -1,0 +1,238 @@
+"""tune/sweep.py: search spaces, trial configs and resource planning (fast), and a 4-trial sweep of the demo
+preset on 2 CPUs that is interrupted after its first trial and resumed (slow)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dctdiff.config import ConfigError, build_config
+from dctdiff.photos import photo_crops
+from dctdiff.ray_utils import DATA_CPUS, ResourceError
+from pipelines.train import main as train_main
+from tests.prepared import write_prepared
+from tune.report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
+from tune.space import builtin_studies, grid_size, is_pure_grid, load_study, tune_param_space, validate_space
+from tune.sweep import INTERRUPTED, SWEEP_FILE, TRIAL_CPUS, TRIALS_DIR, SweepPlan, main, plan_concurrency, trial_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2"]
+
+
+def write_space(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
+    assert builtin_studies() == ["ebfr", "keep", "lr", "snr_scale"]
+    demo = build_config("demo")
+    for name in builtin_studies():
+        validate_space(load_study(name).space, demo)
+    assert load_study("snr_scale").space == {"diffusion.snr_scale": {"grid": [1, 2, 4, 8, 12]}}
+    assert load_study("ebfr").space == {"diffusion.ebfr": {"grid": [True, False]}}
+    lr = load_study("lr")
+    assert lr.num_samples == 8 and not is_pure_grid(lr.space)
+
+
+def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
+    demo = build_config("demo")
+    cases = [
+        ({"optim.learning_rate": {"grid": [1e-3]}}, "unknown space key 'optim.learning_rate'; sweepable keys: .*optim.lr"),
+        ({"schedule.max_steps": {"grid": [10]}}, "set by the sweep .* use --max-steps"),
+        ({"data.block_size": {"grid": [2, 4]}}, "fixed by the prepared data"),
+        ({"data.keep": {"grid": [2, 5]}}, r"value 5 is invalid: data.keep must be in 1..data.block_size\*\*2 = 1..4"),
+        ({"optim.lr": {"loguniform": [0, 1e-3]}}, "low > 0"),
+        ({"optim.lr": {"normal": [0, 1]}}, "unknown kind 'normal'"),
+        ({"optim.lr": [1e-3, 1e-4]}, "write one of"),
+        ({}, "the search space is empty"),
+    ]
+    for space, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            validate_space(space, demo)
+    with pytest.raises(ConfigError, match="neither a built-in study .*snr_scale"):
+        load_study("snr")
+    with pytest.raises(ConfigError, match="must be a mapping with 'space'"):
+        load_study(write_space(tmp_path / "typo.yaml", "spaces: {}\n"))
+    with pytest.raises(ConfigError, match="unknown keys \\['samples'\\]"):
+        load_study(write_space(tmp_path / "extra.yaml", "space: {optim.lr: {grid: [1.0e-3]}}\nsamples: 3\n"))
+
+
+def test_param_space_becomes_tune_search_objects():
+    space = {"diffusion.snr_scale": {"grid": [1, 4]}, "diffusion.ebfr": {"grid": [True, False]},
+             "optim.lr": {"loguniform": [1e-4, 1e-2]}, "schedule.seed": {"randint": [0, 3]}}  # fmt: skip
+    tuned = tune_param_space(space)
+    assert tuned["diffusion.snr_scale"] == {"grid_search": [1, 4]}
+    assert (tuned["optim.lr"].lower, tuned["optim.lr"].upper) == (1e-4, 1e-2)
+    assert {tuned["schedule.seed"].sample() for _ in range(200)} == {0, 1, 2}  # high excluded
+    assert grid_size(space) == 4 and not is_pure_grid(space)
+    assert is_pure_grid({k: space[k] for k in ("diffusion.snr_scale", "diffusion.ebfr")})
+
+
+def make_plan(**changes) -> SweepPlan:
+    base = build_config("demo", overrides=["optim.batch_size=8", "model.embed_dim=32"])
+    values = dict(
+        name="s", storage="/tmp/s", data="/tmp/d", base=base.to_dict(), study="t", space={}, scheduler="asha",
+        num_samples=1, max_steps=6, report_every=3, fid_samples=8, nfe=4, grace_steps=3, reduction_factor=2.0,
+        workers=1, cpus_per_worker=None, gpus_per_worker=0.0, max_concurrent=None, max_failures=0,
+        tracking_uri="sqlite:////tmp/s.db", experiment="e",
+    )  # fmt: skip
+    return SweepPlan(**{**values, **changes})
+
+
+def test_trial_config_applies_the_values_and_puts_an_fid_in_every_report():
+    config = trial_config(make_plan(), {"diffusion.snr_scale": 8, "diffusion.ebfr": False, "optim.lr": 3e-4})
+    assert (config.diffusion.snr_scale, config.diffusion.ebfr, config.optim.lr) == (8.0, False, 3e-4)
+    s = config.schedule
+    assert (s.max_steps, s.fid_samples, s.sample_nfe) == (6, 8, 4)
+    assert s.log_every == s.fid_every == s.checkpoint_every == s.sample_every == 3
+    assert (config.model.embed_dim, config.optim.batch_size) == (32, 8)  # the base config is kept
+
+
+@pytest.mark.parametrize(
+    "cpus, gpus, workers, cpus_per_worker, gpus_per_worker",
+    [(2, 0, 1, None, 0), (16, 0, 1, None, 0), (16, 0, 4, 0.5, 0), (8, 2, 1, None, 1), (64, 8, 2, 4, 1), (3, 0, 2, None, 0)],
+)
+def test_concurrent_trials_and_ray_data_fit_the_cluster_and_one_more_would_not(cpus, gpus, workers, cpus_per_worker, gpus_per_worker):
+    per_worker, concurrent = plan_concurrency(cpus, gpus, workers, cpus_per_worker, gpus_per_worker, None)
+    per_trial = TRIAL_CPUS + workers * per_worker
+    assert concurrent >= 1 and concurrent * per_trial + DATA_CPUS <= cpus + 1e-9
+    assert concurrent * workers * gpus_per_worker <= gpus
+    one_more = (concurrent + 1) * per_trial + DATA_CPUS > cpus + 1e-9 or (concurrent + 1) * workers * gpus_per_worker > gpus
+    assert one_more
+    assert per_worker <= 1.0 or cpus_per_worker is not None
+
+
+def test_misfits_are_explained():
+    assert plan_concurrency(2, 0, 1, None, 0, None) == (pytest.approx(0.99), 1)  # 4 trials on 2 CPUs: they queue
+    with pytest.raises(ResourceError, match="holds 1 trial.* Use --max-concurrent-trials 1 or less"):
+        plan_concurrency(2, 0, 1, None, 0, 2)
+    with pytest.raises(ResourceError, match="no trial fits"):
+        plan_concurrency(2, 0, 2, 1.0, 0, None)
+    with pytest.raises(ResourceError, match="no trial fits"):
+        plan_concurrency(8, 0, 1, None, 1, None)  # a GPU per worker on a CPU-only cluster
+
+
+def test_command_line_errors_come_before_any_work(tmp_path, capsys):
+    space = write_space(tmp_path / "grid.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n")
+    common = ["--data", str(tmp_path), "--storage", str(tmp_path / "sweeps")]
+    cases = [
+        (["--study", space, "--num-samples", "3", *common], "would repeat the same 2 grid trials"),
+        (["--study", space, "--max-steps", "4", "--report-every", "8", *common], "--report-every must be in 1..--max-steps"),
+        (["--resume", "--name", "x", "--study", space, "--storage", str(tmp_path)], "saved settings; drop --study"),
+        (["--resume", "--name", "x", "--storage", str(tmp_path)], "x/dctdiff_sweep.json does not exist"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert __import__("re").search(message, capsys.readouterr().err), message
+
+
+def test_result_table_and_best_config_file(tmp_path):
+    rows = [
+        TrialRow("t1", {"diffusion.snr_scale": 4, "diffusion.ebfr": False}, 12.5, 4, 4, "finished", "r1"),
+        TrialRow("t0", {"diffusion.snr_scale": 1, "diffusion.ebfr": True}, math.nan, None, 0, "error", ""),
+    ]
+    parsed = list(csv.DictReader(rows_csv(rows).splitlines()))
+    assert parsed[0] == {"trial": "t1", "diffusion.ebfr": "False", "diffusion.snr_scale": "4", "best_fid": "12.5",
+                         "best_fid_step": "4", "steps": "4", "status": "finished", "mlflow_run_id": "r1"}  # fmt: skip
+    assert parsed[1]["best_fid"] == "nan" and parsed[1]["best_fid_step"] == ""
+    assert format_table(rows).splitlines()[2].split() == ["t0", "True", "1", "-", "-", "0", "error"]
+    config = build_config("demo", overrides=["diffusion.snr_scale=4", "diffusion.ebfr=false"])
+    path = tmp_path / "best.yaml"
+    path.write_text(best_config_yaml(config, rows[0], "s", 8, 3))
+    assert build_config("demo", [str(path)]) == config
+
+
+# --------------------------------------------------------------------------------------------------
+# A real sweep on the 2-CPU Ray
+# --------------------------------------------------------------------------------------------------
+
+
+def wait_for(condition, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the sweep exited with {process.returncode} too early:\n{log.read_text()[-4000:]}")
+        if time.time() > deadline:
+            process.kill()
+            pytest.fail(f"timed out; sweep log:\n{log.read_text()[-4000:]}")
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    """4 trials (c in {1, 4} x EBFR on/off) on 2 CPUs run one at a time; SIGINT after the first trial,
+    --resume; then the MLflow parent and 4 child runs, results.csv and a best config that trains."""
+    data = write_prepared(tmp_path / "data", photo_crops(32, 32, seed=0))
+    space = write_space(tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n  diffusion.ebfr: {grid: [true, false]}\n")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    sweeps = tmp_path / "sweeps"
+    where = ["--storage", str(sweeps), "--name", "ablation"]
+    argv = ["--study", space, "--data", str(data), *TINY, "--max-steps", "4", "--report-every", "2", "--grace-steps", "2",
+            "--fid-samples", "8", "--nfe", "3", "--mlflow-uri", tracking, *where]  # fmt: skip
+    log = tmp_path / "sweep.log"
+    address = ray_session.get_runtime_context().gcs_address
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "tune/sweep.py", *argv, "--address", address], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+        )
+    record = sweeps / "ablation" / SWEEP_FILE
+    wait_for(record.exists, 600, process, log)
+    parent = SweepPlan(**__import__("json").loads(record.read_text())).parent_run_id
+    # one trial at a time on 2 CPUs: the second child run appears once Tune has finished the first trial
+    wait_for(lambda: len(child_runs(tracking, parent)) >= 2, 600, process, log)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=600) == INTERRUPTED, log.read_text()[-4000:]
+
+    client = MlflowClient(tracking)
+    before = child_runs(tracking, parent)
+    (first,) = [r for r in before.values() if r.info.status == "FINISHED"]
+    assert {r.info.status for r in before.values()} == {"FINISHED", "KILLED"}
+    assert client.get_run(parent).info.status == "KILLED"
+    first_trial = first.data.tags[TRIAL_TAG]
+    run_file = sweeps / "ablation" / TRIALS_DIR / first_trial / "dctdiff_run.json"
+    first_written = run_file.stat().st_mtime_ns
+
+    assert main([*where, "--resume"]) == 0  # in this process, on the same Ray
+
+    runs = child_runs(tracking, parent)
+    assert len(runs) == 4 and client.get_run(parent).info.status == "FINISHED"
+    # the finished trial was not run again: its run file and MLflow run are untouched
+    assert run_file.stat().st_mtime_ns == first_written
+    assert client.get_run(first.info.run_id).info.end_time == first.info.end_time
+    grid = {(float(r.data.params["diffusion.snr_scale"]), r.data.params["diffusion.ebfr"]) for r in runs.values()}
+    assert grid == {(1.0, "True"), (1.0, "False"), (4.0, "True"), (4.0, "False")}
+    best_fids = {}
+    for trial, run in runs.items():
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
+        fids = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "fid")}
+        assert set(fids) in ({2}, {2, 4}), fids  # ASHA may stop a trial at its first rung (step 2)
+        assert run.data.tags.get("dctdiff.stopped_early") == ("true" if set(fids) == {2} else None)
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} >= {"samples/step_0000002.png"}
+        best_fids[trial] = min(fids.values())
+
+    table = list(csv.DictReader((sweeps / "ablation" / "results.csv").open()))
+    assert [row["trial"] for row in table] == sorted(best_fids, key=best_fids.get)
+    for row in table:
+        assert float(row["best_fid"]) == pytest.approx(best_fids[row["trial"]], rel=1e-12)
+        assert (row["status"], row["steps"]) in (("finished", "4"), ("stopped", "2"))
+    assert {a.path for a in client.list_artifacts(parent)} >= {"results.csv", "best_config.yaml", "space.yaml"}
+
+    # the best trial's config: its values on the base config (not the sweep's short schedule), and it trains
+    best_file = sweeps / "ablation" / "best_config.yaml"
+    config = build_config("demo", [str(best_file)])
+    best = runs[table[0]["trial"]].data.params
+    assert (str(config.diffusion.snr_scale), str(config.diffusion.ebfr)) == (best["diffusion.snr_scale"], best["diffusion.ebfr"])
+    assert (config.model.embed_dim, config.optim.batch_size) == (32, 8)
+    assert config.schedule.max_steps == build_config("demo").schedule.max_steps
+    assert train_main(["--config", str(best_file), "--data", str(data), "--max-steps", "2", "--storage",
+                       str(tmp_path / "runs"), "--mlflow-uri", tracking]) == 0  # fmt: skip

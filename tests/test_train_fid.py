@@ -1,0 +1,71 @@
+"""Periodic FID in pipelines/train.py: reference statistics cached beside the data, and the FID that two
+DDP workers report (each sampling half of the seeds) against a one-process recomputation from the
+checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dctdiff.fid import compute_fid_stats, fid_from_stats
+from dctdiff.generate import generate_images
+from dctdiff.image_sets import PreparedImages
+from dctdiff.periodic_fid import ensure_reference_stats, load_reference, reference_uri
+from dctdiff.photos import photo_crops
+from dctdiff.training import build_codec, build_schedule, load_ema_model
+from pipelines.train import launch, parse_args
+from tests.prepared import write_prepared
+
+pytestmark = pytest.mark.slow
+
+FID_SAMPLES = 8  # the CPU Inception runs at ~10-20 images/s
+SMALL = [
+    "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2",
+    "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2", "--set", "schedule.sample_every=0",
+    "--set", "schedule.sample_nfe=3", "--set", "schedule.fid_every=2", "--set", f"schedule.fid_samples={FID_SAMPLES}",
+]  # fmt: skip
+
+
+def test_periodic_fid_matches_a_recomputation_from_the_checkpoint(ray_session, tmp_path):
+    photos = photo_crops(32, 32, seed=0)
+    data = write_prepared(tmp_path / "data", photos)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    config, options, _ = parse_args(
+        ["--data", str(data), *SMALL, "--max-steps", "4", "--workers", "2", "--name", "fid",
+         "--storage", str(tmp_path / "runs"), "--mlflow-uri", tracking]
+    )  # fmt: skip
+    result, run_id = launch(config, options)
+
+    # reference: the Ray Data job's statistics equal those of the training images measured in this process
+    expected_reference = compute_fid_stats(PreparedImages(str(data)).load())
+    reference = load_reference(reference_uri(str(data)))
+    np.testing.assert_allclose(reference.mu, expected_reference.mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reference.sigma, expected_reference.sigma, rtol=1e-5, atol=1e-5)
+
+    # FID at every fid_every steps and the last, logged and reported to Ray Train
+    history = {m.step: m.value for m in MlflowClient(tracking).get_metric_history(run_id, "fid")}
+    assert sorted(history) == [2, 4] and history[2] != history[4]
+    assert result.metrics["fid"] == pytest.approx(history[4], rel=1e-9)
+
+    # the two workers' half-sets of seeds merge into the FID of all seeds sampled in one process
+    model, saved, state = load_ema_model(Path(result.checkpoint.path))
+    assert state["step"] == 4
+    images = generate_images(
+        model, build_codec(saved, state["eta"]), build_schedule(saved), range(FID_SAMPLES), saved.schedule.sampler, 3
+    )  # fmt: skip
+    assert fid_from_stats(compute_fid_stats(images), expected_reference) == pytest.approx(history[4], rel=1e-4)
+
+
+def test_reference_statistics_are_recomputed_when_the_data_changes(ray_session, tmp_path):
+    data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=1), shards=1)
+    uri = ensure_reference_stats(str(data), 8)
+    first = load_reference(uri)
+    written = Path(uri).stat().st_mtime_ns
+    assert ensure_reference_stats(str(data), 8) == uri and Path(uri).stat().st_mtime_ns == written  # cached
+    data = write_prepared(tmp_path / "data", photo_crops(12, 32, seed=1), shards=1)  # same folder, more images
+    again = load_reference(ensure_reference_stats(str(data), 12))
+    assert not np.allclose(again.mu, first.mu)
+    np.testing.assert_allclose(again.mu, compute_fid_stats(PreparedImages(str(data)).load()).mu, rtol=1e-5, atol=1e-5)
