@@ -9,7 +9,9 @@ For each size, a folder of PNG files (photo crops, CIFAR-like) is written once, 
 - Ray Data job: ``run_prepare`` on the warm local Ray (started and warmed before timing; its workers
   at the same CPU priority as this process).
 The three are repeated in interleaved rounds and the best rate of each is shown, with the ratios
-(targets on a 2-core machine: job >= 1.6x the plain loop, and at least half the decode-alone rate).
+(targets on a 2-core machine: job >= 1.6x the plain loop, and at least half the decode-alone rate),
+and the CPU time per image summed over every process of a run (driver, raylet, workers): unlike the
+rates, it does not depend on what else runs on the machine.
 """
 
 from __future__ import annotations
@@ -58,21 +60,49 @@ def write_folder(folder: Path, count: int, size: int) -> list[Path]:
     return files
 
 
-def decode_alone(files: list[Path]) -> float:
-    start = time.perf_counter()
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its live descendants (the local Ray's raylet and
+    workers included), from /proc: the cost of a run whatever else loads the machine."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def measured(run, images: int) -> tuple[float, float]:
+    """(images/s, CPU microseconds per image over all the run's processes) of ``run()``."""
+    cpu, start = tree_cpu_seconds(), time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    return images / seconds, (tree_cpu_seconds() - cpu) / images * 1e6
+
+
+def decode_alone(files: list[Path]) -> None:
     for path in files:
         np.asarray(decode(path.read_bytes()))
-    return len(files) / (time.perf_counter() - start)
 
 
-def plain_loop(folder: Path, size: int, block: int, rows: int, output: Path) -> float:
+def plain_loop(folder: Path, size: int, block: int, rows: int, output: Path) -> None:
     """The job's work in one process, without Ray: list, read, decode, fit, analyze, histograms, write."""
     import torch
 
     torch.set_num_threads(1)
     params, spec = CodecParams(size, block), FitSpec(size)
     output.mkdir(parents=True)
-    start = time.perf_counter()
     files = [folder / entry.relative for entry in storage.list_files(str(folder))]
     for index, first in enumerate(range(0, len(files), rows)):
         chunk = files[first : first + rows]
@@ -81,17 +111,14 @@ def plain_loop(folder: Path, size: int, block: int, rows: int, output: Path) -> 
         coefficient_histogram(coefficients, block)
         ids = [str(path) for path in chunk]
         write_shard(str(output / f"part-{index:06d}.parquet"), ids, np.full(len(ids), -1), coefficients, params)
-    return len(files) / (time.perf_counter() - start)
 
 
-def ray_job(folder: Path, size: int, block: int, rows: int | None, output: Path) -> float:
+def ray_job(folder: Path, size: int, block: int, rows: int | None, output: Path) -> None:
     config = PrepareConfig(
         source=f"folder:{folder}", output=str(output), resolution=size, block_size=block, shard_rows=rows,
         unlabeled=True, progress=False,
     )
-    start = time.perf_counter()
-    report = run_prepare(config)
-    return report["images"]["written"] / (time.perf_counter() - start)
+    run_prepare(config)
 
 
 def main() -> None:
@@ -120,27 +147,29 @@ def main() -> None:
             folder.mkdir()
             files = write_folder(folder, args.images, size)
             rows = args.shard_rows or PrepareConfig("photos", "-", size, args.block_size).rows_per_shard()
-            best = [0.0, 0.0, 0.0]
+            rates, cpus = [0.0] * 3, [float("inf")] * 3
             for round_ in range(args.rounds):  # interleaved rounds, best of each: robust to background load
                 out = work / f"round{round_}-{size}"
-                measured = (
-                    decode_alone(files),
-                    plain_loop(folder, size, args.block_size, rows, out / "plain"),
-                    ray_job(folder, size, args.block_size, args.shard_rows, out / "job"),
+                runs = (
+                    lambda: decode_alone(files),
+                    lambda: plain_loop(folder, size, args.block_size, rows, out / "plain"),
+                    lambda: ray_job(folder, size, args.block_size, args.shard_rows, out / "job"),
                 )
-                best = [max(b, m) for b, m in zip(best, measured)]
+                for k, run in enumerate(runs):
+                    rate, cpu = measured(run, len(files))
+                    rates[k], cpus[k] = max(rates[k], rate), min(cpus[k], cpu)
                 shutil.rmtree(out)
-            results.append((size, rows, *best))
+            results.append((size, rows, rates, cpus))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{args.images} PNG images per size, block size {args.block_size}, 1 process vs Ray Data on the local Ray "
           f"({os.cpu_count()} CPUs; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)")
     print(f"{'size':>5} {'rows/shard':>10} {'decode alone':>13} {'plain loop':>11} {'Ray job':>9} {'job/plain':>10} "
-          f"{'job/decode':>11}")
-    for size, rows, floor, plain, job in results:
+          f"{'job/decode':>11}   CPU us/image: {'decode':>6} {'plain':>6} {'job':>6}")
+    for size, rows, (floor, plain, job), cpu in results:
         print(f"{size:>5} {rows:>10} {floor:>11.0f}/s {plain:>9.0f}/s {job:>7.0f}/s {job / plain:>9.2f}x "
-              f"{job / floor:>10.2f}x")
+              f"{job / floor:>10.2f}x   {'':>13}{cpu[0]:>6.0f} {cpu[1]:>6.0f} {cpu[2]:>6.0f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ against torchmetrics and against scipy's ``sqrtm``.
 from __future__ import annotations
 
 import importlib.util
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from dctdiff import storage
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -252,13 +255,15 @@ def fid_from_stats(a: FIDStats, b: FIDStats) -> float:
 
 
 def save_stats(path: str | Path, stats: FIDStats) -> None:
-    """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format."""
-    np.savez(path, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma))
+    """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format (a path or URI, atomically)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma))
+    storage.write_bytes(str(path), buffer.getvalue())
 
 
 def load_stats(path: str | Path, dim: int = FEATURE_DIM) -> FIDStats:
     """Read ``mu`` [dim], ``sigma`` [dim, dim] from a pytorch-fid ``.npz``; clear errors for anything else."""
-    with np.load(path) as data:
+    with np.load(io.BytesIO(storage.read_bytes(str(path)))) as data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
             raise ValueError(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
+
+from dctdiff import storage
 
 
 def image_grid(rows: list[np.ndarray], padding: int = 2, background: int = 255) -> np.ndarray:
@@ -28,8 +32,10 @@ def image_grid(rows: list[np.ndarray], padding: int = 2, background: int = 255) 
 
 
 def save_png(image: np.ndarray, path: str, scale: int = 1) -> None:
-    """Write a uint8 [H, W, 3] picture as PNG, optionally enlarged ``scale`` times (nearest neighbour)."""
+    """Write a uint8 [H, W, 3] picture as PNG (a path or URI, atomically), enlarged ``scale`` times."""
     picture = Image.fromarray(image)
     if scale > 1:
         picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
-    picture.save(path)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    storage.write_bytes(str(path), buffer.getvalue())

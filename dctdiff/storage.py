@@ -82,6 +82,7 @@ class FileEntry:
 
     relative: str
     size: int
+    mtime: float  # seconds since the epoch
 
 
 def list_files(uri: str, recursive: bool = True) -> list[FileEntry]:
@@ -96,7 +97,7 @@ def list_files(uri: str, recursive: bool = True) -> list[FileEntry]:
         if item.type == pafs.FileType.File:
             relative = item.path[skip:]
             if not relative.startswith(".") and "/." not in relative:
-                entries.append(FileEntry(relative, item.size))
+                entries.append(FileEntry(relative, item.size, item.mtime.timestamp() if item.mtime else 0.0))
     entries.sort(key=lambda e: e.relative)
     return entries
 

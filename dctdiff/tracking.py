@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT_DB = "mlflow.db"
@@ -47,3 +48,8 @@ def ui_command(tracking_uri: str) -> str:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 "
         f"--backend-store-uri {tracking_uri}"
     )
+
+
+def redact(text: str) -> str:
+    """Hide the password of ``scheme://user:password@host`` URIs (database URIs, s3://KEY:SECRET@...)."""
+    return re.sub(r"(://[^/:@\s]*):[^@/\s]*@", r"\1:***@", text)

@@ -247,15 +247,15 @@ def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
 
 
-def load_ema_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[UViT, TrainConfig, dict]:
-    """The EMA network of one of our checkpoints, with its resolved config and state.json."""
+def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[UViT, TrainConfig, dict]:
+    """The EMA network of one of our checkpoints (a folder path or URI), with its resolved config and state.json."""
+    from safetensors.torch import load as load_safetensors_bytes
+
     from dctdiff.config import config_from_dict
 
-    checkpoint = Path(checkpoint)
-    state = json.loads((checkpoint / "state.json").read_text())
+    state = storage.read_json(storage.join(str(checkpoint), "state.json"))
     config = config_from_dict(state["config"])
     codec = build_codec(config, state["eta"])
     model = build_model(config, codec)
-    model.load_state_dict(load_file(checkpoint / "ema.safetensors", device=str(device)))
+    model.load_state_dict(load_safetensors_bytes(storage.read_bytes(storage.join(str(checkpoint), "ema.safetensors"))))
     return model.to(device).eval(), config, state
-

@@ -54,14 +54,17 @@ class SamplingSpec:
 
 
 def newest_checkpoint(path: str) -> str:
-    """A checkpoint folder itself, or the newest ``checkpoint_*`` folder of a run folder."""
-    folder = Path(path)
-    if (folder / "state.json").exists():
-        return str(folder)
-    candidates = sorted(p for p in folder.glob("checkpoint_*") if (p / "state.json").exists())
-    if not candidates:
+    """A checkpoint folder itself, or the newest ``checkpoint_*`` folder of a run folder (paths or URIs)."""
+    if storage.exists(storage.join(path, "state.json")):
+        return path
+    folders = sorted(
+        e.relative.split("/")[0]
+        for e in (storage.list_files(path) if storage.is_dir(path) else [])
+        if e.relative.count("/") == 1 and e.relative.startswith("checkpoint_") and e.relative.endswith("/state.json")
+    )
+    if not folders:
         raise FileNotFoundError(f"{path} is neither a checkpoint folder (state.json) nor a run folder with checkpoints")
-    return str(candidates[-1])
+    return storage.join(path, folders[-1])
 
 
 def load_sampler(spec: SamplingSpec, device: torch.device):

@@ -34,7 +34,7 @@ from dctdiff.generate import generate_images
 from dctdiff.grid import image_grid
 from dctdiff.periodic_fid import ensure_reference_stats, load_reference, sample_fid
 from dctdiff.ray_utils import ResourceError, init_ray, plan_worker_cpus
-from dctdiff.tracking import get_or_create_experiment, resolve_tracking_uri, ui_command
+from dctdiff.tracking import get_or_create_experiment, redact, resolve_tracking_uri, ui_command
 from dctdiff.training import Batch, Trainer, build_codec, build_model
 
 RUN_FILE = "dctdiff_run.json"  # in <storage>/<name>/: the MLflow run id and the resolved config
@@ -237,10 +237,14 @@ def _run_name(options: LaunchOptions, config: TrainConfig) -> str:
     if options.name:
         return options.name
     if options.resume:
-        runs = [e for e in storage.list_files(options.storage, recursive=True) if e.path.endswith(RUN_FILE)]
+        runs = [
+            e
+            for e in (storage.list_files(options.storage) if storage.is_dir(options.storage) else [])
+            if e.relative.count("/") == 1 and e.relative.endswith("/" + RUN_FILE)
+        ]
         if not runs:
             raise FileNotFoundError(f"--resume: no runs under {options.storage}; give --storage and --name of the run")
-        return Path(max(runs, key=lambda e: e.mtime).path).parent.name
+        return max(runs, key=lambda e: e.mtime).relative.split("/")[0]
     return f"{config.preset}-{config.data.space}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -317,7 +321,9 @@ def launch(
     mlflow_settings = _start_mlflow_run(config, options, info, record.get("mlflow_run_id"))
     storage.write_json(run_file, {"config": config.to_dict(), "mlflow_run_id": mlflow_settings["run_id"]})
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the workers print training progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the workers print training progress
+    context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
     dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
     if info.rows * info.row_bytes <= MATERIALIZE_BYTES:
         dataset = dataset.materialize()  # small data: read once, not again every epoch
@@ -370,7 +376,7 @@ def _start_mlflow_run(config: TrainConfig, options: LaunchOptions, info: Dataset
     client = MlflowClient(tracking_uri)
     if run_id is None:
         experiment_id = get_or_create_experiment(tracking_uri, options.experiment)
-        tags = {"mlflow.runName": options.name, "dctdiff.data": options.data, **options.extra_tags}
+        tags = {"mlflow.runName": options.name, "dctdiff.data": redact(options.data), **options.extra_tags}
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
         params = {k: str(v) for k, v in config.flat().items()}
         params.update({"data.eta_used": str(info.eta), "data.rows": str(info.rows), "workers": str(options.workers)})
@@ -457,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoint {result.checkpoint.path if result.checkpoint else None}"
     )
     tracking_uri = resolve_tracking_uri(options.mlflow_uri)
-    print(f"MLflow run {run_id} in {tracking_uri}\nreview it with: {ui_command(tracking_uri)}")
+    print(f"MLflow run {run_id} in {redact(tracking_uri)}\nreview it with: {redact(ui_command(tracking_uri))}")
     return 0
 
 

@@ -1,11 +1,12 @@
 """cluster/: the launcher YAML against the installed Ray's cluster schema, the KubeRay manifests against
-the fields of KubeRay's CRDs, and every command in cluster/ naming a script that exists with flags that
-script accepts."""
+the fields of KubeRay's CRDs, and every command (cluster/ configs, the bash blocks of README.md,
+cluster/README.md and cluster/mlflow/README.md) naming a script that exists, with flags it accepts."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import re
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "aws-gpu.yaml"
 KUBERAY = sorted((CLUSTER / "kuberay").glob("*.yaml"))
-GUIDES = [CLUSTER / "README.md", CLUSTER / "mlflow" / "README.md"]
+GUIDES = [REPO / "README.md", CLUSTER / "README.md", CLUSTER / "mlflow" / "README.md"]  # their bash blocks
 IMAGE_ROOT = "/home/ray/dctdiff/"  # where cluster/Dockerfile puts the repository
 REPO_DIRS = ("pipelines", "cluster", "tune", "dctdiff", "tests", "benchmarks")
 IMAGE = r"rayproject/ray:(\S+)-py(3\d+)-gpu"  # Ray's GPU image: (Ray version, Python version)
@@ -332,10 +333,14 @@ SHELL_BLOCK = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")", ">", ">>", "<", "$("}
 
 
+PLACEHOLDER = re.compile(r"<([A-Za-z][\w -]*)>")  # `--run-id <training run>` in a guide: one argument
+
+
 def shell_commands(text: str, source: str) -> list[Command]:
-    """Split shell text into simple commands (continuations joined, comments dropped)."""
+    """Split shell text into simple commands (continuations joined, comments and placeholders' <> dropped)."""
     commands = []
-    for line in text.replace("\\\n", " ").splitlines():
+    text = PLACEHOLDER.sub(lambda m: m.group(1).replace(" ", "_"), text.replace("\\\n", " "))
+    for line in text.splitlines():
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split, lexer.commenters = True, "#"
         current = Command(source)
@@ -384,7 +389,11 @@ class _Parsed(BaseException):
 
 
 def check_flags(script: str, args: list[str]) -> None:
+    """Run the script's ``main(args)`` only up to its argparse: fails on an unknown flag or a bad value."""
     module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    if not inspect.signature(module.main).parameters:  # a script without flags (e.g. benchmarks)
+        assert args == [], f"{script} takes no arguments"
+        return
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, argv=None, namespace=None):

@@ -31,10 +31,12 @@ from tune.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "cluster" / "mlflow" / "start.sh"
+PARENT = "mlflow.parentRunId"  # MLflow's tag of a child run
 PASSWORD = "pw-7c1e9a52d4"  # the test database's: must never appear in any output
 TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "optim.lr=1e-3",
         "--set", "optim.batch_size=8", "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2",
-        "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4", "--set", "schedule.sample_nfe=2"]  # fmt: skip
+        "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4",
+        "--set", "schedule.sample_nfe=2"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -162,6 +164,11 @@ class Server:
         with urllib.request.urlopen(request) as r:
             return json.load(r)
 
+    def runs(self, experiment: str) -> list[dict]:
+        """Every run of the experiment called ``experiment``."""
+        experiment_id = self.get("experiments/get-by-name", experiment_name=experiment)["experiment"]["experiment_id"]
+        return self.post("runs/search", {"experiment_ids": [experiment_id]})["runs"]
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
@@ -197,10 +204,10 @@ def data(tmp_path_factory) -> Path:
     return write_prepared(tmp_path_factory.mktemp("data"), photo_crops(16, 32, seed=11))
 
 
-def artifact_files(server: Server) -> dict[str, Path]:
-    """Files in the artifact destination by their path inside a run (<experiment>/<run>/artifacts/PATH)."""
-    files = (p for p in server.artifacts.rglob("*") if p.is_file())
-    return {p.relative_to(server.artifacts).as_posix().split("/artifacts/", 1)[1]: p for p in files}
+def artifact_files(server: Server, run: dict) -> dict[str, Path]:
+    """The run's files in the artifact destination (<experiment id>/<run id>/artifacts/PATH), by PATH."""
+    folder = server.artifacts / run["info"]["experiment_id"] / run["info"]["run_id"] / "artifacts"
+    return {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.slow
@@ -217,8 +224,7 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
             "--mlflow-uri", mlflow_server.url, "--name", "team-run", "--experiment", "team"]  # fmt: skip
     assert train_main(argv) == 0
 
-    experiment_id = mlflow_server.get("experiments/get-by-name", experiment_name="team")["experiment"]["experiment_id"]
-    (run,) = mlflow_server.post("runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    (run,) = mlflow_server.runs("team")
     run_id = run["info"]["run_id"]
     assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "team-run"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
@@ -234,7 +240,7 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
     assert weights["path"] == "model/ema.safetensors" and grid["path"] == "samples/step_0000004.png"
 
     # The artifacts are in the destination folder (the "shared storage"), the size the REST API lists.
-    stored = artifact_files(mlflow_server)
+    stored = artifact_files(mlflow_server, run)
     assert set(stored) == {"config.yaml", "stats.json", "model/ema.safetensors", "samples/step_0000004.png"}
     assert stored["model/ema.safetensors"].stat().st_size == int(weights["file_size"])
     assert json.loads(stored["stats.json"].read_text()) == json.loads((data / "stats.json").read_text())
@@ -265,11 +271,10 @@ def test_sweep_logs_a_parent_and_its_trials_to_the_server(mlflow_server, ray_ses
             "--mlflow-uri", mlflow_server.url, "--experiment", "team-sweeps"]  # fmt: skip
     assert sweep_main(argv) == 0
 
-    experiment_id = mlflow_server.get("experiments/get-by-name", experiment_name="team-sweeps")["experiment"]["experiment_id"]
-    runs = mlflow_server.post("runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    runs = mlflow_server.runs("team-sweeps")
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
-    (parent,) = [r for r, t in zip(runs, tags) if t.get("dctdiff.sweep") == "team-sweep" and "mlflow.parentRunId" not in t]
-    (child,) = [r for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == parent["info"]["run_id"]]
+    (parent,) = [r for r, t in zip(runs, tags) if t.get("dctdiff.sweep") == "team-sweep" and PARENT not in t]
+    (child,) = [r for r, t in zip(runs, tags) if t.get(PARENT) == parent["info"]["run_id"]]
     assert parent["info"]["status"] == child["info"]["status"] == "FINISHED"
     assert {p["key"]: p["value"] for p in child["data"]["params"]}["diffusion.snr_scale"] in ("2", "2.0")
     fid = mlflow_server.get("metrics/get-history", run_id=child["info"]["run_id"], metric_key="fid")["metrics"]
@@ -280,5 +285,4 @@ def test_sweep_logs_a_parent_and_its_trials_to_the_server(mlflow_server, ray_ses
     assert {"results.csv", "best_config.yaml", "space.yaml"} <= listed
     # the table the server stores is the one written to the sweep's storage folder
     results = (tmp_path / "sweeps" / "team-sweep" / "results.csv").read_text()
-    parent_files = [p for name, p in artifact_files(mlflow_server).items() if name == "results.csv"]
-    assert [p.read_text() for p in parent_files] == [results]
+    assert artifact_files(mlflow_server, parent)["results.csv"].read_text() == results

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -102,13 +101,12 @@ def test_trial_config_applies_the_values_and_puts_an_fid_in_every_report():
     "cpus, gpus, workers, cpus_per_worker, gpus_per_worker",
     [(2, 0, 1, None, 0), (16, 0, 1, None, 0), (16, 0, 4, 0.5, 0), (8, 2, 1, None, 1), (64, 8, 2, 4, 1), (3, 0, 2, None, 0)],
 )
-def test_concurrent_trials_and_ray_data_fit_the_cluster_and_one_more_would_not(cpus, gpus, workers, cpus_per_worker, gpus_per_worker):
+def test_concurrent_trials_and_ray_data_fit_and_one_more_would_not(cpus, gpus, workers, cpus_per_worker, gpus_per_worker):
     per_worker, concurrent = plan_concurrency(cpus, gpus, workers, cpus_per_worker, gpus_per_worker, None)
     per_trial = TRIAL_CPUS + workers * per_worker
     assert concurrent >= 1 and concurrent * per_trial + DATA_CPUS <= cpus + 1e-9
     assert concurrent * workers * gpus_per_worker <= gpus
-    one_more = (concurrent + 1) * per_trial + DATA_CPUS > cpus + 1e-9 or (concurrent + 1) * workers * gpus_per_worker > gpus
-    assert one_more
+    assert (concurrent + 1) * per_trial + DATA_CPUS > cpus + 1e-9 or (concurrent + 1) * workers * gpus_per_worker > gpus
     assert per_worker <= 1.0 or cpus_per_worker is not None
 
 
@@ -172,8 +170,10 @@ def wait_for(condition, timeout: float, process: subprocess.Popen, log: Path) ->
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
     """4 trials (c in {1, 4} x EBFR on/off) on 2 CPUs run one at a time; SIGINT after the first trial,
     --resume; then the MLflow parent and 4 child runs, results.csv and a best config that trains."""
-    data = write_prepared(tmp_path / "data", photo_crops(32, 32, seed=0))
-    space = write_space(tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n  diffusion.ebfr: {grid: [true, false]}\n")
+    data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
+    space = write_space(
+        tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n  diffusion.ebfr: {grid: [true, false]}\n"
+    )
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     sweeps = tmp_path / "sweeps"
     where = ["--storage", str(sweeps), "--name", "ablation"]

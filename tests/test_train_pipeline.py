@@ -158,3 +158,11 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["--preset", "cifar10", "--dry-run", "--set", "optim.lr=1e-4"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.0001" in out and "eta: 242.382" in out and "size: M" in out
+
+
+def test_redact_hides_passwords():
+    from dctdiff.tracking import redact
+
+    assert redact("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
+    assert redact("--backend-store-uri postgresql://u:p@h/db x") == "--backend-store-uri postgresql://u:***@h/db x"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -57,8 +58,8 @@ def places(ray_module, tmp_path_factory) -> Places:
 
 def test_prepare_through_a_uri_writes_the_dataset_a_path_does(places):
     ids, labels, coefficients = zip(*(shards.read_shard(f) for f in shards.shard_files(places.uri("data"))))
-    ids, coefficients = sum(ids, []), np.concatenate(coefficients)
-    reference = DCTCodec(32, 2, 4, dtype=__import__("torch").float64).analyze(photo_crops(IMAGES, 32, seed=0)).numpy()
+    ids, coefficients = [i for part in ids for i in part], np.concatenate(coefficients)
+    reference = DCTCodec(32, 2, 4, dtype=torch.float64).analyze(photo_crops(IMAGES, 32, seed=0)).numpy()
     assert ids == [f"photos-s0/{i:06d}" for i in range(IMAGES)] and np.concatenate(labels).tolist() == [-1] * IMAGES
     np.testing.assert_allclose(coefficients.astype(np.float64), reference, rtol=1e-3, atol=1e-2)  # float16 shards
     by_path = np.concatenate([shards.read_shard(f)[2] for f in shards.shard_files(places.path("data-path"))])
@@ -76,8 +77,7 @@ def test_train_checkpoints_and_resumes_under_a_uri(places):
     mlflow_run = client.get_run(record["mlflow_run_id"])  # one run across the resume
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["data.rows"] == str(IMAGES)
     assert sorted(m.step for m in client.get_metric_history(record["mlflow_run_id"], "loss")) == [1, 2, 3]
-    leftovers = [p for p in places.root.rglob(".*.tmp")]  # storage.atomic_path's temporaries
-    assert leftovers == []
+    assert list(places.root.rglob(".*.tmp")) == []  # no temporary left by storage.atomic_path
 
 
 def test_sample_writes_the_same_images_to_a_uri_as_to_a_path(places):
@@ -93,7 +93,6 @@ def test_sample_writes_the_same_images_to_a_uri_as_to_a_path(places):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/sample.py newest_checkpoint/load_ema_model take local paths only")
 def test_sample_reads_a_checkpoint_uri(places):
     assert sample_main(["--checkpoint", places.uri("runs/r"), "--num", "1", "--nfe", "2", "--output",
                         places.path("samples-from-uri")]) == 0  # fmt: skip

@@ -119,7 +119,8 @@ def validate_space(space: dict[str, Any], base: TrainConfig) -> None:
                 f"space key {key} is fixed by the prepared data; run one sweep per prepare output instead"
             )
         if key not in allowed:
-            raise ConfigError(f"unknown space key {key!r}; sweepable keys: {', '.join(sorted(allowed - set(SET_BY_SWEEP) - set(FIXED_BY_DATA)))}")
+            sweepable = sorted(allowed - set(SET_BY_SWEEP) - set(FIXED_BY_DATA))
+            raise ConfigError(f"unknown space key {key!r}; sweepable keys: {', '.join(sweepable)}")
         for value in _candidates(key, spec):
             try:
                 with_values(base, {key: value})

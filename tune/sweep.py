@@ -121,7 +121,9 @@ def plan_concurrency(
     """
     if workers < 1 or (requested is not None and requested < 1):
         raise ResourceError(f"--workers and --max-concurrent-trials must be >= 1, got {workers} and {requested}")
-    cpus = cpus_per_worker if cpus_per_worker is not None else min(1.0, (cluster_cpus - DATA_CPUS - TRIAL_CPUS) / workers)
+    cpus = cpus_per_worker
+    if cpus is None:  # up to one CPU per worker, one trial fitting at least
+        cpus = min(1.0, (cluster_cpus - DATA_CPUS - TRIAL_CPUS) / workers)
     per_trial = TRIAL_CPUS + workers * cpus
     fit = math.floor((cluster_cpus - DATA_CPUS) / per_trial + 1e-9) if cpus > 0 else 0
     if gpus_per_worker > 0:
@@ -176,7 +178,9 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
         mlflow_uri=plan.tracking_uri,
         experiment=plan.experiment,
         tune=True,
-        extra_tags={PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}"},
+        extra_tags={
+            PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}"
+        },
     )  # fmt: skip
     launch(trial_config(plan, values), options, run_config_overrides={"callbacks": [TuneReportCallback()]})
 
@@ -437,18 +441,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            changed = sorted(k for k, v in vars(args).items() if k not in RESUME_FLAGS and v != parser.get_default(k))
+            changed = [k for k, v in vars(args).items() if k not in RESUME_FLAGS and v != parser.get_default(k)]
             if changed:
-                raise ConfigError(
-                    f"--resume continues a sweep with its saved settings; drop {', '.join('--' + k.replace('_', '-') for k in changed)}"
-                )
+                flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
+                raise ConfigError(f"--resume continues a sweep with its saved settings; drop {flags}")
             plan, description = load_plan(args.storage, args.name), ""
         else:
             if not args.study:
                 parser.error("--study is required (a built-in study or a YAML file)")
             plan, description = new_plan(args)
             if storage.exists(storage.join(plan.directory, SWEEP_FILE)):
-                raise FileExistsError(f"sweep {plan.name} exists under {plan.storage}; add --resume or choose another --name")
+                raise FileExistsError(
+                    f"sweep {plan.name} exists under {plan.storage}; add --resume or choose another --name"
+                )
         outcome = run_sweep(plan, resume=args.resume, address=args.address, description=description)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

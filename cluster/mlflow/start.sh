@@ -22,7 +22,7 @@
 set -euo pipefail
 
 : "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI=postgresql://USER@HOST:PORT/DB (cluster/mlflow/README.md)}"
-: "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION to shared storage, e.g. s3://BUCKET/dctdiff/mlflow-artifacts}"
+: "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION to shared storage, e.g. s3://BUCKET/prefix}"
 case "$MLFLOW_BACKEND_STORE_URI" in
   postgresql://* | postgresql+*://*) ;;
   *) echo "start.sh: MLFLOW_BACKEND_STORE_URI must be a postgresql:// URI (a team server needs a real database)" >&2
