@@ -1,6 +1,6 @@
 """Prepare throughput: the Ray Data job against a plain single-process loop and against decoding alone.
 
-    python benchmarks/prepare.py [--images 20000] [--sizes 32 64] [--shard-rows N] [--rounds 3]
+    python benchmarks/prepare.py [--images 50000] [--sizes 32 64] [--shard-rows N] [--rounds 3]
 
 For each size, a folder of PNG files (photo crops, CIFAR-like) is written once, then in the same run:
 - decode alone (the floor): read + decode to RGB of the known files, one process;
@@ -123,7 +123,7 @@ def ray_job(folder: Path, size: int, block: int, rows: int | None, output: Path)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--images", type=int, default=50000, help="images per size (default: CIFAR-10's 50k)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--block-size", type=int, default=2)
     parser.add_argument("--shard-rows", type=int, help="rows per shard (default: the job's default)")

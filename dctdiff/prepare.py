@@ -77,10 +77,12 @@ class PrepareConfig:
 
     @property
     def codec(self) -> CodecParams:
+        """The shard codec parameters of this run."""
         return CodecParams(self.resolution, self.block_size, self.dtype)
 
     @property
     def fit(self) -> FitSpec:
+        """How each image is brought to the resolution."""
         return FitSpec(self.resolution, self.upscale, self.max_pixels, self.crop_box)
 
     def rows_per_shard(self) -> int:
@@ -197,10 +199,8 @@ def _add_part(output: str, index: int, histogram: np.ndarray) -> dict[str, Any]:
 
 
 def _fingerprint(items: list[Item]) -> str:
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps([item.id, item.ref]).encode())
-    return digest.hexdigest()
+    """A hash of the planned items (ids and locators): a resumed run must plan exactly the same."""
+    return hashlib.sha256("\n".join(f"{item.id}\t{item.ref}" for item in items).encode()).hexdigest()
 
 
 def _plan_document(config: PrepareConfig, source: ImageSource, items: list[Item], rows: int) -> dict[str, Any]:

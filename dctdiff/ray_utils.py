@@ -28,6 +28,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     if address:
         return ray.init(address=address, **kwargs)
     return ray.init(
+        address="local",  # never join another cluster recorded on this machine
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host=LOOPBACK,

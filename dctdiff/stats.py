@@ -130,20 +130,6 @@ class DatasetStats:
     stats_sample: float = 1.0
     histogram: dict[str, Any] = field(default_factory=dict)
 
-    def loss_weights(self, keep: int) -> np.ndarray:
-        """EBFR weights [6 * keep] (paper §4, DESIGN.md §4): per plane the first ``keep`` entropies
-        divided by their mean, laid out like a token: Y, Y, Y, Y, Cb, Cr."""
-        frequencies = len(self.entropy["Y"])
-        if not 1 <= keep <= frequencies:
-            raise ValueError(f"keep must be in 1..{frequencies} (B*B of these statistics), got {keep}")
-        weights = {}
-        for plane in PLANES:
-            kept = np.asarray(self.entropy[plane][:keep], dtype=np.float64)
-            if kept.mean() <= 0:
-                raise ValueError(f"the kept {plane} entropies are all zero: these statistics cannot weight the loss")
-            weights[plane] = kept / kept.mean()
-        return np.concatenate([weights["Y"]] * 4 + [weights["Cb"], weights["Cr"]])
-
     def to_json(self) -> dict[str, Any]:
         """The stats.json document."""
         return {"format": STATS_FORMAT, "version": STATS_VERSION, **asdict(self)}

@@ -9,20 +9,10 @@ from PIL import Image
 
 from dctdiff.config import build_config
 from dctdiff.generate import generate_images
-from dctdiff.ray_utils import init_ray
 from dctdiff.training import Trainer, build_codec, build_model, build_schedule
 from pipelines.sample import SamplingSpec, load_sampler, main, newest_checkpoint, run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-def test_same_seeds_same_images_with_one_or_two_workers(ray_local, checkpoint, tmp_path):
+def test_same_seeds_same_images_with_one_or_two_workers(ray_module, checkpoint, tmp_path):
     spec = SamplingSpec(str(checkpoint.parent), sampler="dpm++2m", nfe=3, labels=(0, 2), batch_size=2, guidance_scale=2.0)
     one = run(spec, 5, str(tmp_path / "one"), seed_start=10, workers=1, progress=False)
     two = run(spec, 5, str(tmp_path / "two"), seed_start=10, workers=2, progress=False)
@@ -53,7 +43,7 @@ def test_same_seeds_same_images_with_one_or_two_workers(ray_local, checkpoint, t
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one" / "000012.png")), one[2])
 
 
-def test_published_checkpoint_samples_with_preset_codec(ray_local, tmp_path):
+def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     """A .pth with the published module names (weights_only load) samples through the preset's codec."""
     torch.manual_seed(1)
     config = build_config("demo", overrides=["model.embed_dim=128", "model.num_heads=2", "data.eta=242.0"])  # head width 64

@@ -14,7 +14,6 @@ from dctdiff.stats import (
     PLANE_BLOCKS,
     PLANES,
     TAU,
-    DatasetStats,
     band_entropy,
     coefficient_histogram,
     compute_stats,
@@ -119,19 +118,6 @@ def test_uniform_values_have_log2_bins_entropy():
     support = np.linspace(-49.5, 49.5, 100)  # one value per bin on [-0.5, 0.5] * eta
     counts = np.full(100, 7)
     assert band_entropy(counts, support, -1000, 1000, eta) == pytest.approx(np.log2(50))
-
-
-def test_loss_weights_follow_the_token_layout():
-    """Paper's CIFAR-10 entropies (B = 2: zigzag = raster order): weights = entropy / plane mean."""
-    entropy = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
-    stats = DatasetStats(eta=242.382, entropy=entropy, band={}, counts={}, codec={})
-    weights = stats.loss_weights(keep=3)
-    y = np.array([6.471, 3.588, 3.767]) / np.mean([6.471, 3.588, 3.767])
-    cb = np.array([4.308, 1.315, 1.487]) / np.mean([4.308, 1.315, 1.487])
-    cr = np.array([4.014, 1.284, 1.435]) / np.mean([4.014, 1.284, 1.435])
-    np.testing.assert_allclose(weights, np.concatenate([y, y, y, y, cb, cr]))
-    with pytest.raises(ValueError, match="keep must be in 1..4"):
-        stats.loss_weights(5)
 
 
 def test_stats_json_round_trip(tmp_path):

@@ -13,7 +13,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dctdiff.photos import photo_crops
-from dctdiff.ray_utils import init_ray
 from dctdiff.ray_utils import ResourceError, plan_worker_cpus
 from pipelines.train import launch, main, parse_args
 from tests.prepared import write_prepared
@@ -25,15 +24,6 @@ SMALL = [
     "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2", "--set", "schedule.keep_checkpoints=2",
     "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4", "--set", "schedule.sample_nfe=3",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +48,7 @@ def run_id_of(client: MlflowClient, name: str) -> str:
     return run.info.run_id
 
 
-def test_train_logs_to_mlflow_and_resumes_exactly(ray_local, data, places):
+def test_train_logs_to_mlflow_and_resumes_exactly(ray_module, data, places):
     where, client, runs = places
     assert main(["--data", str(data), *SMALL, *where, "--name", "straight", "--max-steps", "6"]) == 0
     assert main(["--data", str(data), *SMALL, *where, "--name", "split", "--max-steps", "3"]) == 0
@@ -88,7 +78,7 @@ def test_train_logs_to_mlflow_and_resumes_exactly(ray_local, data, places):
     np.testing.assert_allclose([resumed[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)], atol=1e-6)
 
 
-def test_worker_killed_mid_run_restarts_from_checkpoint(ray_local, data, places):
+def test_worker_killed_mid_run_restarts_from_checkpoint(ray_module, data, places):
     import ray
     from ray.util.state import list_actors
 
@@ -117,7 +107,7 @@ def test_worker_killed_mid_run_restarts_from_checkpoint(ray_local, data, places)
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_local, data, places, capsys):
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_module, data, places, capsys):
     where, client, runs = places
     args = ["--data", str(data), *SMALL, *where, "--name", "nan", "--max-steps", "5", "--max-failures", "0",
             "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=0", "--set", "schedule.checkpoint_every=1"]  # fmt: skip
@@ -128,7 +118,7 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_local, da
     assert '"step": 1' in (checkpoint / "state.json").read_text()
 
 
-def test_bad_inputs_fail_fast_with_a_clear_message(ray_local, data, places, tmp_path, capsys):
+def test_bad_inputs_fail_fast_with_a_clear_message(ray_module, data, places, tmp_path, capsys):
     where, _, _ = places
     cases = [
         (["--data", str(tmp_path / "missing")], "does not exist: run pipelines/prepare.py"),
