@@ -210,6 +210,12 @@ class DCTCodec:
         """6 * keep."""
         return BLOCKS_PER_TOKEN * self.keep
 
+    @property
+    def token_bound(self) -> float:
+        """No token exceeds this in magnitude: |coefficient| <= 128 B (orthonormal DCT of values in
+        [-128, 128], DESIGN.md §4), divided by eta."""
+        return 128.0 * self.block_size / self.eta
+
     def _constant(self, name: str, value: np.ndarray, device: torch.device) -> torch.Tensor:
         key = (name, device)
         if key not in self._cache:
@@ -315,6 +321,11 @@ class PixelCodec:
     @property
     def token_dim(self) -> int:
         return 3 * self.patch_size**2
+
+    @property
+    def token_bound(self) -> float:
+        """Pixel tokens lie in [-1, 1]."""
+        return 1.0
 
     def analyze(self, images: ImageBatch) -> torch.Tensor:
         """uint8 images [N, H, W, 3] -> pixel patches [N, L, P*P*3], values 0..255, row-major (p1 p2 c)."""

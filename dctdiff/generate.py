@@ -51,6 +51,7 @@ def generate_images(
             null_label=null,
             device=device,
             progress=progress,
+            x0_bound=codec.token_bound,  # static thresholding to the tokens' exact range
         )  # [n, L, D]
         out.append(codec.decode(tokens.float()).cpu())
     model.train(was_training)

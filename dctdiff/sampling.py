@@ -96,6 +96,23 @@ class _GuidedEps:
         return null + self.scale * (cond - null)
 
 
+class _BoundedEps:
+    """Static thresholding (Saharia et al. 2022, §2.3): clip the data prediction implied by eps to the
+    data's known range [-bound, bound] and return the eps that matches the clipped prediction."""
+
+    def __init__(self, eps_at: _GuidedEps, schedule: VPSchedule, bound: float) -> None:
+        if not bound > 0:
+            raise ValueError(f"x0_bound must be > 0 (or None for no clipping), got {bound}")
+        self.eps_at, self.schedule, self.bound = eps_at, schedule, bound
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        eps = self.eps_at(x, t)
+        time = torch.tensor(t, dtype=torch.float64)
+        alpha, sigma = float(self.schedule.alpha(time)), float(self.schedule.sigma(time))
+        x0 = ((x - sigma * eps) / alpha).clamp(-self.bound, self.bound)
+        return (x - alpha * x0) / sigma
+
+
 def _per_image_normal(generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     """One standard-normal draw of ``shape`` per image from its own CPU generator -> [N, *shape]."""
     return torch.stack([torch.randn(shape, generator=g) for g in generators])
@@ -180,6 +197,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    x0_bound: float | None = None,
 ) -> torch.Tensor:
     """Generate one sample of per-image ``shape`` (e.g. [L, D]) for each seed -> [len(seeds), *shape].
 
@@ -188,6 +206,8 @@ def sample(
     unconditional); s != 1 needs ``null_label`` (``UViT.null_label_index``). t_min: end time, 1e-4 as in
     DCTdiff's DPM-Solver evaluation (with c = 4 the noise left there is ~0.2 grey levels; DPM-Solver's
     authors suggest 1e-3 below ~15 steps). The result is the state at t_min (no extra denoising step).
+    x0_bound: clip every implied data prediction to [-x0_bound, x0_bound] (static thresholding; a codec's
+    ``token_bound`` is the exact range of its tokens); None: no clipping.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -208,6 +228,8 @@ def sample(
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     x = _per_image_normal(generators, shape).to(device, dtype)  # x_1 ~ N(0, I), [N, *shape]
     eps_at = _GuidedEps(eps_fn, labels, guidance_scale, null_label)
+    if x0_bound is not None:
+        eps_at = _BoundedEps(eps_at, schedule, x0_bound)
     grid = _grid(schedule, nfe, t_min, spacing)
     if sampler.startswith("dpm++") or sampler == "ddim":
         order = {"dpm++2m": 2, "dpm++3m": 3, "ddim": 1}[sampler]

@@ -190,3 +190,19 @@ def test_float_images_in_range_are_accepted():
     np.testing.assert_allclose(codec.encode(images.astype(np.float32)), codec.encode(images), atol=1e-6)
     torch_images = torch.from_numpy(images)
     np.testing.assert_allclose(codec.encode(torch_images), codec.encode(images))
+
+
+@pytest.mark.parametrize("block", [2, 4, 8])
+def test_token_bound_holds_for_extreme_images(block):
+    """Saturated colours and checkerboards reach the largest coefficients; none exceeds token_bound."""
+    size = 4 * block
+    checker = (np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8)
+    images = np.stack([
+        np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8),
+        np.stack([checker] * 3, -1), np.stack([checker, 255 - checker, checker], -1),
+    ])  # fmt: skip
+    codec = DCTCodec(size, block, block * block, eta=3.0)
+    tokens = codec.encode(images)
+    assert tokens.abs().max() <= codec.token_bound + 1e-6
+    assert tokens.abs().max() >= 0.9 * codec.token_bound  # the bound is nearly reached (it is tight)
+    assert PixelCodec(size, 2).token_bound == 1.0

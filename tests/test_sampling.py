@@ -145,3 +145,17 @@ def test_bad_arguments():
         sample(fn, SHAPE, [0, 1], SCHEDULE, labels=[3])
     with pytest.raises(ValueError, match="seeds is empty"):
         sample(fn, SHAPE, [], SCHEDULE)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_x0_bound_keeps_samples_inside_the_data_range(sampler):
+    """Static thresholding: data far outside [-1, 1] (mean 5) is pulled to the bound; unbounded it is not."""
+    eps_fn = gaussian_eps_fn(mu=torch.full(SHAPE, 5.0, dtype=torch.float64), std=torch.full(SHAPE, 0.1, dtype=torch.float64))
+    seeds = list(range(16))
+    free = sample(eps_fn, SHAPE, seeds, SCHEDULE, sampler=sampler, nfe=20)
+    bounded = sample(eps_fn, SHAPE, seeds, SCHEDULE, sampler=sampler, nfe=20, x0_bound=1.0)
+    slack = 5 * float(SCHEDULE.sigma(torch.tensor(1e-4)))  # the noise left at t_min
+    assert free.mean() > 4.0
+    assert bounded.abs().max() <= 1.0 + slack
+    with pytest.raises(ValueError, match="x0_bound must be > 0"):
+        sample(eps_fn, SHAPE, seeds, SCHEDULE, nfe=2, x0_bound=0.0)
