@@ -27,9 +27,9 @@ from pipelines.train import launch, parse_args  # noqa: E402
 from tests.prepared import write_prepared  # noqa: E402
 
 
-def bare_loop(config, images, steps: int, warmup: int) -> float:
-    """images/s of Trainer.train_step on in-memory tokens (no Ray, no Parquet)."""
-    torch.set_num_threads(1)
+def bare_loop(config, images, steps: int, warmup: int, threads: int) -> float:
+    """images/s of Trainer.train_step on in-memory tokens (no Ray, no Parquet) with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
     codec = build_codec(config, eta=242.0)
     trainer = Trainer(config, codec, build_model(config, codec), None, torch.device("cpu"))
     tokens = codec.encode(images)
@@ -65,12 +65,14 @@ def main() -> None:
         result, run_id = launch(config, options)
         from mlflow.tracking import MlflowClient
 
-        history = MlflowClient(f"sqlite:///{tmp}/m.db").get_metric_history(run_id, "images_per_s")
+        client = MlflowClient(f"sqlite:///{tmp}/m.db")
+        threads = int(client.get_run(run_id).data.params["worker_threads"])  # the bare loop uses the same
+        history = client.get_metric_history(run_id, "images_per_s")
         windows = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # skip the warm-up window
         ray_rate = sum(windows) / len(windows)
     bare_rate = bare_loop(build_config("demo", overrides=settings[1::2][:-1] + [f"schedule.max_steps={args.steps}"]),
-                          images, args.steps, args.log_every)  # fmt: skip
-    print(f"{'loop':<28}{'images/s':>10}")
+                          images, args.steps, args.log_every, threads)  # fmt: skip
+    print(f"{'loop':<28}{'images/s':>10}   (torch threads: {threads} on both sides)")
     print(f"{'bare PyTorch':<28}{bare_rate:>10.1f}")
     print(f"{'pipelines/train.py (Ray)':<28}{ray_rate:>10.1f}")
     print(f"Ray Train overhead: {100 * (1 - ray_rate / bare_rate):.1f}% (ratio {ray_rate / bare_rate:.3f})")

@@ -2,7 +2,8 @@
 
 Architecture (DESIGN.md §6; DCTdiff's libs/uvit.py): a linear token embedding ``proj``, the time
 (and, class-conditional, the label) as extra tokens in front of the sequence ([label, time, tokens]),
-a learned ``pos_embed``, depth/2 ``in_blocks``, a ``mid_block``, depth/2 ``out_blocks`` that take
+a learned ``pos_embed`` (initialised here with a 2-D sin-cos embedding of the token grid, see
+``sincos_pos_embed``), depth/2 ``in_blocks``, a ``mid_block``, depth/2 ``out_blocks`` that take
 the matching in-block output as a long skip (concat + ``skip_linear``), a final LayerNorm ``norm``
 and a linear head ``decoder_pred``. Module names and tensor shapes are those of the published code,
 so ``UViT.from_official_state_dict`` loads its weights unchanged; the codec (DCT or pixel) only
@@ -27,6 +28,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 PUBLISHED_HEAD_DIM = 64  # head width of the published S/M/L configs (U-ViT-H uses 72: pass num_heads)
+POS_EMBED_INITS = ("sincos", "normal")
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,31 @@ class UViTConfig:
     mlp_time_embed: bool = False
     final_conv: bool = False
     grad_checkpoint: bool = False
+    pos_embed_init: str = "sincos"
+    token_grid: tuple[int, int] | None = None  # (rows, cols) of the tokens; None: square, else one row
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the token grid: ``token_grid``, else square if num_tokens is a square, else one row."""
+        if self.token_grid is not None:
+            return self.token_grid
+        side = math.isqrt(self.num_tokens)
+        return (side, side) if side * side == self.num_tokens else (1, self.num_tokens)
 
     def __post_init__(self) -> None:
         for name in ("token_dim", "num_tokens", "embed_dim", "depth", "num_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.pos_embed_init not in POS_EMBED_INITS:
+            raise ValueError(f"pos_embed_init must be one of {list(POS_EMBED_INITS)}, got {self.pos_embed_init!r}")
+        if self.pos_embed_init == "sincos" and self.embed_dim % 4:
+            raise ValueError(
+                f"pos_embed_init='sincos' needs embed_dim divisible by 4, got {self.embed_dim}; "
+                "change embed_dim or use pos_embed_init='normal'"
+            )
+        if self.token_grid is not None and math.prod(self.token_grid) != self.num_tokens:
+            raise ValueError(f"token_grid {self.token_grid} does not hold num_tokens={self.num_tokens} tokens")
         if self.depth % 2:
             raise ValueError(f"depth must be even (depth/2 in-blocks and depth/2 out-blocks), got {self.depth}")
         if self.embed_dim % self.num_heads:
@@ -86,6 +107,26 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
     return embedding
+
+
+def sincos_pos_embed(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """2-D sin-cos position embedding of a rows x cols token grid (raster order) -> [rows * cols, dim].
+
+    The first half of the channels encodes the row, the second half the column, each as
+    [sin(p w_k), cos(p w_k)] with w_k = 10000^(-k / (dim/4)) (Vaswani et al. 2017; MAE's 2-D form).
+    ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"the 2-D sin-cos embedding needs embed_dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # [dim/4]
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+
+    def encode(position: torch.Tensor) -> torch.Tensor:
+        angles = position.reshape(-1, 1).double() * omega[None]  # [rows * cols, dim/4]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # [rows * cols, dim/2]
+
+    return torch.cat([encode(row), encode(col)], dim=1).float()  # [rows * cols, dim]
 
 
 class Attention(nn.Module):
@@ -158,6 +199,8 @@ class UViT(nn.Module):
         mlp_time_embed: bool = False,
         final_conv: bool = False,
         grad_checkpoint: bool = False,
+        pos_embed_init: str = "sincos",
+        token_grid: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.config = UViTConfig(
@@ -173,6 +216,8 @@ class UViT(nn.Module):
             mlp_time_embed=mlp_time_embed,
             final_conv=final_conv,
             grad_checkpoint=grad_checkpoint,
+            pos_embed_init=pos_embed_init,
+            token_grid=token_grid,
         )
         self.embed_dim = embed_dim
         self.proj = nn.Linear(token_dim, embed_dim)
@@ -198,6 +243,12 @@ class UViT(nn.Module):
             self.final_layer = nn.Conv2d(3, 3, kernel_size=3, padding=1)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if pos_embed_init == "sincos":
+            # U-ViT starts from a small random pos_embed, so a short run has not yet learnt which tokens
+            # are neighbours (samples come out as a patchwork of tokens); the 2-D sin-cos start gives
+            # that from step 0. The extra (time, label) tokens keep the random start.
+            with torch.no_grad():
+                self.pos_embed[0, self.extras :] = sincos_pos_embed(*self.config.grid, embed_dim)
         self.apply(_init_weights)
 
     @property
@@ -288,6 +339,7 @@ class UViT(nn.Module):
             null_label=null_label and labels is not None,
             mlp_time_embed="time_embed.0.weight" in state_dict,
             final_conv="final_layer.weight" in state_dict,
+            pos_embed_init="normal",  # overwritten by the loaded pos_embed
         )
         model.load_state_dict(state_dict, strict=True)
         return model

@@ -45,6 +45,8 @@ def build_model(config: TrainConfig, codec: Codec) -> UViT:
         num_classes=config.data.num_classes if config.data.class_conditional else 0,
         mlp_ratio=m.mlp_ratio,
         qkv_bias=m.qkv_bias,
+        pos_embed_init=m.pos_embed_init,
+        token_grid=codec.grid,
         **overrides,
     )
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     result, run_id = train.launch(config, options)
 
     banner(f"4/5 sample {args.samples} images from the EMA weights")
-    spec = sample.SamplingSpec(result.checkpoint.path, nfe=config.schedule.sample_nfe)
+    spec = sample.SamplingSpec(result.checkpoint.path)  # the run's sampler and NFE
     samples = sample.run(spec, args.samples, str(out / "samples"), workers=1)
     grid = out / "samples.png"
     save_png(image_grid([samples[i : i + 8] for i in range(0, 64, 8)]), str(grid), scale=3)

@@ -19,7 +19,7 @@ import io
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (also under `ray job submit`): make the repo importable
@@ -46,8 +46,8 @@ class SamplingSpec:
     checkpoint: str
     preset: str = "demo"
     overrides: tuple[str, ...] = ()
-    sampler: str = "dpm++2m"
-    nfe: int = 50
+    sampler: str | None = None  # None: the run's schedule.sampler (published checkpoints: the --preset's)
+    nfe: int | None = None  # None: the run's schedule.sample_nfe (published checkpoints: the --preset's)
     guidance_scale: float = 1.0
     labels: tuple[int, ...] = ()  # cycled over the seeds; empty: unconditional (or the null label)
     batch_size: int = 64
@@ -68,7 +68,7 @@ def newest_checkpoint(path: str) -> str:
 
 
 def load_sampler(spec: SamplingSpec, device: torch.device):
-    """(model, codec, schedule) for a checkpoint of ours or a published one."""
+    """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
     if spec.checkpoint.endswith((".pth", ".pt", ".safetensors")):
         config = build_config(spec.preset, overrides=list(spec.overrides))
         if config.data.eta is None and config.data.space == "dct":
@@ -81,9 +81,9 @@ def load_sampler(spec: SamplingSpec, device: torch.device):
                 f"preset {spec.preset!r} makes {codec.num_tokens} of dim {codec.token_dim}: pick the matching "
                 "--preset or --set data.resolution/block_size/keep"
             )
-        return model, codec, build_schedule(config)
+        return model, codec, build_schedule(config), config
     model, config, state = load_ema_model(newest_checkpoint(spec.checkpoint), device)
-    return model, build_codec(config, state["eta"]), build_schedule(config)
+    return model, build_codec(config, state["eta"]), build_schedule(config), config
 
 
 class SampleActor:
@@ -93,7 +93,7 @@ class SampleActor:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.spec = spec
         self.seed_start = seed_start
-        self.model, self.codec, self.schedule = load_sampler(spec, self.device)
+        self.model, self.codec, self.schedule, _ = load_sampler(spec, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         seeds = batch["id"].astype(np.int64) + self.seed_start  # [n] image seeds
@@ -120,9 +120,13 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
 
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
+    _, _, _, config = load_sampler(spec, torch.device("cpu"))  # fail fast here, not in an actor, on a bad checkpoint
+    spec = replace(
+        spec, sampler=spec.sampler or config.schedule.sampler, nfe=spec.nfe or config.schedule.sample_nfe
+    )
     if spec.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {spec.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    load_sampler(spec, torch.device("cpu"))  # fail fast here, not inside an actor, on a bad checkpoint/config
+    print(f"sampler {spec.sampler}, {spec.nfe} network evaluations per image")
     init_ray(address)
     resources = ray.cluster_resources()
     cpus = plan_worker_cpus(workers, resources.get("CPU", 0.0), resources.get("GPU", 0.0), None, gpus_per_worker)
@@ -165,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder or URI for the PNGs and images.npz")
     parser.add_argument("--num", type=int, default=64, help="number of images")
     parser.add_argument("--seed-start", type=int, default=0)
-    parser.add_argument("--sampler", default="dpm++2m", choices=SAMPLERS)
-    parser.add_argument("--nfe", type=int, default=50, help="network evaluations per image")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="default: the run's schedule.sampler")
+    parser.add_argument("--nfe", type=int, help="network evaluations per image (default: the run's schedule.sample_nfe)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
     parser.add_argument("--labels", default="", help="comma-separated class labels, cycled over the images")
     parser.add_argument("--batch-size", type=int, default=64)

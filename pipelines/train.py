@@ -33,7 +33,7 @@ from dctdiff.data import DatasetInfo, load_dataset_info
 from dctdiff.generate import generate_images
 from dctdiff.grid import image_grid
 from dctdiff.periodic_fid import ensure_reference_stats, load_reference, sample_fid
-from dctdiff.ray_utils import ResourceError, init_ray, plan_worker_cpus
+from dctdiff.ray_utils import DATA_CPUS, ResourceError, init_ray, plan_worker_cpus
 from dctdiff.tracking import get_or_create_experiment, redact, resolve_tracking_uri, ui_command
 from dctdiff.training import Batch, Trainer, build_codec, build_model
 
@@ -318,15 +318,18 @@ def launch(
         options.resume = storage.exists(run_file)
     record = _check_resume(run_file, config, options)
     fid_reference = ensure_reference_stats(options.data, info.rows) if config.schedule.fid_every else None
-    mlflow_settings = _start_mlflow_run(config, options, info, record.get("mlflow_run_id"))
+    materialize = info.rows * info.row_bytes <= MATERIALIZE_BYTES  # small data: read once, not every epoch
+    # With the data in memory, Ray Data's CPU is idle during training: the workers share it as threads.
+    threads = max(1, int(cpus + (DATA_CPUS / options.workers if materialize else 0.0)))
+    mlflow_settings = _start_mlflow_run(config, options, info, record.get("mlflow_run_id"), threads)
     storage.write_json(run_file, {"config": config.to_dict(), "mlflow_run_id": mlflow_settings["run_id"]})
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the workers print training progress
     context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
     dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
-    if info.rows * info.row_bytes <= MATERIALIZE_BYTES:
-        dataset = dataset.materialize()  # small data: read once, not again every epoch
+    if materialize:
+        dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
 
     def entry(loop_config: dict[str, Any]) -> None:
@@ -337,7 +340,7 @@ def launch(
         train_loop_config={
             "config": config.to_dict(),
             "info": info,
-            "threads": max(1, int(cpus)),
+            "threads": threads,
             "mlflow": mlflow_settings,
             "fid_reference": fid_reference,
         },
@@ -368,7 +371,9 @@ def launch(
     return result, mlflow_settings["run_id"]
 
 
-def _start_mlflow_run(config: TrainConfig, options: LaunchOptions, info: DatasetInfo, run_id: str | None) -> dict:
+def _start_mlflow_run(
+    config: TrainConfig, options: LaunchOptions, info: DatasetInfo, run_id: str | None, worker_threads: int
+) -> dict:
     """Create (or reopen, on resume) the job's MLflow run in the driver; log params and artifacts."""
     from mlflow.tracking import MlflowClient
 
@@ -379,7 +384,8 @@ def _start_mlflow_run(config: TrainConfig, options: LaunchOptions, info: Dataset
         tags = {"mlflow.runName": options.name, "dctdiff.data": redact(options.data), **options.extra_tags}
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
         params = {k: str(v) for k, v in config.flat().items()}
-        params.update({"data.eta_used": str(info.eta), "data.rows": str(info.rows), "workers": str(options.workers)})
+        params.update({"data.eta_used": str(info.eta), "data.rows": str(info.rows), "workers": str(options.workers),
+                       "worker_threads": str(worker_threads)})  # fmt: skip
         from mlflow.entities import Param
 
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])

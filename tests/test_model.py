@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from dctdiff.loss import TokenLoss, diffusion_loss
-from dctdiff.model import MODEL_SIZES, UViT, build_uvit, load_official_checkpoint, timestep_embedding
+from dctdiff.model import (
+    MODEL_SIZES,
+    UViT,
+    build_uvit,
+    load_official_checkpoint,
+    sincos_pos_embed,
+    timestep_embedding,
+)
 from dctdiff.schedule import VPSchedule
 
 
@@ -258,18 +265,53 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
-def test_tiny_model_overfits_a_single_batch():
+@pytest.mark.parametrize("pos_embed_init", ["sincos", "normal"])
+def test_tiny_model_overfits_a_single_batch(pos_embed_init):
     """Fixed (x0, t, eps): the eps-prediction loss of a tiny U-ViT must fall at least 10x."""
     torch.manual_seed(0)
-    model = build_uvit("tiny", token_dim=24, num_tokens=16, num_classes=4)
+    model = build_uvit("tiny", token_dim=24, num_tokens=16, num_classes=4, pos_embed_init=pos_embed_init)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     x0, labels = 0.5 * torch.randn(8, 16, 24), torch.arange(8) % 5
     loss_fn, schedule = TokenLoss(keep=4), VPSchedule(snr_scale=4.0)
     losses = []
-    for _ in range(60):
+    for _ in range(80):
         loss = diffusion_loss(model, schedule, x0, loss_fn, labels, torch.Generator().manual_seed(7))
         opt.zero_grad()
         loss.per_sample.mean().backward()
         opt.step()
         losses.append(loss.per_sample.mean().item())
     assert min(losses[-10:]) < losses[0] / 10, (losses[0], losses[-10:])
+
+
+def test_sincos_pos_embed_matches_the_formula():
+    """Channel k < d/4 of token (r, c) is sin(r w_k), then cos(r w_k), sin(c w_k), cos(c w_k), w_k = 10000^(-k/(d/4))."""
+    rows, cols, dim = 3, 5, 16
+    embed = sincos_pos_embed(rows, cols, dim)
+    assert embed.shape == (rows * cols, dim)
+    q = dim // 4
+    for r in range(rows):
+        for c in range(cols):
+            expected = [math.sin(r * 10000 ** (-k / q)) for k in range(q)]
+            expected += [math.cos(r * 10000 ** (-k / q)) for k in range(q)]
+            expected += [math.sin(c * 10000 ** (-k / q)) for k in range(q)]
+            expected += [math.cos(c * 10000 ** (-k / q)) for k in range(q)]
+            torch.testing.assert_close(embed[r * cols + c], torch.tensor(expected), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed(2, 2, 10)
+
+
+def test_pos_embed_init_follows_the_token_grid():
+    """The token part of pos_embed starts as the grid's sin-cos embedding (raster order); extra tokens stay small
+    and random; 'normal' keeps U-ViT's random start; a non-square grid is taken from token_grid."""
+    model = build_uvit("tiny", token_dim=24, num_tokens=8, num_classes=3, token_grid=(2, 4))
+    assert model.extras == 2
+    torch.testing.assert_close(model.pos_embed[0, 2:].detach(), sincos_pos_embed(2, 4, 64))
+    assert model.pos_embed[0, :2].abs().max() < 0.1
+    square = build_uvit("tiny", token_dim=24, num_tokens=16)
+    torch.testing.assert_close(square.pos_embed[0, 1:].detach(), sincos_pos_embed(4, 4, 64))
+    random_start = build_uvit("tiny", token_dim=24, num_tokens=16, pos_embed_init="normal")
+    assert random_start.pos_embed.std() < 0.03  # trunc_normal(std 0.02)
+    with pytest.raises(ValueError, match="token_grid"):
+        build_uvit("tiny", token_dim=24, num_tokens=16, token_grid=(3, 4))
+    with pytest.raises(ValueError, match="pos_embed_init"):
+        build_uvit("tiny", token_dim=24, num_tokens=16, pos_embed_init="learned")

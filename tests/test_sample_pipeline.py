@@ -33,7 +33,7 @@ def test_same_seeds_same_images_with_one_or_two_workers(ray_module, checkpoint, 
     two = run(spec, 5, str(tmp_path / "two"), seed_start=10, workers=2, progress=False)
     np.testing.assert_array_equal(one, two)
     # and equal to sampling in-process, seed by seed
-    model, codec, schedule = load_sampler(spec, torch.device("cpu"))
+    model, codec, schedule, _ = load_sampler(spec, torch.device("cpu"))
     direct = generate_images(model, codec, schedule, list(range(10, 15)), "dpm++2m", 3, labels=[0, 2, 0, 2, 0],
                              guidance_scale=2.0).numpy()  # fmt: skip
     np.testing.assert_array_equal(one, direct)
@@ -44,7 +44,8 @@ def test_same_seeds_same_images_with_one_or_two_workers(ray_module, checkpoint, 
 
 
 def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
-    """A .pth with the published module names (weights_only load) samples through the preset's codec."""
+    """A .pth with the published module names (weights_only load) samples through the preset's codec, with the
+    preset's sampler when none is given."""
     torch.manual_seed(1)
     config = build_config("demo", overrides=["model.embed_dim=128", "model.num_heads=2", "data.eta=242.0"])  # head width 64
     codec = build_codec(config, 242.0)
@@ -53,7 +54,8 @@ def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     torch.save(model.state_dict(), path)
     spec = SamplingSpec(str(path), preset="demo", overrides=("data.eta=242.0",), nfe=2, batch_size=4)
     images = run(spec, 4, str(tmp_path / "out"), workers=1, progress=False)
-    expected = generate_images(model.eval(), codec, build_schedule(config), [0, 1, 2, 3], "dpm++2m", 2).numpy()
+    assert config.schedule.sampler == "euler_maruyama"
+    expected = generate_images(model.eval(), codec, build_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2).numpy()
     np.testing.assert_array_equal(images, expected)
 
 
