@@ -187,7 +187,7 @@ _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
             "sample_every": 1000,
             "sample_count": 16,
             "sampler": "euler_maruyama",
-            "sample_nfe": 100,
+            "sample_nfe": 250,
         },
     },
     "cifar10": {
