@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dctdiff.codec import DCTCodec, PixelCodec, zigzag_order
@@ -118,13 +118,15 @@ def test_tokens_from_coefficients_equals_encode(block, keep):
     keep_fraction=st.floats(0.01, 1.0),
     seed=st.integers(0, 2**16),
 )
+@example(block=8, rows=1, cols=3, keep_fraction=1.0, seed=1)  # missed a float32 tolerance once
 def test_hflip_tokens_equals_flipping_the_image(block, rows, cols, keep_fraction, seed):
     keep = max(1, int(round(keep_fraction * block * block)))
     height, width = 2 * block * rows, 2 * block * cols
     images = random_images(2, height, width, seed=seed)
-    codec = DCTCodec((height, width), block, keep, eta=50.0)
+    # float64: the flip is exact, so only rounding of the two encodes may differ (float32 left ~1e-5 at B=8)
+    codec = DCTCodec((height, width), block, keep, eta=50.0, dtype=torch.float64)
     flipped = codec.encode(np.ascontiguousarray(images[:, :, ::-1]))
-    np.testing.assert_allclose(codec.hflip_tokens(codec.encode(images)).numpy(), flipped.numpy(), atol=1e-5)
+    np.testing.assert_allclose(codec.hflip_tokens(codec.encode(images)).numpy(), flipped.numpy(), atol=1e-10)
 
 
 @settings(max_examples=20, deadline=None)
