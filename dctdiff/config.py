@@ -129,6 +129,12 @@ class TrainConfig:
         _require(
             self.model.size in MODEL_SIZES, f"model.size must be one of {', '.join(MODEL_SIZES)}, got {self.model.size!r}"
         )
+        width = self.model.embed_dim or MODEL_SIZES.get(self.model.size, {}).get("embed_dim", 4)
+        _require(
+            self.model.pos_embed_init != "sincos" or width % 4 == 0,
+            f"model.pos_embed_init=sincos needs model.embed_dim divisible by 4, got {width}: change "
+            "model.embed_dim or set model.pos_embed_init=normal",
+        )
         _require(self.diffusion.snr_scale > 0, f"diffusion.snr_scale must be > 0, got {self.diffusion.snr_scale}")
         _require(
             0 < self.diffusion.beta_min < self.diffusion.beta_max,
@@ -175,7 +181,7 @@ def _require(condition: bool, message: str) -> None:
 # resolution and block size come from the data presets that prepare.py shares.
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # A few CPU minutes: tiny net, high learning rate, and the SDE sampler, which forgives the
-    # score errors of a barely trained net that the ODE solvers amplify (README "The demo").
+    # score errors of a barely trained net that the ODE solvers amplify (README "What to expect").
     "demo": {
         "data": {"keep": 4},
         "model": {"size": "tiny"},

@@ -59,6 +59,8 @@ def test_overrides_are_typed_and_layered(tmp_path):
         (["data.hflip=maybe"], "data.hflip must be true or false"),
         (["data.class_conditional=true"], "num_classes > 0"),
         (["model.size=XXL"], "model.size must be one of"),
+        (["model.embed_dim=30"], "divisible by 4, got 30: change model.embed_dim or set model.pos_embed_init=normal"),
+        (["model.pos_embed_init=learned"], "model.pos_embed_init must be one of 'sincos', 'normal'"),
         (["optim=3"], "optim is a section"),
         (["lr"], "must look like section.key=value"),
     ],
