@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.codec import DCTCodec  # noqa: E402
-from dctdiff.photos import photo_crops  # noqa: E402
+from dctdiff.core.codec import DCTCodec  # noqa: E402
+from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
 from tests import codec_reference as ref  # noqa: E402
 
 SETTINGS = [(32, 2, 4), (64, 2, 4), (256, 4, 9)]  # (resolution, block size, keep): cifar10, celeba64, ffhq256-like

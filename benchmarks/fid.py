@@ -3,7 +3,7 @@
     python benchmarks/fid.py [--images 64] [--resolution 32] [--batch-sizes 8 32] [--device cuda] [--no-ray]
 
 Prints images/s of ``extract_features`` for each batch size, and of the Ray Data job
-(``dctdiff.fid_ray.dataset_moments``: one actor per GPU, else per node; the job start-up included),
+(``dctdiff.evaluation.feature_job.dataset_moments``: one actor per GPU, else per node; the job start-up included),
 with ratios against the first in-process row.
 """
 
@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.fid import extract_features, load_inception  # noqa: E402
-from dctdiff.image_sets import ArrayImages  # noqa: E402
-from dctdiff.photos import photo_crops  # noqa: E402
+from dctdiff.evaluation.fid import extract_features, load_inception  # noqa: E402
+from dctdiff.evaluation.image_sets import ArrayImages  # noqa: E402
+from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -50,8 +50,8 @@ def main() -> None:
         setting = f"in-process, batch {batch_size} ({device}, {torch.get_num_threads()} threads)"
         rows.append((setting, args.images / seconds))
     if not args.no_ray:
-        from dctdiff.fid_ray import dataset_moments
-        from dctdiff.ray_utils import init_ray
+        from dctdiff.evaluation.feature_job import dataset_moments
+        from dctdiff.infra.ray_cluster import init_ray
 
         init_ray()
         batch_size = args.batch_sizes[0]

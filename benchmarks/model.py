@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.codec import DCTCodec, PixelCodec  # noqa: E402
-from dctdiff.loss import TokenLoss, diffusion_loss  # noqa: E402
-from dctdiff.model import MODEL_SIZES, UViT, UViTConfig, build_uvit  # noqa: E402
-from dctdiff.schedule import VPSchedule  # noqa: E402
+from dctdiff.core.codec import DCTCodec, PixelCodec  # noqa: E402
+from dctdiff.core.loss import TokenLoss, diffusion_loss  # noqa: E402
+from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit  # noqa: E402
+from dctdiff.core.noise_schedule import VPSchedule  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; override with --peak-tflops.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}

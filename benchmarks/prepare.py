@@ -29,16 +29,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.ray_utils import init_ray, keep_ray_on_loopback  # noqa: E402
+from dctdiff.infra.ray_cluster import init_ray, keep_ray_on_loopback  # noqa: E402
 
 keep_ray_on_loopback()  # before Ray is first imported (DESIGN.md §9)
 
 from dctdiff import storage  # noqa: E402
-from dctdiff.images import FitSpec, decode, prepare_encoded  # noqa: E402
-from dctdiff.photos import photo_crops  # noqa: E402
-from dctdiff.prepare import PrepareConfig, analyze_images, run_prepare  # noqa: E402
-from dctdiff.shards import CodecParams, write_shard  # noqa: E402
-from dctdiff.stats import coefficient_histogram  # noqa: E402
+from dctdiff.data.image_decoding import FitSpec, decode, prepare_encoded  # noqa: E402
+from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
+from dctdiff.data.preparation import PrepareConfig, analyze_images, run_prepare  # noqa: E402
+from dctdiff.data.shards import CodecParams, write_shard  # noqa: E402
+from dctdiff.data.statistics import coefficient_histogram  # noqa: E402
 
 UNIQUE = 500  # distinct crops; the folder repeats them under different names
 

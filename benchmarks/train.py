@@ -3,7 +3,7 @@ same model, data, batch and training step, in one run.
 
     python benchmarks/train.py [--steps 200] [--batch 64] [--images 512]
 
-Both sides run ``dctdiff.training.Trainer.train_step``; the Ray side adds Ray Data reading of the
+Both sides run ``dctdiff.training.trainer.Trainer.train_step``; the Ray side adds Ray Data reading of the
 Parquet shards, the token conversion, DDP preparation and ``ray.train.report`` every ``--log-every``
 steps. Throughput is taken after a warm-up window on both sides.
 """
@@ -20,10 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from dctdiff.config import build_config  # noqa: E402
-from dctdiff.photos import photo_crops  # noqa: E402
-from dctdiff.training import Batch, Trainer, build_codec, build_model  # noqa: E402
-from pipelines.train import launch, parse_args  # noqa: E402
+from dctdiff.training.config import build_config  # noqa: E402
+from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model  # noqa: E402
+from dctdiff.commands.train_command import parse_args
+from dctdiff.training.launcher import train
 from tests.prepared import write_prepared  # noqa: E402
 
 
@@ -52,17 +53,17 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args()
     settings = [
-        "--set", f"optim.batch_size={args.batch}", "--set", f"schedule.log_every={args.log_every}",
-        "--set", "schedule.sample_every=0", "--set", f"schedule.checkpoint_every={args.steps}",
+        "--set", f"optim.batch_size={args.batch}", "--set", f"cadence.log_every={args.log_every}",
+        "--set", "cadence.sample_every=0", "--set", f"cadence.checkpoint_every={args.steps}",
         "--set", "diffusion.ebfr=false", "--max-steps", str(args.steps),
     ]  # fmt: skip
     images = photo_crops(args.images, 32, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         data = write_prepared(Path(tmp) / "data", images)
-        config, options, _ = parse_args(
+        request = parse_args(
             ["--data", str(data), *settings, "--storage", f"{tmp}/runs", "--mlflow-uri", f"sqlite:///{tmp}/m.db"]
         )
-        result, run_id = launch(config, options)
+        result, run_id = train(request.config, request.options, request.tracking)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp}/m.db")
@@ -70,11 +71,11 @@ def main() -> None:
         history = client.get_metric_history(run_id, "images_per_s")
         windows = [m.value for m in sorted(history, key=lambda m: m.step)][1:]  # skip the warm-up window
         ray_rate = sum(windows) / len(windows)
-    bare_rate = bare_loop(build_config("demo", overrides=settings[1::2][:-1] + [f"schedule.max_steps={args.steps}"]),
+    bare_rate = bare_loop(build_config("demo", overrides=settings[1::2][:-1] + [f"cadence.max_steps={args.steps}"]),
                           images, args.steps, args.log_every, threads)  # fmt: skip
     print(f"{'loop':<28}{'images/s':>10}   (torch threads: {threads} on both sides)")
     print(f"{'bare PyTorch':<28}{bare_rate:>10.1f}")
-    print(f"{'pipelines/train.py (Ray)':<28}{ray_rate:>10.1f}")
+    print(f"{'dctdiff train (Ray)':<28}{ray_rate:>10.1f}")
     print(f"Ray Train overhead: {100 * (1 - ray_rate / bare_rate):.1f}% (ratio {ray_rate / bare_rate:.3f})")
 
 

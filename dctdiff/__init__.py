@@ -7,7 +7,7 @@ import os
 if "RAY_ADDRESS" not in os.environ:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from dctdiff.codec import DCTCodec, PixelCodec, zigzag_order  # noqa: E402
+from dctdiff.core.codec import DCTCodec, PixelCodec, zigzag_order
 
 __all__ = ["DCTCodec", "PixelCodec", "zigzag_order"]
 __version__ = "0.1.0"

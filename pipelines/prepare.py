@@ -1,95 +1,11 @@
-"""Prepare a dataset: images -> Parquet shards of DCT coefficients + stats.json + report.json (Ray Data).
+"""`dctdiff prepare`: images -> Parquet DCT shards + stats.json (Ray Data). See `python pipelines/prepare.py --help`.
 
-    python pipelines/prepare.py --source SOURCE --output OUT [--preset NAME | --resolution R --block-size B]
-
-SOURCE: folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | photos | parquet:PATH (PATH and OUT may be
-local paths or URIs such as s3://bucket/prefix). Runs on a local Ray, or on the cluster at
---address / RAY_ADDRESS (as under `ray job submit`). Re-running the same command resumes a killed run.
+An entry point for `ray job submit -- python pipelines/prepare.py ...`; the job itself is in the dctdiff package.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dctdiff.images import DEFAULT_MAX_PIXELS  # noqa: E402
-from dctdiff.prepare import PrepareConfig, run_prepare  # noqa: E402
-from dctdiff.presets import DATA_PRESETS, data_preset  # noqa: E402
-from dctdiff.shards import DTYPES  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--source", required=True, help="folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
-    )
-    parser.add_argument("--output", required=True, help="output folder or URI")
-    parser.add_argument("--preset", choices=sorted(DATA_PRESETS), help="the paper's resolution and block size")
-    parser.add_argument("--resolution", type=int, help="image side R (instead of --preset)")
-    parser.add_argument("--block-size", type=int, help="DCT block size B (instead of --preset)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="coefficient dtype")
-    parser.add_argument("--stats-sample", type=float, default=1.0, help="fraction of images feeding stats.json")
-    parser.add_argument("--upscale", action="store_true", help="enlarge images smaller than R, do not reject them")
-    parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="reject larger images (decompression bombs)"
-    )
-    parser.add_argument("--limit", type=int, help="only the first N images (photos: how many crops, default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="photos crops and --stats-sample selection")
-    parser.add_argument("--split", choices=["train", "test"], help="cifar10 / fashion-mnist split (default train)")
-    parser.add_argument("--unlabeled", action="store_true", help="folder: ignore class subfolders")
-    parser.add_argument("--shard-rows", type=int, help="rows per Parquet shard (default: about 64 MiB, at most 2048)")
-    parser.add_argument("--overwrite", action="store_true", help="delete a previous preparation in OUT and start over")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> PrepareConfig:
-    """Validate the flags into a PrepareConfig; a bad combination exits with a message."""
-    crop_box = None
-    if args.preset:
-        if args.resolution is not None or args.block_size is not None:
-            parser.error("give either --preset or --resolution and --block-size, not both")
-        preset = data_preset(args.preset)
-        resolution, block_size, crop_box = preset.resolution, preset.block_size, preset.crop_box
-    elif args.resolution is None or args.block_size is None:
-        parser.error(f"give --preset ({', '.join(DATA_PRESETS)}) or both --resolution and --block-size")
-    else:
-        resolution, block_size = args.resolution, args.block_size
-    try:
-        config = PrepareConfig(
-            source=args.source, output=args.output, resolution=resolution, block_size=block_size,
-            dtype=args.dtype, crop_box=crop_box, stats_sample=args.stats_sample, upscale=args.upscale,
-            max_pixels=args.max_pixels, limit=args.limit, seed=args.seed, split=args.split,
-            unlabeled=args.unlabeled, shard_rows=args.shard_rows, overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (bad arguments exit with status 2 and a message)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config = config_from_args(args, parser)
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address  # read by dctdiff.ray_utils.init_ray
-    try:
-        run_prepare(config)
-    except ValueError as error:
-        parser.error(str(error))
-    except RuntimeError as error:
-        print(f"prepare: {error}", file=sys.stderr)
-        return 1
-    return 0
-
+from dctdiff.commands import run_subcommand
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_subcommand("prepare", sys.argv[1:]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dctdiff.ray_utils import keep_ray_on_loopback
+from dctdiff.infra.ray_cluster import keep_ray_on_loopback
 
 # Ray reads this when it is first imported: set it before any test module imports ray (DESIGN.md §9).
 keep_ray_on_loopback()
@@ -15,7 +15,7 @@ def _shared_ray():
     needs its own cluster may have shut it down). Ray stops it at exit."""
     import ray
 
-    from dctdiff.ray_utils import init_ray
+    from dctdiff.infra.ray_cluster import init_ray
 
     if not ray.is_initialized():
         init_ray(num_cpus=2)

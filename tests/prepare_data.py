@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dctdiff.photos import photo_crops
+from dctdiff.data.bundled_photos import photo_crops
 
 # Expected rejection kind of each bad file write_image_folder makes.
 BAD_FILES = {

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dctdiff.codec import DCTCodec
-from dctdiff.shards import COEFFICIENT_DIR, CodecParams, write_shard
-from dctdiff.stats import coefficient_histogram, compute_stats, write_stats
+from dctdiff.core.codec import DCTCodec
+from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
+from dctdiff.data.statistics import coefficient_histogram, compute_stats, write_stats
 
 
 def write_prepared(folder: Path, images: np.ndarray, block_size: int = 2, labels=None, shards: int = 2) -> Path:

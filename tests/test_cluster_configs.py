@@ -20,6 +20,8 @@ import pytest
 import ray
 import yaml
 
+from dctdiff.commands import SUBCOMMANDS
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "aws-gpu.yaml"
@@ -287,7 +289,7 @@ def test_kuberay_clusters_use_token_auth_and_one_image():
 def test_runtime_env_has_only_ray_fields_and_the_jobs_read_its_variables(monkeypatch):
     from ray.runtime_env import RuntimeEnv
 
-    from dctdiff.tracking import resolve_tracking_uri
+    from dctdiff.infra.mlflow_tracking import resolve_tracking_uri
 
     runtime_env = load(CLUSTER / "runtime_env.yaml")
     assert set(runtime_env) <= set(RuntimeEnv.known_fields)
@@ -298,8 +300,8 @@ def test_runtime_env_has_only_ray_fields_and_the_jobs_read_its_variables(monkeyp
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert resolve_tracking_uri(None) == env["MLFLOW_TRACKING_URI"]
-    train = importlib.import_module("pipelines.train")
-    _, options, _ = train.parse_args(["--dry-run"])
+    train = importlib.import_module("dctdiff.commands.train_command")
+    options = train.parse_args(["--dry-run"]).options
     assert options.storage == env["DCTDIFF_STORAGE"]
 
 
@@ -375,12 +377,17 @@ def repo_path(token: str) -> str | None:
 
 
 def python_scripts(commands: list[Command]) -> list[tuple[Command, str, list[str]]]:
+    """(command, script, arguments) of every `python SCRIPT.py ...`, `dctdiff SUB ...` and `python -m dctdiff SUB ...`;
+    a subcommand is reported as its entry-point script (pipelines/SUB.py, tune/sweep.py)."""
     found = []
     for command in commands:
         tokens = command.tokens
         for i, token in enumerate(tokens[:-1]):
             if os.path.basename(token) in ("python", "python3") and tokens[i + 1].endswith(".py"):
                 found.append((command, tokens[i + 1].removeprefix(IMAGE_ROOT), tokens[i + 2 :]))
+            elif os.path.basename(token) == "dctdiff" and tokens[i + 1] in SUBCOMMANDS:
+                sub = tokens[i + 1]
+                found.append((command, "tune/sweep.py" if sub == "sweep" else f"pipelines/{sub}.py", tokens[i + 2 :]))
     return found
 
 
@@ -389,8 +396,14 @@ class _Parsed(BaseException):
 
 
 def check_flags(script: str, args: list[str]) -> None:
-    """Run the script's ``main(args)`` only up to its argparse: fails on an unknown flag or a bad value."""
-    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    """Run the script's ``main(args)`` only up to its argparse: fails on an unknown flag or a bad value.
+
+    An entry point in pipelines/ or tune/ stands for its subcommand's module in dctdiff.commands."""
+    name = script.removesuffix(".py")
+    if name.startswith(("pipelines/", "tune/")):
+        module = importlib.import_module(SUBCOMMANDS[name.split("/")[1]][0])
+    else:
+        module = importlib.import_module(name.replace("/", "."))
     if not inspect.signature(module.main).parameters:  # a script without flags (e.g. benchmarks)
         assert args == [], f"{script} takes no arguments"
         return
@@ -428,7 +441,7 @@ def test_python_commands_use_existing_scripts_and_accepted_flags(capsys):
         assert (REPO / script).is_file(), f"{command.source}: {script}"
         check_flags(script, args)
         if script == "pipelines/train.py":  # also the preset and --set keys
-            importlib.import_module("pipelines.train").parse_args(args)
+            importlib.import_module("dctdiff.commands.train_command").parse_args(args)
 
 
 def test_flag_check_rejects_an_unknown_flag(capsys):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dctdiff.codec import DCTCodec
-from dctdiff.fid import FEATURE_DIM, FIDStats, compute_fid_stats, fid_from_stats, load_stats, save_stats
-from dctdiff.image_sets import ImageSetError, PreparedImages, open_image_set
-from dctdiff.metrics import mse, psnr_from_mse
-from dctdiff.photos import photo_crops
-from dctdiff.reconstruction import ReconstructionRow, choose_keep, reconstruction_analysis, reconstructions
-from dctdiff.sources import FASHION_MNIST_DIR
+from dctdiff.core.codec import DCTCodec
+from dctdiff.evaluation.fid import FEATURE_DIM, FIDStats, compute_fid_stats, fid_from_stats, load_stats, save_stats
+from dctdiff.evaluation.image_sets import ImageSetError, PreparedImages, open_image_set
+from dctdiff.core.image_metrics import mse, psnr_from_mse
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.evaluation.reconstruction import ReconstructionRow, choose_keep, reconstruction_analysis, reconstructions
+from dctdiff.data.sources import FASHION_MNIST_DIR
 from tests.prepared import write_prepared
 
 
@@ -159,7 +159,8 @@ def tracking_uri(tmp_path):
 def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, tracking_uri):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.evaluate import Tracking, main, run_fid
+    from dctdiff.commands.evaluate_command import main
+    from dctdiff.evaluation.evaluation_job import Tracking, run_fid
 
     samples = photo_crops(5, 32, seed=0)
     np.savez(tmp_path / "samples.npz", images=samples)
@@ -190,7 +191,7 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
 
 @pytest.mark.slow
 def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
-    from pipelines.evaluate import main
+    from dctdiff.commands.evaluate_command import main
 
     np.savez(tmp_path / "samples.npz", images=photo_crops(4, 32))
     np.savez(tmp_path / "narrow.npz", mu=np.zeros(64), sigma=np.eye(64))
@@ -215,7 +216,7 @@ def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
 def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_path, tracking_uri, reconstruction_rows):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.evaluate import Tracking, run_reconstruction
+    from dctdiff.evaluation.evaluation_job import Tracking, run_reconstruction
 
     rows, chosen = run_reconstruction(
         f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=str(tmp_path / "out"),

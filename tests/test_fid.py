@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from dctdiff.fid import (
+from dctdiff.evaluation.fid import (
     FEATURE_DIM,
     FeatureMoments,
     FIDStats,
@@ -22,8 +22,8 @@ from dctdiff.fid import (
     load_stats,
     save_stats,
 )
-from dctdiff.photos import photo_crops
-from dctdiff.sources import FASHION_MNIST_DIR
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.sources import FASHION_MNIST_DIR
 
 N_IMAGES = 12  # per set: the CPU Inception runs at ~10 images/s on 2 cores
 
@@ -128,7 +128,7 @@ def test_inception_plugs_into_torchmetrics_fid(inception, photos):
 
 
 def fashion_mnist(n: int) -> np.ndarray:
-    from dctdiff.image_sets import open_image_set
+    from dctdiff.evaluation.image_sets import open_image_set
 
     return open_image_set("fashion-mnist", limit=n).load()
 

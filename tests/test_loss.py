@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from dctdiff.codec import DCTCodec, PixelCodec
-from dctdiff.loss import TokenLoss, diffusion_loss, ebfr_weights
-from dctdiff.schedule import VPSchedule, network_time
+from dctdiff.core.codec import DCTCodec, PixelCodec
+from dctdiff.core.loss import TokenLoss, diffusion_loss, ebfr_weights
+from dctdiff.core.noise_schedule import VPSchedule, network_time
+from dctdiff.core.token_layout import TokenLayout
 
 # DCTdiff configs/cifar10_uvit_mid_2by2.py (DESIGN.md §7); for B = 2 zigzag order == raster order.
 CIFAR10_ENTROPY = {
@@ -21,33 +22,33 @@ CR4 = [2.076296, 0.664167, 0.742273, 0.517264]
 
 def test_ebfr_weights_for_paper_cifar10_entropies():
     expected = torch.tensor(Y4 * 4 + CB4 + CR4)
-    torch.testing.assert_close(ebfr_weights(CIFAR10_ENTROPY, keep=4), expected, rtol=0, atol=2e-6)
+    torch.testing.assert_close(ebfr_weights(CIFAR10_ENTROPY, TokenLayout(4)), expected, rtol=0, atol=2e-6)
 
 
 def test_ebfr_weights_truncate_before_normalising():
     # keep = 2: Y [6.471, 3.588] / 5.0295; Cb [4.308, 1.315] / 2.8115; Cr [4.014, 1.284] / 2.649
     expected = torch.tensor([1.286609, 0.713391] * 4 + [1.532278, 0.467722] + [1.515289, 0.484711])
-    weights = ebfr_weights(CIFAR10_ENTROPY, keep=2)
+    weights = ebfr_weights(CIFAR10_ENTROPY, TokenLayout(2))
     torch.testing.assert_close(weights, expected, rtol=0, atol=2e-6)
     assert weights.shape == (12,)
 
 
 def test_ebfr_weights_bad_input():
     with pytest.raises(ValueError, match=r"missing \['Cr'\]"):
-        ebfr_weights({"Y": [1.0], "Cb": [1.0]}, keep=1)
+        ebfr_weights({"Y": [1.0], "Cb": [1.0]}, TokenLayout(1))
     with pytest.raises(ValueError, match="fewer than keep = 5"):
-        ebfr_weights(CIFAR10_ENTROPY, keep=5)
+        ebfr_weights(CIFAR10_ENTROPY, TokenLayout(5))
     with pytest.raises(ValueError, match="not all zero"):
-        ebfr_weights({**CIFAR10_ENTROPY, "Cb": [0.0, 0.0, 0.0, 0.0]}, keep=4)
+        ebfr_weights({**CIFAR10_ENTROPY, "Cb": [0.0, 0.0, 0.0, 0.0]}, TokenLayout(4))
 
 
 def test_weights_off_is_plain_mse_and_weighted_loss_matches_a_loop():
     gen = torch.Generator().manual_seed(0)
     pred, eps = torch.randn(3, 5, 24, generator=gen), torch.randn(3, 5, 24, generator=gen)
-    plain = TokenLoss(keep=4)(pred, eps)
+    plain = TokenLoss(layout=TokenLayout(4))(pred, eps)
     torch.testing.assert_close(plain.per_sample, ((pred - eps) ** 2).mean(dim=(1, 2)))
-    w = ebfr_weights(CIFAR10_ENTROPY, keep=4)
-    weighted = TokenLoss(w, keep=4)(pred, eps).per_sample
+    w = ebfr_weights(CIFAR10_ENTROPY, TokenLayout(4))
+    weighted = TokenLoss(w, TokenLayout(4))(pred, eps).per_sample
     for n in range(3):
         total = sum(w[d] * (pred[n, tok, d] - eps[n, tok, d]) ** 2 for tok in range(5) for d in range(24))
         torch.testing.assert_close(weighted[n], total / (5 * 24))
@@ -59,7 +60,7 @@ def test_bands_follow_the_token_layout():
     eps = torch.zeros(2, 3, 24)
     eps[..., [0, 4, 8, 12]] = 1.0  # error 1 on every luma DC
     eps[..., 21] = 2.0  # error 4 on one chroma AC (Cr, zigzag 1)
-    bands = TokenLoss(keep=4)(pred, eps).bands
+    bands = TokenLoss(layout=TokenLayout(4))(pred, eps).bands
     expected = {
         "luma_dc": 1.0, "luma_ac": 0.0, "chroma_dc": 0.0, "chroma_ac": 4.0 / 6,
         "dc": 4.0 / 6, "ac": 4.0 / 18, "luma": 4.0 / 16, "chroma": 4.0 / 8, "mse": 8.0 / 24,
@@ -67,12 +68,12 @@ def test_bands_follow_the_token_layout():
     assert set(bands) == set(expected)
     for name, value in expected.items():
         assert bands[name].item() == pytest.approx(value), name
-    assert "ac" not in TokenLoss(keep=1)(pred[..., :6], eps[..., :6]).bands
+    assert "ac" not in TokenLoss(layout=TokenLayout(1))(pred[..., :6], eps[..., :6]).bands
 
 
 def test_for_codec_gives_the_same_api_for_both_codecs():
     dct = TokenLoss.for_codec(DCTCodec(32, 2, 4), entropy=CIFAR10_ENTROPY)
-    torch.testing.assert_close(dct.weights, ebfr_weights(CIFAR10_ENTROPY, 4))
+    torch.testing.assert_close(dct.weights, ebfr_weights(CIFAR10_ENTROPY, TokenLayout(4)))
     assert TokenLoss.for_codec(DCTCodec(32, 2, 4)).weights is None
     pixel = TokenLoss.for_codec(PixelCodec(32, 2))
     pred, eps = torch.randn(2, 256, 12), torch.randn(2, 256, 12)
@@ -93,5 +94,5 @@ def test_diffusion_loss_is_zero_for_the_exact_noise_predictor():
     def oracle(x_t, timesteps, y):
         return x_t / schedule.sigma(timesteps / network_time(torch.tensor(1.0))).reshape(-1, 1, 1)
 
-    out = diffusion_loss(oracle, schedule, x0, TokenLoss(keep=1), generator=torch.Generator().manual_seed(0))
+    out = diffusion_loss(oracle, schedule, x0, TokenLoss(layout=TokenLayout(1)), generator=torch.Generator().manual_seed(0))
     assert out.per_sample.shape == (64,) and out.per_sample.max() < 1e-20

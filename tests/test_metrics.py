@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dctdiff.metrics import mse, psnr, psnr_from_mse, ssim
-from dctdiff.photos import photo_crops
+from dctdiff.core.image_metrics import mse, psnr, psnr_from_mse, ssim
+from dctdiff.data.bundled_photos import photo_crops
 
 
 @pytest.fixture(scope="module")

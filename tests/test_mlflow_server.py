@@ -24,19 +24,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dctdiff.photos import photo_crops
-from pipelines.train import main as train_main
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.commands.train_command import main as train_main
 from tests.prepared import write_prepared
-from tune.sweep import main as sweep_main
+from dctdiff.commands.sweep_command import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "cluster" / "mlflow" / "start.sh"
 PARENT = "mlflow.parentRunId"  # MLflow's tag of a child run
 PASSWORD = "pw-7c1e9a52d4"  # the test database's: must never appear in any output
 TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "optim.lr=1e-3",
-        "--set", "optim.batch_size=8", "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2",
-        "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4",
-        "--set", "schedule.sample_nfe=2"]  # fmt: skip
+        "--set", "optim.batch_size=8", "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2",
+        "--set", "cadence.sample_every=4", "--set", "cadence.sample_count=4",
+        "--set", "cadence.sample_nfe=2"]  # fmt: skip
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from dctdiff.loss import TokenLoss, diffusion_loss
-from dctdiff.model import (
+from dctdiff.core.loss import TokenLoss, diffusion_loss
+from dctdiff.core.uvit import (
     MODEL_SIZES,
     UViT,
     build_uvit,
@@ -18,7 +18,8 @@ from dctdiff.model import (
     sincos_pos_embed,
     timestep_embedding,
 )
-from dctdiff.schedule import VPSchedule
+from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.token_layout import TokenLayout
 
 
 def official_state_dict(
@@ -272,7 +273,7 @@ def test_tiny_model_overfits_a_single_batch(pos_embed_init):
     model = build_uvit("tiny", token_dim=24, num_tokens=16, num_classes=4, pos_embed_init=pos_embed_init)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     x0, labels = 0.5 * torch.randn(8, 16, 24), torch.arange(8) % 5
-    loss_fn, schedule = TokenLoss(keep=4), VPSchedule(snr_scale=4.0)
+    loss_fn, schedule = TokenLoss(layout=TokenLayout(4)), VPSchedule(snr_scale=4.0)
     losses = []
     for _ in range(80):
         loss = diffusion_loss(model, schedule, x0, loss_fn, labels, torch.Generator().manual_seed(7))

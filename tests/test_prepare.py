@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dctdiff.codec import DCTCodec
-from dctdiff.images import FitSpec, fit
-from dctdiff.photos import photo_crops
-from dctdiff.prepare import PrepareConfig, run_prepare
-from dctdiff.shards import read_codec_params, read_shard, shard_files
-from dctdiff.sources import FASHION_MNIST_DIR
-from dctdiff.stats import PLANES, in_stats_sample, load_stats
-from pipelines.prepare import main
+from dctdiff.core.codec import DCTCodec
+from dctdiff.data.image_decoding import FitSpec, fit
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.shards import read_codec_params, read_shard, shard_files
+from dctdiff.data.sources import FASHION_MNIST_DIR
+from dctdiff.data.statistics import PLANES, in_stats_sample, load_stats
+from dctdiff.commands.prepare_command import main
 from tests.prepare_data import BAD_FILES, BOMB_SIDE, CIFAR10_NAMES, write_cifar10, write_image_folder
 from tests.test_stats import reference_stats
 
@@ -229,7 +229,7 @@ def test_fashion_mnist_rows(ray_session, tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--resolution", "30", "--block-size", "2"], "multiple of 2 x --block-size"),
+        (["--resolution", "30", "--block-size", "2"], "multiple of 2 x block size"),
         (["--preset", "cifar10", "--resolution", "32"], "either --preset or"),
         ([], "give --preset"),
         (["--preset", "cifar10", "--stats-sample", "0"], "--stats-sample must be"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dctdiff.prepare import PrepareConfig, run_prepare
+from dctdiff.data.preparation import PrepareConfig, run_prepare
 from tests.prepare_data import BOMB_SIDE, write_image_folder
 from tests.test_prepare import read_rows
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs in a fresh interpreter: one Ray per process, and this one must start its own two nodes.
 TWO_NODES = """
 import json, sys
-from dctdiff.ray_utils import keep_ray_on_loopback
+from dctdiff.infra.ray_cluster import keep_ray_on_loopback
 keep_ray_on_loopback()
 import ray
 from ray.cluster_utils import Cluster
@@ -31,7 +31,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_
                                                         "include_dashboard": False})
 cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 ray.init(address=cluster.address)
-from dctdiff.prepare import PrepareConfig, run_prepare
+from dctdiff.data.preparation import PrepareConfig, run_prepare
 report = run_prepare(PrepareConfig(**json.loads(sys.argv[1])))
 print("NODES", report["nodes"], len([n for n in ray.nodes() if n["Alive"]]))
 ray.shutdown()

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dctdiff.photos import photo_crops
-from dctdiff.prepare import PrepareConfig
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.preparation import PrepareConfig
 from tests.prepare_data import encode
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ SMALL, SIZE = 200, 512  # 10 x SMALL images of 512 x 512: 1.5 GB of decoded pixe
 TWO_PHASES = """
 import json, sys
 from pathlib import Path
-from dctdiff.prepare import PrepareConfig, run_prepare
+from dctdiff.data.preparation import PrepareConfig, run_prepare
 small, large, marker = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 run_prepare(PrepareConfig(**small))
 marker.write_text("large")

@@ -1,4 +1,4 @@
-"""dctdiff.storage (local paths, file:// URIs, an object-store-like filesystem) and dctdiff.shards."""
+"""dctdiff.infra.storage (local paths, file:// URIs, an object-store-like filesystem) and dctdiff.data.shards."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from dctdiff import shards, storage
-from dctdiff.shards import CodecParams, read_codec_params, read_shard, write_shard
+from dctdiff.data import shards
+from dctdiff.infra import storage
+from dctdiff.data.shards import CodecParams, read_codec_params, read_shard, write_shard
 
 
 def test_local_paths_and_file_uris_are_the_same_place(tmp_path):
@@ -92,7 +93,7 @@ def test_shard_round_trip_schema_and_metadata(tmp_path, dtype):
 
 
 def test_codec_params_validation_says_what_to_change():
-    with pytest.raises(ValueError, match="multiple of 2 x --block-size = 4.*use e.g. 28 or 32"):
+    with pytest.raises(ValueError, match="multiple of 2 x block size = 4.*use e.g. 28 or 32"):
         CodecParams(30, 2)
     with pytest.raises(ValueError, match="--dtype must be one of"):
         CodecParams(32, 2, "float64")

@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dctdiff.config import build_config
-from dctdiff.generate import generate_images
-from dctdiff.training import Trainer, build_codec, build_model, build_schedule
-from pipelines.sample import SamplingSpec, load_sampler, main, newest_checkpoint, run
+from dctdiff.training.config import build_config
+from dctdiff.core.generation import generate_images
+from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
+from dctdiff.commands.sample_command import main
+from dctdiff.evaluation.sampling_job import SamplingSpec, load_sampler, newest_checkpoint, run
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,8 @@ def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     torch.save(model.state_dict(), path)
     spec = SamplingSpec(str(path), preset="demo", overrides=("data.eta=242.0",), nfe=2, batch_size=4)
     images = run(spec, 4, str(tmp_path / "out"), workers=1, progress=False)
-    assert config.schedule.sampler == "euler_maruyama"
-    expected = generate_images(model.eval(), codec, build_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2).numpy()
+    assert config.cadence.sampler == "euler_maruyama"
+    expected = generate_images(model.eval(), codec, build_noise_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2).numpy()
     np.testing.assert_array_equal(images, expected)
 
 

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from dctdiff.model import build_uvit
-from dctdiff.sampling import SAMPLERS, model_eps_fn, sample, time_grid
-from dctdiff.schedule import VPSchedule
+from dctdiff.core.uvit import build_uvit
+from dctdiff.core.samplers import SAMPLERS, model_eps_fn, sample, time_grid
+from dctdiff.core.noise_schedule import VPSchedule
 
 SHAPE = (4, 6)
 MU = torch.linspace(-1.0, 1.0, 24, dtype=torch.float64).reshape(SHAPE)

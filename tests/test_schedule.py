@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dctdiff.schedule import VPSchedule, network_time
+from dctdiff.core.noise_schedule import VPSchedule, network_time
 
 T = torch.tensor([0.0, 1e-7, 1e-4, 0.01, 0.1, 0.3, 0.5, 0.77, 0.99, 1.0], dtype=torch.float64)
 SCALES = [0.5, 1.0, 2.0, 4.0, 12.0]

@@ -1,4 +1,4 @@
-"""Image sources, decoding and resizing (dctdiff.sources, dctdiff.images) on real files made here."""
+"""Image sources, decoding and resizing (dctdiff.data.sources, dctdiff.data.image_decoding) on real files made here."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dctdiff.images import FitSpec, ImageRejected, decode, fit, prepare_array, prepare_encoded
-from dctdiff.photos import photo_crops
-from dctdiff.sources import (
+from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, fit, prepare_array, prepare_encoded
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.sources import (
     FASHION_MNIST_DIR,
     Cifar10Source,
     FolderSource,

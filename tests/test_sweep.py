@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dctdiff.config import ConfigError, build_config
-from dctdiff.photos import photo_crops
-from dctdiff.ray_utils import DATA_CPUS, ResourceError
-from pipelines.train import main as train_main
+from dctdiff.training.config import ConfigError, build_config
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError
+from dctdiff.commands.train_command import main as train_main
 from tests.prepared import write_prepared
-from tune.report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
-from tune.space import builtin_studies, grid_size, is_pure_grid, load_study, tune_param_space, validate_space
-from tune.sweep import INTERRUPTED, SWEEP_FILE, TRIAL_CPUS, TRIALS_DIR, SweepPlan, main, plan_concurrency, trial_config
+from dctdiff.tuning.sweep_report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
+from dctdiff.tuning.search_space import builtin_studies, grid_size, is_pure_grid, load_study, tune_param_space, validate_space
+from dctdiff.commands.sweep_command import main
+from dctdiff.training.launcher import WorkerResources
+from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, TRIAL_CPUS, TRIALS_DIR, SweepPlan, plan_concurrency, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2"]
@@ -47,7 +49,7 @@ def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
     demo = build_config("demo")
     cases = [
         ({"optim.learning_rate": {"grid": [1e-3]}}, "unknown space key 'optim.learning_rate'; sweepable keys: .*optim.lr"),
-        ({"schedule.max_steps": {"grid": [10]}}, "set by the sweep .* use --max-steps"),
+        ({"cadence.max_steps": {"grid": [10]}}, "set by the sweep .* use --max-steps"),
         ({"data.block_size": {"grid": [2, 4]}}, "fixed by the prepared data"),
         ({"data.keep": {"grid": [2, 5]}}, r"value 5 is invalid: data.keep must be in 1..data.block_size\*\*2 = 1..4"),
         ({"optim.lr": {"loguniform": [0, 1e-3]}}, "low > 0"),
@@ -68,11 +70,11 @@ def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
 
 def test_param_space_becomes_tune_search_objects():
     space = {"diffusion.snr_scale": {"grid": [1, 4]}, "diffusion.ebfr": {"grid": [True, False]},
-             "optim.lr": {"loguniform": [1e-4, 1e-2]}, "schedule.seed": {"randint": [0, 3]}}  # fmt: skip
+             "optim.lr": {"loguniform": [1e-4, 1e-2]}, "cadence.seed": {"randint": [0, 3]}}  # fmt: skip
     tuned = tune_param_space(space)
     assert tuned["diffusion.snr_scale"] == {"grid_search": [1, 4]}
     assert (tuned["optim.lr"].lower, tuned["optim.lr"].upper) == (1e-4, 1e-2)
-    assert {tuned["schedule.seed"].sample() for _ in range(200)} == {0, 1, 2}  # high excluded
+    assert {tuned["cadence.seed"].sample() for _ in range(200)} == {0, 1, 2}  # high excluded
     assert grid_size(space) == 4 and not is_pure_grid(space)
     assert is_pure_grid({k: space[k] for k in ("diffusion.snr_scale", "diffusion.ebfr")})
 
@@ -82,7 +84,7 @@ def make_plan(**changes) -> SweepPlan:
     values = dict(
         name="s", storage="/tmp/s", data="/tmp/d", base=base.to_dict(), study="t", space={}, scheduler="asha",
         num_samples=1, max_steps=6, report_every=3, fid_samples=8, nfe=4, grace_steps=3, reduction_factor=2.0,
-        workers=1, cpus_per_worker=None, gpus_per_worker=0.0, max_concurrent=None, max_failures=0,
+        resources=WorkerResources(max_failures=0), max_concurrent=None,
         tracking_uri="sqlite:////tmp/s.db", experiment="e",
     )  # fmt: skip
     return SweepPlan(**{**values, **changes})
@@ -91,7 +93,7 @@ def make_plan(**changes) -> SweepPlan:
 def test_trial_config_applies_the_values_and_puts_an_fid_in_every_report():
     config = trial_config(make_plan(), {"diffusion.snr_scale": 8, "diffusion.ebfr": False, "optim.lr": 3e-4})
     assert (config.diffusion.snr_scale, config.diffusion.ebfr, config.optim.lr) == (8.0, False, 3e-4)
-    s = config.schedule
+    s = config.cadence
     assert (s.max_steps, s.fid_samples, s.sample_nfe) == (6, 8, 4)
     assert s.log_every == s.fid_every == s.checkpoint_every == s.sample_every == 3
     assert (config.model.embed_dim, config.optim.batch_size) == (32, 8)  # the base config is kept
@@ -233,6 +235,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     best = runs[table[0]["trial"]].data.params
     assert (str(config.diffusion.snr_scale), str(config.diffusion.ebfr)) == (best["diffusion.snr_scale"], best["diffusion.ebfr"])
     assert (config.model.embed_dim, config.optim.batch_size) == (32, 8)
-    assert config.schedule.max_steps == build_config("demo").schedule.max_steps
+    assert config.cadence.max_steps == build_config("demo").cadence.max_steps
     assert train_main(["--config", str(best_file), "--data", str(data), "--max-steps", "2", "--storage",
                        str(tmp_path / "runs"), "--mlflow-uri", tracking]) == 0  # fmt: skip

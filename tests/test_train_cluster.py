@@ -16,34 +16,23 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dctdiff.photos import photo_crops
-from dctdiff.ray_utils import keep_ray_on_loopback
-from pipelines.train import launch, parse_args, train_loop_per_worker
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.infra.ray_cluster import keep_ray_on_loopback
+from dctdiff.commands.train_command import parse_args
+from dctdiff.training.launcher import train
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "schedule.sample_every=0",
-        "--set", "schedule.log_every=1", "--set", "optim.lr=1e-3"]  # fmt: skip
-
-
-def saving_loop(folder: str):
-    """The production loop, then each rank saves its final weights (to compare them across workers)."""
-
-    def loop(loop_config):
-        import ray.train
-
-        trainer = train_loop_per_worker(loop_config)
-        rank = ray.train.get_context().get_world_rank()
-        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, f"{folder}/rank{rank}.safetensors")
-
-    return loop
+TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "cadence.sample_every=0",
+        "--set", "cadence.log_every=1", "--set", "optim.lr=1e-3"]  # fmt: skip
 
 
 def test_two_nodes_train_like_one_worker_with_the_same_global_batch(tmp_path):
-    """DDP over 2 nodes: both ranks end with identical weights, equal to a 1-worker run (global batch 8)."""
+    """DDP over 2 nodes: the run's end-of-training check finds both ranks with identical weights (it raises
+    otherwise), and the weights equal those of a 1-worker run (global batch 8)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -61,21 +50,16 @@ def test_two_nodes_train_like_one_worker_with_the_same_global_batch(tmp_path):
             ray.init(address=cluster.address)
             if nodes == 2:
                 assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-            folder = tmp_path / f"w{workers}"
-            folder.mkdir()
-            config, options, _ = parse_args(
-                [*common, "--workers", str(workers), "--placement", "SPREAD", "--name", f"w{workers}"]
-            )
-            result, _ = launch(config, options, loop=saving_loop(str(folder)))
-            assert result.error is None
-            weights[workers] = [load_file(folder / f"rank{r}.safetensors") for r in range(workers)]
+            request = parse_args([*common, "--workers", str(workers), "--placement", "SPREAD", "--name", f"w{workers}"])
+            result, _ = train(request.config, request.options, request.tracking)
+            assert result.error is None  # includes check_ranks_agree: identical weights on every rank
+            weights[workers] = load_file(Path(result.checkpoint.path) / "model.safetensors")
         finally:
             ray.shutdown()
             cluster.shutdown()
-    rank0, rank1 = weights[2]
+    rank0 = weights[2]
     for name in rank0:
-        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0)  # gradients synchronised
-        torch.testing.assert_close(rank0[name], weights[1][0][name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rank0[name], weights[1][name], rtol=1e-4, atol=1e-5)
     # and training moved the weights at all
     assert any(not torch.equal(rank0[n], torch.zeros_like(rank0[n])) for n in rank0)
 
@@ -119,7 +103,7 @@ def test_ray_job_submit_trains_and_logs(tmp_path):
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         submit = [str(bin_dir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
                   "--working-dir", str(REPO), "--", "python", "pipelines/train.py", "--data", str(data), *TINY,
-                  "--set", "optim.batch_size=8", "--max-steps", "4", "--set", "schedule.checkpoint_every=2",
+                  "--set", "optim.batch_size=8", "--max-steps", "4", "--set", "cadence.checkpoint_every=2",
                   "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--name", "submitted"]  # fmt: skip
         job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=420)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dctdiff.fid import compute_fid_stats, fid_from_stats
-from dctdiff.generate import generate_images
-from dctdiff.image_sets import PreparedImages
-from dctdiff.periodic_fid import ensure_reference_stats, load_reference, reference_uri
-from dctdiff.photos import photo_crops
-from dctdiff.training import build_codec, build_schedule, load_ema_model
-from pipelines.train import launch, parse_args
+from dctdiff.evaluation.fid import compute_fid_stats, fid_from_stats
+from dctdiff.core.generation import generate_images
+from dctdiff.evaluation.image_sets import PreparedImages
+from dctdiff.training.training_fid import ensure_reference_stats, load_reference, reference_uri
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
+from dctdiff.commands.train_command import parse_args
+from dctdiff.training.launcher import train
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
@@ -24,19 +25,19 @@ pytestmark = pytest.mark.slow
 FID_SAMPLES = 8  # the CPU Inception runs at ~10-20 images/s
 SMALL = [
     "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2",
-    "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2", "--set", "schedule.sample_every=0",
-    "--set", "schedule.sample_nfe=3", "--set", "schedule.fid_every=2", "--set", f"schedule.fid_samples={FID_SAMPLES}",
+    "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2", "--set", "cadence.sample_every=0",
+    "--set", "cadence.sample_nfe=3", "--set", "cadence.fid_every=2", "--set", f"cadence.fid_samples={FID_SAMPLES}",
 ]  # fmt: skip
 
 
 def test_periodic_fid_matches_a_recomputation_from_the_checkpoint(ray_session, tmp_path):
     data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    config, options, _ = parse_args(
+    request = parse_args(
         ["--data", str(data), *SMALL, "--max-steps", "4", "--workers", "2", "--name", "fid",
          "--storage", str(tmp_path / "runs"), "--mlflow-uri", tracking]
     )  # fmt: skip
-    result, run_id = launch(config, options)
+    result, run_id = train(request.config, request.options, request.tracking)
 
     # reference: the Ray Data job's statistics equal those of the training images measured in this process
     expected_reference = compute_fid_stats(PreparedImages(str(data)).load())
@@ -53,8 +54,8 @@ def test_periodic_fid_matches_a_recomputation_from_the_checkpoint(ray_session, t
     model, saved, state = load_ema_model(result.checkpoint.path)
     assert state["step"] == 4
     images = generate_images(
-        model, build_codec(saved, state["eta"]), build_schedule(saved), range(FID_SAMPLES), saved.schedule.sampler,
-        saved.schedule.sample_nfe,
+        model, build_codec(saved, state["eta"]), build_noise_schedule(saved), range(FID_SAMPLES), saved.cadence.sampler,
+        saved.cadence.sample_nfe,
     )  # fmt: skip
     assert fid_from_stats(compute_fid_stats(images), expected_reference) == pytest.approx(history[4], rel=1e-4)
 

@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dctdiff.photos import photo_crops
-from dctdiff.ray_utils import ResourceError, plan_worker_cpus
-from pipelines.train import launch, main, parse_args
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.infra.ray_cluster import ResourceError, plan_worker_cpus
+from dctdiff.commands.train_command import main, parse_args
+from dctdiff.training.launcher import train
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
 
 SMALL = [
     "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2",
-    "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2", "--set", "schedule.keep_checkpoints=2",
-    "--set", "schedule.sample_every=4", "--set", "schedule.sample_count=4", "--set", "schedule.sample_nfe=3",
+    "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2", "--set", "cadence.keep_checkpoints=2",
+    "--set", "cadence.sample_every=4", "--set", "cadence.sample_count=4", "--set", "cadence.sample_nfe=3",
 ]  # fmt: skip
 
 
@@ -85,12 +86,12 @@ def test_worker_killed_mid_run_restarts_from_checkpoint(ray_module, data, places
     from ray.util.state import list_actors
 
     where, client, runs = places
-    config, options, _ = parse_args(
+    request = parse_args(
         ["--data", str(data), *SMALL, *where, "--name", "killed", "--max-steps", "40",
-         "--set", "schedule.checkpoint_every=10", "--set", "schedule.log_every=5", "--set", "schedule.sample_every=0"]
+         "--set", "cadence.checkpoint_every=10", "--set", "cadence.log_every=5", "--set", "cadence.sample_every=0"]
     )  # fmt: skip
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=launch(config, options)))
+    thread = threading.Thread(target=lambda: outcome.update(result=train(request.config, request.options, request.tracking)))
     thread.start()
     deadline = time.time() + 240
     while not any(p.is_dir() and p.name.startswith("checkpoint_") for p in (runs / "killed").glob("*")) and time.time() < deadline:
@@ -112,7 +113,7 @@ def test_worker_killed_mid_run_restarts_from_checkpoint(ray_module, data, places
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_module, data, places, capsys):
     where, client, runs = places
     args = ["--data", str(data), *SMALL, *where, "--name", "nan", "--max-steps", "5", "--max-failures", "0",
-            "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=0", "--set", "schedule.checkpoint_every=1"]  # fmt: skip
+            "--set", "optim.lr=1e30", "--set", "optim.warmup_steps=0", "--set", "cadence.checkpoint_every=1"]  # fmt: skip
     with pytest.raises(Exception, match="loss is (nan|inf) at step 2"):
         main(args)
     assert client.get_run(run_id_of(client, "nan")).info.status == "FAILED"
@@ -153,7 +154,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 
 def test_redact_hides_passwords():
-    from dctdiff.tracking import redact
+    from dctdiff.infra.mlflow_tracking import redact
 
     assert redact("postgresql://mlflow:s3cret@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
     assert redact("--backend-store-uri postgresql://u:p@h/db x") == "--backend-store-uri postgresql://u:***@h/db x"

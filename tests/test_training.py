@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dctdiff.codec import DCTCodec
-from dctdiff.config import build_config
-from dctdiff.photos import photo_crops
-from dctdiff.training import Batch, Trainer, build_codec, build_model, draw_step
+from dctdiff.core.codec import DCTCodec
+from dctdiff.training.config import build_config
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, draw_step
 
 ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
 

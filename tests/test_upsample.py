@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from scipy.fft import dctn, idctn
 
-from dctdiff.image_sets import ImageSetError, open_image_set, read_image
-from dctdiff.metrics import psnr, ssim
-from dctdiff.upsample import dct_upsample, pil_resize, upsampling_matrix
+from dctdiff.evaluation.image_sets import ImageSetError, open_image_set, read_image
+from dctdiff.core.image_metrics import psnr, ssim
+from dctdiff.core.dct_upsampling import dct_upsample, pil_resize, upsampling_matrix
 
 
 def reference_upsample(images: np.ndarray, block_size: int) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_bad_inputs_raise():
 
 
 def write_images(folder, names_and_sizes):
-    from dctdiff.photos import photo_crops
+    from dctdiff.data.bundled_photos import photo_crops
 
     for i, (name, (height, width)) in enumerate(names_and_sizes):
         path = folder / name
@@ -115,7 +115,7 @@ def write_images(folder, names_and_sizes):
 
 @pytest.mark.slow
 def test_folder_job_writes_dct_upsampled_pngs(ray_session, tmp_path):
-    from pipelines.upsample import upsample_folder
+    from dctdiff.evaluation.upsampling_job import upsample_folder
 
     source, output = tmp_path / "in", tmp_path / "out"
     write_images(source, [("a.png", (16, 24)), ("sub/b.jpg", (32, 32))])
@@ -126,7 +126,8 @@ def test_folder_job_writes_dct_upsampled_pngs(ray_session, tmp_path):
 
 
 def test_folder_job_bad_inputs(tmp_path):
-    from pipelines.upsample import main, upsample_folder
+    from dctdiff.commands.upsample_command import main
+    from dctdiff.evaluation.upsampling_job import upsample_folder
 
     write_images(tmp_path / "odd", [("a.png", (16, 24)), ("b.png", (30, 30))])
     with pytest.raises(ImageSetError, match=r"b.png is 30x30, not divisible by --block-size 4"):
@@ -141,7 +142,7 @@ def test_folder_job_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_compare_report(ray_session, tmp_path):
-    from pipelines.upsample import COMPARE_METHODS, compare
+    from dctdiff.evaluation.upsampling_job import COMPARE_METHODS, compare
 
     image_set = open_image_set("photos:4", resolution=32)
     rows = compare(image_set, str(tmp_path), block_size=4, batch_size=16)

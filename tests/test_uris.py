@@ -13,20 +13,20 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dctdiff import shards
-from dctdiff.codec import DCTCodec
-from dctdiff.photos import photo_crops
-from pipelines.evaluate import main as evaluate_main
-from pipelines.prepare import main as prepare_main
-from pipelines.sample import main as sample_main
-from pipelines.train import main as train_main
+from dctdiff.data import shards
+from dctdiff.core.codec import DCTCodec
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.commands.evaluate_command import main as evaluate_main
+from dctdiff.commands.prepare_command import main as prepare_main
+from dctdiff.commands.sample_command import main as sample_main
+from dctdiff.commands.train_command import main as train_main
 
 pytestmark = pytest.mark.slow
 
 IMAGES = 16
 TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "optim.lr=1e-3",
-        "--set", "optim.batch_size=8", "--set", "schedule.log_every=1", "--set", "schedule.checkpoint_every=2",
-        "--set", "schedule.sample_every=0"]  # fmt: skip
+        "--set", "optim.batch_size=8", "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2",
+        "--set", "cadence.sample_every=0"]  # fmt: skip
 
 
 class Places:

@@ -1,0 +1,100 @@
+"""`dctdiff train`: train a DCTdiff (or pixel-baseline) U-ViT with Ray Train, tracked in MLflow.
+
+    dctdiff train --preset demo --data outputs/demo/data
+    ray job submit --working-dir . -- python pipelines/train.py --preset cifar10 --data s3://bucket/cifar10 \\
+        --workers 8 --gpus-per-worker 1 --storage s3://bucket/runs --mlflow-uri http://mlflow:5000
+
+The data is a `dctdiff prepare` output (Parquet coefficient shards + stats.json). The run's checkpoints
+go to --storage/--name; --resume continues the newest checkpoint of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+
+from dctdiff.commands import options as flags
+from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri, ui_command
+from dctdiff.infra.ray_cluster import ResourceError
+from dctdiff.training.config import ConfigError, TrainConfig, build_config
+from dctdiff.training.launcher import LaunchOptions, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The parsed command line: what to train, how to launch it, where to track it."""
+
+    config: TrainConfig
+    options: LaunchOptions
+    tracking: TrackingOptions
+    dry_run: bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `dctdiff train`."""
+    parser = argparse.ArgumentParser(
+        prog="dctdiff train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    flags.add_config_flags(parser, "paper preset: demo, cifar10, celeba64, imagenet64, ffhq128, ...")
+    flags.add_data_flag(parser)
+    parser.add_argument("--space", choices=["dct", "pixel"], help="dct (DCTdiff) or pixel (the U-ViT baseline)")
+    parser.add_argument("--max-steps", type=flags.positive_int, help="shorthand for --set cadence.max_steps=N")
+    flags.add_worker_flags(parser, "")
+    flags.add_storage_flag(parser, "outputs/runs", "checkpoint root")
+    parser.add_argument("--name", help="run name (default: preset-space-timestamp)")
+    parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --name (default: newest run)")
+    flags.add_mlflow_flags(parser)
+    flags.add_ray_flag(parser)
+    flags.add_dry_run_flag(parser)
+    flags.add_logging_flags(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainRequest:
+    """Resolve the command line; bad flags exit with a message, bad config values raise ConfigError."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.space:
+        overrides.append(f"data.space={args.space}")
+    if args.max_steps is not None:
+        overrides.append(f"cadence.max_steps={args.max_steps}")
+    config = build_config(args.preset, args.config, overrides)
+    if not args.dry_run and not args.data:
+        parser.error("--data is required (a `dctdiff prepare` output)")
+    options = LaunchOptions(
+        data=args.data or "",
+        resources=flags.worker_resources(args),
+        storage=args.storage,
+        name=args.name,
+        resume=args.resume,
+        address=args.address,
+        log_level=flags.log_level(args),
+    )
+    return TrainRequest(config, options, flags.tracking_options(args), args.dry_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `dctdiff train`; returns the exit status (2: bad input, with one line saying what to fix)."""
+    try:
+        request = parse_args(argv)
+        configure_logging(request.options.log_level)
+        if request.dry_run:
+            sys.stdout.write(request.config.to_yaml())
+            return 0
+        result, run_id = train(request.config, request.options, request.tracking)
+    except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
+        return flags.report_error(f"{error}")
+    metrics = result.metrics or {}
+    log.info(
+        "done: step %s loss %.4f; checkpoint %s", metrics.get("step"), metrics.get("loss", float("nan")),
+        result.checkpoint.path if result.checkpoint else None,
+    )  # fmt: skip
+    tracking_uri = resolve_tracking_uri(request.tracking.uri)
+    log.info("MLflow run %s in %s\nreview it with: %s", run_id, redact(tracking_uri), redact(ui_command(tracking_uri)))
+    return 0

@@ -1,0 +1,455 @@
+"""Image <-> token codecs: the DCTdiff block-DCT codec and the pixel-patch baseline.
+
+DCTCodec follows the paper (Ning et al. 2025, §3) and DESIGN.md §2: RGB -> YCbCr (JPEG full range),
+4:2:0 chroma, B x B orthonormal block DCT-II, JPEG zigzag order, keep the first ``keep`` frequencies of
+each block, divide by eta. One token covers a 2B x 2B pixel region and holds the four Y blocks and
+the Cb and Cr blocks of that region: token dim 6 * keep.
+
+Encoding is affine per 2B x 2B x 3 pixel patch, so it is computed as patchify + one matrix product
+with a matrix built once from the definitions (the per-block reference lives in the tests).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dctdiff.core.token_layout import YCBCR_420_BLOCKS, YCBCR_420_HFLIP, TokenLayout, check_token_resolution
+
+ImageBatch = Union[np.ndarray, torch.Tensor]
+
+# JPEG full-range colour transform (ITU-T T.871): rows give Y, Cb, Cr from R, G, B.
+RGB_TO_YCBCR = np.array(
+    [
+        [0.299, 0.587, 0.114],
+        [-0.168736, -0.331264, 0.5],
+        [0.5, -0.418688, -0.081312],
+    ]
+)
+YCBCR_OFFSET = np.array([0.0, 128.0, 128.0])
+# Inverse transform as used by JPEG decoders (rows give R, G, B from Y, Cb-128, Cr-128).
+YCBCR_TO_RGB = np.array(
+    [
+        [1.0, 0.0, 1.402],
+        [1.0, -0.344136, -0.714136],
+        [1.0, 1.772, 0.0],
+    ]
+)
+LEVEL_SHIFT = 128.0
+BLOCKS_PER_TOKEN = len(YCBCR_420_BLOCKS)
+
+
+def zigzag_order(block_size: int) -> np.ndarray:
+    """Raster indices (row * B + col) of a B x B block in JPEG zigzag order.
+
+    Anti-diagonals d = row + col are visited in turn; even d run bottom-left to top-right
+    (row decreasing), odd d top-right to bottom-left (row increasing).
+    """
+    order = []
+    for d in range(2 * block_size - 1):
+        rows = range(max(0, d - block_size + 1), min(d, block_size - 1) + 1)
+        if d % 2 == 0:
+            rows = reversed(rows)
+        order.extend(r * block_size + (d - r) for r in rows)
+    return np.array(order, dtype=np.int64)
+
+
+def dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix D [n, n]: coefficients = D @ signal (scipy ``dct(norm='ortho')``)."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
+def _resolution_pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(resolution, (int, np.integer)):
+        return int(resolution), int(resolution)
+    if isinstance(resolution, (tuple, list)) and len(resolution) == 2:
+        return int(resolution[0]), int(resolution[1])
+    raise ValueError(f"resolution must be an int or a (height, width) pair, got {resolution!r}")
+
+
+def _as_pixel_tensor(images: ImageBatch, resolution: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """Validate a uint8 (or float in [0, 255]) image batch [N, H, W, 3] and return it as ``dtype``."""
+    if isinstance(images, np.ndarray):
+        # A view with negative strides (e.g. x[:, :, ::-1]) is copied: torch cannot wrap it.
+        images = torch.from_numpy(images.copy() if min(images.strides, default=0) < 0 else np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+    expected = (*resolution, 3)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"images must have shape [N, {expected[0]}, {expected[1]}, 3] (N x H x W x RGB), "
+            f"got {list(images.shape)}"
+        )
+    if images.dtype == torch.uint8:
+        return images.to(dtype)
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 (or float in [0, 255]), got dtype {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 255):
+        raise ValueError(
+            f"float images must lie in [0, 255], got range [{images.min().item():.4g}, {images.max().item():.4g}]"
+        )
+    return images.to(dtype)
+
+
+def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.round().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class _TokenGrid:
+    """Split [N, H, W, C] images into row-major P x P patches [N, L, P*P*C] and back."""
+
+    height: int
+    width: int
+    patch: int
+
+    @property
+    def rows(self) -> int:
+        return self.height // self.patch
+
+    @property
+    def cols(self) -> int:
+        return self.width // self.patch
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, _, c = x.shape
+        p = self.patch
+        x = x.reshape(n, self.rows, p, self.cols, p, c)  # [N, R, P, C', P, ch]
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(n, self.rows * self.cols, p * p * c)
+
+    def unpatchify(self, tokens: torch.Tensor, channels: int) -> torch.Tensor:
+        n = tokens.shape[0]
+        p = self.patch
+        x = tokens.reshape(n, self.rows, self.cols, p, p, channels)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(n, self.height, self.width, channels)
+
+    def flip_columns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mirror the token grid left-right: [N, L, ...] -> [N, L, ...]."""
+        n = tokens.shape[0]
+        grid = tokens.reshape(n, self.rows, self.cols, *tokens.shape[2:])
+        return grid.flip(2).reshape(tokens.shape)
+
+
+def _check_tokens(tokens: torch.Tensor, num_tokens: int, token_dim: int) -> None:
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch tensor, got {type(tokens).__name__}")
+    if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (num_tokens, token_dim):
+        raise ValueError(f"tokens must have shape [N, {num_tokens}, {token_dim}], got {list(tokens.shape)}")
+    if not tokens.is_floating_point():
+        raise TypeError(f"tokens must be floating point, got dtype {tokens.dtype}")
+
+
+class Codec(ABC):
+    """Images <-> tokens [N, L, D]: what the model, trainer and samplers see of a codec.
+
+    ``layout`` is the DCT frequency layout of the token dims, or None for tokens without frequencies
+    (pixels); the loss reads it for its frequency bands and EBFR weights.
+    """
+
+    layout: TokenLayout | None
+
+    @property
+    @abstractmethod
+    def grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols)."""
+
+    @property
+    @abstractmethod
+    def num_tokens(self) -> int:
+        """L = rows * cols."""
+
+    @property
+    @abstractmethod
+    def token_dim(self) -> int:
+        """D, the length of one token."""
+
+    @property
+    @abstractmethod
+    def token_bound(self) -> float:
+        """No token of a real image exceeds this in magnitude."""
+
+    @abstractmethod
+    def analyze(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> what the shards store for them (unscaled)."""
+
+    @abstractmethod
+    def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """What ``analyze`` returns -> tokens [N, L, D]."""
+
+    @abstractmethod
+    def encode(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> tokens [N, L, D]."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [N, L, D] -> uint8 images [N, H, W, 3]."""
+
+    @abstractmethod
+    def hflip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens of the horizontally mirrored images."""
+
+
+class DCTCodec(Codec):
+    """The DCTdiff codec (paper §3, DESIGN.md §2).
+
+    Args:
+        resolution: image size, an int or (height, width); each divisible by 2 * block_size.
+        block_size: B, the DCT block size.
+        keep: number of zigzag-ordered frequencies kept per block, 1..B*B (paper: B*B - m*).
+        eta: scale divisor of every kept coefficient (paper's entropy-consistent scaling).
+        dtype: torch float dtype of the computation and of the tokens (float32 or float64).
+    """
+
+    def __init__(
+        self,
+        resolution: int | tuple[int, int],
+        block_size: int,
+        keep: int,
+        eta: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        height, width = _resolution_pair(resolution)
+        check_token_resolution(height, width, block_size)
+        if not isinstance(keep, (int, np.integer)) or not 1 <= keep <= block_size**2:
+            raise ValueError(f"keep must be an int in 1..block_size**2 = 1..{block_size**2}, got {keep!r}")
+        if not np.isfinite(eta) or eta <= 0:
+            raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.resolution = (height, width)
+        self.block_size = int(block_size)
+        self.keep = int(keep)
+        self.eta = float(eta)
+        self.dtype = dtype
+        self.layout = TokenLayout(self.keep)
+        self._grid = _TokenGrid(height, width, 2 * self.block_size)
+        self._chroma_grid = _TokenGrid(height // 2, width // 2, self.block_size)
+        analysis, bias = _analysis_matrix(self.block_size)  # [12 B^2, 6, B^2], [6, B^2]
+        self._analysis = (analysis.reshape(analysis.shape[0], -1), bias.reshape(-1))
+        kept_analysis = analysis[:, :, : self.keep] / self.eta
+        self._encode = (kept_analysis.reshape(analysis.shape[0], -1), (bias[:, : self.keep] / self.eta).reshape(-1))
+        self._luma_synthesis, self._chroma_synthesis = _synthesis_matrices(self.block_size, self.keep, self.eta)
+        self._flip_sign = _hflip_signs(self.block_size, self.keep)
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols)."""
+        return self._grid.rows, self._grid.cols
+
+    @property
+    def num_tokens(self) -> int:
+        """L = (H / 2B) * (W / 2B)."""
+        return self._grid.rows * self._grid.cols
+
+    @property
+    def token_dim(self) -> int:
+        """6 * keep."""
+        return self.layout.token_dim
+
+    @property
+    def token_bound(self) -> float:
+        """No token exceeds this in magnitude: |coefficient| <= 128 B (orthonormal DCT of values in
+        [-128, 128], DESIGN.md §4), divided by eta."""
+        return 128.0 * self.block_size / self.eta
+
+    def _constant(self, name: str, value: np.ndarray, device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._cache:
+            self._cache[key] = torch.as_tensor(value, dtype=self.dtype, device=device)
+        return self._cache[key]
+
+    def _project(self, images: ImageBatch, name: str, matrix: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+        x = _as_pixel_tensor(images, self.resolution, self.dtype)
+        patches = self._grid.patchify(x)  # [N, L, 12 B^2]
+        weight = self._constant(name + ".w", matrix[0], x.device)
+        bias = self._constant(name + ".b", matrix[1], x.device)
+        return torch.addmm(bias, patches.reshape(-1, patches.shape[-1]), weight).reshape(
+            patches.shape[0], patches.shape[1], -1
+        )
+
+    def encode(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> tokens [N, L, 6 * keep] (kept coefficients / eta)."""
+        return self._project(images, "encode", self._encode)
+
+    def analyze(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> all coefficients [N, L, 6, B*B], zigzag order, not scaled."""
+        coefficients = self._project(images, "analysis", self._analysis)
+        return coefficients.reshape(coefficients.shape[0], coefficients.shape[1], BLOCKS_PER_TOKEN, -1)
+
+    def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Coefficients [N, L, 6, B*B] (as ``analyze`` returns) -> tokens [N, L, 6 * keep]."""
+        coefficients = torch.as_tensor(coefficients)
+        expected = (self.num_tokens, BLOCKS_PER_TOKEN, self.block_size**2)
+        if coefficients.ndim != 4 or tuple(coefficients.shape[1:]) != expected:
+            raise ValueError(f"coefficients must have shape [N, {', '.join(map(str, expected))}], got {list(coefficients.shape)}")
+        kept = coefficients[..., : self.keep].to(self.dtype) / self.eta
+        return kept.reshape(coefficients.shape[0], self.num_tokens, self.token_dim)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [N, L, 6 * keep] -> uint8 images [N, H, W, 3]; exact inverse of ``encode`` up to the
+        dropped frequencies and the chroma subsampling."""
+        _check_tokens(tokens, self.num_tokens, self.token_dim)
+        tokens = tokens.to(self.dtype)
+        n, device = tokens.shape[0], tokens.device
+        blocks = tokens.reshape(n, self.num_tokens, BLOCKS_PER_TOKEN, self.keep)
+        luma_weight = self._constant("luma", self._luma_synthesis, device)  # [4 keep, 4 B^2]
+        chroma_weight = self._constant("chroma", self._chroma_synthesis, device)  # [keep, B^2]
+        luma = blocks[:, :, :4].reshape(n, self.num_tokens, -1) @ luma_weight  # [N, L, 4 B^2]
+        y = self._grid.unpatchify(luma, 1)[..., 0]  # [N, H, W]
+        chroma = blocks[:, :, 4:] @ chroma_weight  # [N, L, 2, B^2]
+        chroma = chroma.permute(0, 1, 3, 2).reshape(n, self.num_tokens, -1)  # [N, L, B^2 * 2]
+        cbcr = self._chroma_grid.unpatchify(chroma, 2)  # [N, H/2, W/2, 2]
+        # Chroma 4:2:0 -> 4:4:4: bilinear x2, half-pixel centres, edges replicated (align_corners=False).
+        cbcr = F.interpolate(cbcr.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        ycbcr = torch.cat([y[:, None], cbcr], dim=1) + LEVEL_SHIFT - self._constant(
+            "offset", YCBCR_OFFSET[:, None, None], device
+        )  # [N, 3, H, W]: Y, Cb - 128, Cr - 128
+        rgb = torch.einsum("kc,nchw->nhwk", self._constant("to_rgb", YCBCR_TO_RGB, device), ycbcr)
+        return _to_uint8(rgb)
+
+    def hflip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Exact horizontal flip in token space: ``hflip_tokens(encode(x)) == encode(x[:, :, ::-1])``.
+
+        Mirror the token grid's columns, swap the left/right Y blocks (0<->1, 2<->3) and negate every
+        coefficient with an odd horizontal frequency (DCT-II basis cos(pi (2i+1) v / 2B) is odd under
+        i -> B-1-i exactly when v is odd).
+        """
+        _check_tokens(tokens, self.num_tokens, self.token_dim)
+        n = tokens.shape[0]
+        blocks = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, BLOCKS_PER_TOKEN, self.keep)
+        blocks = blocks[:, :, list(YCBCR_420_HFLIP)]
+        sign = torch.as_tensor(self._flip_sign, dtype=tokens.dtype, device=tokens.device)
+        return (blocks * sign).reshape(tokens.shape)
+
+
+class PixelCodec(Codec):
+    """The pixel-space baseline (paper's UViT): P x P patches, RGB scaled to [-1, 1], token dim 3 P^2.
+
+    Same interface as DCTCodec; ``analyze`` returns the raw pixel patches [N, L, P*P*3] (0..255)
+    so the shards/training code path is shared.
+    """
+
+    def __init__(
+        self, resolution: int | tuple[int, int], patch_size: int, dtype: torch.dtype = torch.float32
+    ) -> None:
+        height, width = _resolution_pair(resolution)
+        if not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        for name, size in (("height", height), ("width", width)):
+            if size <= 0 or size % patch_size:
+                raise ValueError(f"image {name} {size} must be a positive multiple of patch_size = {patch_size}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.resolution = (height, width)
+        self.patch_size = int(patch_size)
+        self.dtype = dtype
+        self.layout = None
+        self._grid = _TokenGrid(height, width, self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid (rows, cols)."""
+        return self._grid.rows, self._grid.cols
+
+    @property
+    def num_tokens(self) -> int:
+        return self._grid.rows * self._grid.cols
+
+    @property
+    def token_dim(self) -> int:
+        return 3 * self.patch_size**2
+
+    @property
+    def token_bound(self) -> float:
+        """Pixel tokens lie in [-1, 1]."""
+        return 1.0
+
+    def analyze(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> pixel patches [N, L, P*P*3], values 0..255, row-major (p1 p2 c)."""
+        return self._grid.patchify(_as_pixel_tensor(images, self.resolution, self.dtype))
+
+    def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Pixel patches [N, L, 3 P^2] (0..255) -> tokens in [-1, 1]."""
+        coefficients = torch.as_tensor(coefficients)
+        if coefficients.ndim != 3 or tuple(coefficients.shape[1:]) != (self.num_tokens, self.token_dim):
+            raise ValueError(
+                f"pixel patches must have shape [N, {self.num_tokens}, {self.token_dim}], got {list(coefficients.shape)}"
+            )
+        return coefficients.to(self.dtype) / 127.5 - 1.0
+
+    def encode(self, images: ImageBatch) -> torch.Tensor:
+        """uint8 images [N, H, W, 3] -> tokens [N, L, 3 P^2] in [-1, 1]."""
+        return self.tokens_from_coefficients(self.analyze(images))
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [N, L, 3 P^2] -> uint8 images [N, H, W, 3]."""
+        _check_tokens(tokens, self.num_tokens, self.token_dim)
+        return _to_uint8(self._grid.unpatchify((tokens.to(self.dtype) + 1.0) * 127.5, 3))
+
+    def hflip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Horizontal flip in token space: mirror the grid and each patch's columns."""
+        _check_tokens(tokens, self.num_tokens, self.token_dim)
+        n, p = tokens.shape[0], self.patch_size
+        flipped = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, p, p, 3).flip(3)
+        return flipped.reshape(tokens.shape)
+
+
+
+def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map of one 2B x 2B x 3 uint8 patch (flattened row-major, RGB last) to its six
+    zigzag-ordered coefficient blocks: returns (matrix [12 B^2, 6, B^2], bias [6, B^2]).
+
+    Composed from the definitions (DESIGN.md §2): colour transform, 2x2 chroma mean, level shift,
+    block DCT-II (C = D X D^T), zigzag.
+    """
+    b = block_size
+    d = dct_matrix(b)
+    zigzag = zigzag_order(b)
+    # Colour transform as a map of pixel (row, col, rgb) -> plane (row, col, ycc): [2B, 2B, 3] -> [3, 2B, 2B].
+    eye = np.eye(4 * b * b * 3).reshape(-1, 2 * b, 2 * b, 3)  # basis patches [12B^2, 2B, 2B, 3]
+    planes = np.einsum("kc,nhwc->nkhw", RGB_TO_YCBCR, eye)  # linear part of YCbCr [12B^2, 3, 2B, 2B]
+    luma = planes[:, 0].reshape(-1, 2, b, 2, b).transpose(0, 1, 3, 2, 4).reshape(-1, 4, b, b)  # Y blocks 0..3
+    chroma = planes[:, 1:].reshape(-1, 2, b, 2, b, 2).mean(axis=(3, 5))  # 2x2 mean -> [12B^2, 2, B, B]
+    blocks = np.concatenate([luma, chroma], axis=1)  # [12B^2, 6, B, B]
+    coefficients = np.einsum("uh,nkhw,vw->nkuv", d, blocks, d).reshape(-1, 6, b * b)[:, :, zigzag]
+    # Bias: the constant part. YCbCr offsets (+128 on chroma) minus the level shift 128 on all planes;
+    # a constant c in a block only reaches its DC coefficient, as c * B (orthonormal DCT of a constant).
+    bias = np.zeros((6, b * b))
+    bias[:, 0] = (np.array([0, 0, 0, 0, 128.0, 128.0]) - LEVEL_SHIFT) * b
+    return coefficients, bias
+
+
+def _synthesis_matrices(block_size: int, keep: int, eta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear maps from kept tokens to level-shifted planes (DESIGN.md §2, decoding).
+
+    Returns (luma [4 keep, 4 B^2]: the four Y blocks of a token -> its 2B x 2B Y patch, row-major;
+    chroma [keep, B^2]: one chroma block -> its B x B pixels, row-major). Both include the factor eta.
+    """
+    b = block_size
+    d = dct_matrix(b)
+    zigzag = zigzag_order(b)[:keep]
+    # Inverse DCT of each kept basis coefficient: X = D^T C D, C the unit matrix at a zigzag position.
+    basis = np.zeros((keep, b * b))
+    basis[np.arange(keep), zigzag] = 1.0
+    pixels = np.einsum("uh,nuv,vw->nhw", d, basis.reshape(keep, b, b), d) * eta  # [keep, B, B]
+    chroma = pixels.reshape(keep, b * b)
+    luma = np.zeros((4, keep, 2, b, 2, b))
+    for block in range(4):  # block k sits at (k // 2, k % 2) inside the 2B x 2B patch
+        luma[block, :, block // 2, :, block % 2, :] = pixels
+    return luma.reshape(4 * keep, 4 * b * b), chroma
+
+
+def _hflip_signs(block_size: int, keep: int) -> np.ndarray:
+    """+1/-1 per kept zigzag coefficient: -1 where the horizontal frequency (raster col) is odd."""
+    columns = zigzag_order(block_size)[:keep] % block_size
+    return np.where(columns % 2 == 1, -1.0, 1.0)

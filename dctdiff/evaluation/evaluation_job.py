@@ -1,0 +1,197 @@
+"""FID between image sets, and the reconstruction analysis that picks how many frequencies to keep,
+as Ray Data jobs (one FID Inception per actor, a GPU each when present) logged to MLflow.
+
+    python pipelines/evaluate.py fid SAMPLES REFERENCE [--save-stats REF.npz] [--run-id RUN]
+    python pipelines/evaluate.py fid REFERENCE --save-stats REF.npz
+    python pipelines/evaluate.py reconstruction SOURCE --block-size 4 [--resolution 128] [--gamma 0.5]
+
+An image set is a folder of images, a pipelines/prepare.py output (decoded with all frequencies), an
+.npz of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format, so
+published reference statistics work), a prepare source read directly (cifar10:PATH, fashion-mnist[:PATH],
+parquet:PATH; train split) or photos:N (crops of the bundled photos; needs --resolution).
+``fid A B`` is the FID of A against reference B; ``--save-stats`` writes B's statistics (A's when B is
+left out) for later runs. Results go to MLflow: a new run in ``--experiment``, or the run ``--run-id``
+(e.g. the training run) without changing its status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+import numpy as np
+
+from dctdiff.core.codec import DCTCodec
+from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_stats
+from dctdiff.evaluation.feature_job import dataset_moments, image_set_stats
+from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
+from dctdiff.infra.ray_cluster import init_ray
+from dctdiff.evaluation.reconstruction import (
+    DEFAULT_GAMMA,
+    ReconstructionRow,
+    choose_keep,
+    plot,
+    reconstruction_batch,
+    summarize,
+    write_csv,
+)
+from dctdiff.infra.mlflow_tracking import get_or_create_experiment, resolve_tracking_uri
+
+DEFAULT_EXPERIMENT = "dctdiff-evaluate"
+RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes B*B + 1 images)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where results are logged: ``run_id`` (an existing run) or a new run in ``experiment``."""
+
+    uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    run_id: str | None = None
+
+
+def log_to_mlflow(
+    tracking: Tracking,
+    run_name: str,
+    metrics: Sequence[tuple[str, float, int]],
+    tags: dict[str, str],
+    artifacts: Sequence[Path] = (),
+    artifact_dir: str | None = None,
+) -> str:
+    """Log (key, value, step) metrics, tags and artifact files; returns the run id.
+
+    An existing run (``tracking.run_id``) keeps its status; a new run is created and ended here.
+    Non-finite values (e.g. PSNR of an exact reconstruction) are left out: MLflow stores finite floats.
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking.uri)
+    client = MlflowClient(uri)
+    if tracking.run_id:
+        try:
+            run_id = client.get_run(tracking.run_id).info.run_id
+        except MlflowException:
+            raise ValueError(f"--run-id {tracking.run_id} is not a run in the MLflow store {uri}") from None
+    else:
+        experiment_id = get_or_create_experiment(uri, tracking.experiment)
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), now, step) for key, value, step in metrics if np.isfinite(value)],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+    if not tracking.run_id:
+        client.set_terminated(run_id)
+    return run_id
+
+
+def run_fid(
+    specs: Sequence[str],
+    save_stats_to: str | None = None,
+    weights: str | None = None,
+    batch_size: int = 50,
+    actors: int | None = None,
+    limit: int | None = None,
+    resolution: int | None = None,
+    tracking: Tracking | None = Tracking(),
+    metric: str = "fid",
+    step: int = 0,
+) -> float | None:
+    """FID of ``specs[0]`` against ``specs[1]`` (None with one set: then its statistics are only saved)."""
+    if not 1 <= len(specs) <= 2:
+        raise ValueError(f"fid takes one or two image sets, got {len(specs)}")
+    if len(specs) == 1 and not save_stats_to:
+        raise ValueError("with one image set, fid only computes its statistics: add --save-stats OUT.npz")
+    opened = [open_image_set(spec, resolution=resolution, limit=limit, progress=True) for spec in specs]
+    to_compute = [s for s in opened if isinstance(s, ImageSet)]
+    if to_compute:
+        init_ray()
+    computed = iter(image_set_stats(to_compute, weights, batch_size, actors) if to_compute else [])
+    stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
+    if save_stats_to:
+        save_stats(save_stats_to, stats[-1])
+        print(f"statistics of {specs[-1]} written to {save_stats_to}")
+    if len(specs) == 1:
+        return None
+    fid = fid_from_stats(stats[0], stats[1])
+    print(f"FID {fid:.4f}  ({_describe(opened[0], specs[0])} vs {_describe(opened[1], specs[1])})")
+    if tracking is not None:
+        tags = {f"{metric}.set": specs[0], f"{metric}.reference": specs[1]}
+        for name, opened_set in zip(("set", "reference"), opened):
+            if isinstance(opened_set, ImageSet):
+                tags[f"{metric}.images.{name}"] = str(opened_set.count)
+        run_id = log_to_mlflow(tracking, "fid", [(metric, fid, step)], tags)
+        print(f"logged {metric} to MLflow run {run_id}")
+    return fid
+
+
+def _describe(opened: ImageSet | FIDStats, spec: str) -> str:
+    return opened.describe() if isinstance(opened, ImageSet) else f"{spec} (statistics)"
+
+
+def run_reconstruction(
+    source: str,
+    block_size: int,
+    resolution: int | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    output: str = "outputs/reconstruction",
+    weights: str | None = None,
+    batch_size: int = 50,
+    actors: int | None = None,
+    limit: int | None = None,
+    tracking: Tracking | None = Tracking(),
+) -> tuple[list[ReconstructionRow], int | None]:
+    """rFID and PSNR for keep = 1..B*B on ``source``; the smallest keep with rFID < gamma.
+
+    Writes ``output``/reconstruction.csv and reconstruction.png; returns (rows, chosen keep or None).
+    """
+    if gamma <= 0:
+        raise ValueError(f"--gamma must be > 0, got {gamma}")
+    image_set = open_image_set(source, resolution=resolution, limit=limit, progress=True)
+    if not isinstance(image_set, ImageSet):
+        raise ImageSetError(f"{source} holds FID statistics; the reconstruction analysis needs images")
+    if image_set.count < 2:
+        raise ImageSetError(f"{image_set.describe()}: rFID needs at least 2 images")
+    DCTCodec(image_set.size, block_size, keep=1)  # validates the block size against the image size
+    init_ray()
+    ds = image_set.to_dataset().map_batches(
+        reconstruction_batch,
+        fn_kwargs={"block_size": block_size},
+        batch_size=RECONSTRUCTION_BATCH,
+        batch_format="numpy",
+    )
+    groups = dataset_moments(
+        ds, total=image_set.count * (block_size**2 + 1), group="keep", mean_columns=("mse",),
+        weights=weights, batch_size=batch_size, actors=actors,
+    )
+    rows = summarize({k: g.moments for k, g in groups.items()}, {k: g.mean("mse") for k, g in groups.items()})
+    chosen = choose_keep(rows, gamma)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "reconstruction.csv", folder / "reconstruction.png"
+    write_csv(rows, csv_path)
+    title = f"{image_set.describe()}, B = {block_size}"
+    plot(rows, gamma, chosen, png_path, title)
+    print(f"reconstruction of {title}")
+    print(f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}")
+    for row in rows:
+        print(f"{row.keep:>4} {row.rfid:>10.3f} {row.psnr:>8.2f}")
+    print(f"chosen keep (smallest with rFID < {gamma}): {chosen if chosen is not None else 'none'}")
+    print(f"wrote {csv_path} and {png_path}")
+    if tracking is not None:
+        metrics = [(name, value, row.keep) for row in rows for name, value in (("rfid", row.rfid), ("psnr", row.psnr))]
+        if chosen is not None:
+            metrics.append(("chosen_keep", chosen, 0))
+        tags = {"reconstruction.source": source, "reconstruction.block_size": str(block_size),
+                "reconstruction.gamma": str(gamma), "reconstruction.images": str(image_set.count)}
+        run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, [csv_path, png_path], "reconstruction")
+        print(f"logged to MLflow run {run_id}")
+    return rows, chosen

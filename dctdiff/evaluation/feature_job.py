@@ -1,0 +1,118 @@
+"""Inception feature extraction as a Ray Data job: one FID network per actor (a GPU each when the
+cluster has GPUs), feature moments merged in the driver, optionally per group (e.g. per ``keep``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, load_inception
+from dctdiff.evaluation.image_sets import ImageSet
+
+
+class InceptionActor:
+    """Ray Data callable class: batch {image [b, H, W, 3] uint8, ...} -> {features [b, 2048], ...}.
+
+    Columns other than ``image`` pass through (group keys, per-image metrics).
+    """
+
+    def __init__(self, weights: str | None, batch_size: int, actors_per_node: int) -> None:
+        if not torch.cuda.is_available():
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // actors_per_node))
+        self.model = load_inception(weights)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {key: value for key, value in batch.items() if key != "image"}
+        out["features"] = extract_features(batch["image"], self.model, self.batch_size)
+        return out
+
+
+def default_actor_count() -> int:
+    """One actor per GPU in the cluster, else one per node (each uses all of its node's cores)."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
+
+
+def dataset_features(ds: Any, weights: str | None = None, batch_size: int = 50, actors: int | None = None) -> Any:
+    """The Ray dataset ``ds`` (column ``image``) with the ``image`` column replaced by ``features``."""
+    import ray
+
+    actors = actors or default_actor_count()
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
+    return ds.map_batches(
+        InceptionActor,
+        fn_constructor_kwargs={"weights": weights, "batch_size": batch_size, "actors_per_node": -(-actors // nodes)},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+    )
+
+
+@dataclass
+class GroupFeatures:
+    """Feature moments of one group of images, plus the sums of per-image scalar columns."""
+
+    moments: FeatureMoments = field(default_factory=FeatureMoments.empty)
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def mean(self, column: str) -> float:
+        """Mean of a per-image column over the group."""
+        return self.sums[column] / self.moments.count
+
+
+def dataset_moments(
+    ds: Any,
+    total: int | None = None,
+    group: str | None = None,
+    mean_columns: Sequence[str] = (),
+    weights: str | None = None,
+    batch_size: int = 50,
+    actors: int | None = None,
+    progress: bool = True,
+) -> dict[Any, GroupFeatures]:
+    """Inception feature moments of the images of ``ds`` per value of its column ``group`` (one group,
+    key None, without it), and the sums of the per-image columns ``mean_columns``.
+
+    Runs the feature job and merges batches in the driver as they stream in (memory: one [2048, 2048]
+    float64 matrix per group, whatever the number of images).
+    """
+    groups: dict[Any, GroupFeatures] = {}
+    features = dataset_features(ds, weights, batch_size, actors)
+    with tqdm(total=total, desc="Inception features", unit="img", disable=not progress) as bar:
+        for batch in features.iter_batches(batch_size=None, batch_format="numpy"):
+            keys = batch[group] if group else np.zeros(len(batch["features"]), dtype=np.int8)
+            for key in np.unique(keys):
+                rows = keys == key
+                entry = groups.setdefault(key.item() if group else None, GroupFeatures())
+                entry.moments.update(batch["features"][rows])
+                for column in mean_columns:
+                    entry.sums[column] = entry.sums.get(column, 0.0) + float(batch[column][rows].sum())
+            bar.update(len(keys))
+    return groups
+
+
+def image_set_stats(
+    sets: Sequence[ImageSet], weights: str | None = None, batch_size: int = 50, actors: int | None = None
+) -> list[FIDStats]:
+    """FID statistics of several image sets in one Ray Data job (the sets tagged by a ``set`` column)."""
+    datasets = [
+        s.to_dataset().add_column("set", lambda batch, i=i: np.full(len(batch["image"]), i), batch_format="numpy")
+        for i, s in enumerate(sets)
+    ]
+    union = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    groups = dataset_moments(
+        union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors
+    )
+    return [groups[i].moments.stats() for i in range(len(sets))]

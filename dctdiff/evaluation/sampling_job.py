@@ -1,0 +1,158 @@
+"""Generate images from a trained model with Ray: one model copy per actor (per GPU where present).
+
+    python pipelines/sample.py --checkpoint outputs/runs/demo-dct-.../checkpoint_... --num 64 --output outputs/samples
+    python pipelines/sample.py --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --workers 8 --gpus-per-worker 1 \
+        --output s3://bucket/samples/cifar10
+
+``--checkpoint`` is one of our checkpoint folders, a training run folder (its newest checkpoint is
+used), or a published DCTdiff / U-ViT ``.pth`` / ``.safetensors`` whose codec settings come from
+``--preset`` and ``--set`` (e.g. ``--set data.eta=242.382``). Image i is generated from seed
+``--seed-start + i`` alone, so the output does not depend on ``--workers`` or ``--batch-size``.
+Writes ``OUTPUT/{seed:06d}.png`` and ``OUTPUT/images.npz`` (uint8 [N, H, W, 3] under ``images``,
+and the ``seeds`` and ``labels``).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dctdiff.infra import storage
+from dctdiff.training.config import ConfigError, build_config
+from dctdiff.core.generation import generate_images
+from dctdiff.core.uvit import load_official_checkpoint
+from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
+from dctdiff.core.samplers import SAMPLERS
+from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Everything an actor needs to rebuild the model and sample (plain data, cheap to ship)."""
+
+    checkpoint: str
+    preset: str = "demo"
+    overrides: tuple[str, ...] = ()
+    sampler: str | None = None  # None: the run's cadence.sampler (published checkpoints: the --preset's)
+    nfe: int | None = None  # None: the run's cadence.sample_nfe (published checkpoints: the --preset's)
+    guidance_scale: float = 1.0
+    labels: tuple[int, ...] = ()  # cycled over the seeds; empty: unconditional (or the null label)
+    batch_size: int = 64
+
+
+def newest_checkpoint(path: str) -> str:
+    """A checkpoint folder itself, or the newest ``checkpoint_*`` folder of a run folder (paths or URIs)."""
+    if storage.exists(storage.join(path, "state.json")):
+        return path
+    folders = sorted(
+        e.relative.split("/")[0]
+        for e in (storage.list_files(path) if storage.is_dir(path) else [])
+        if e.relative.count("/") == 1 and e.relative.startswith("checkpoint_") and e.relative.endswith("/state.json")
+    )
+    if not folders:
+        raise FileNotFoundError(f"{path} is neither a checkpoint folder (state.json) nor a run folder with checkpoints")
+    return storage.join(path, folders[-1])
+
+
+def load_sampler(spec: SamplingSpec, device: torch.device):
+    """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
+    if spec.checkpoint.endswith((".pth", ".pt", ".safetensors")):
+        config = build_config(spec.preset, overrides=list(spec.overrides))
+        if config.data.eta is None and config.data.space == "dct":
+            raise ConfigError("a published checkpoint needs eta: use a paper --preset or --set data.eta=...")
+        model = load_official_checkpoint(spec.checkpoint).to(device).eval()
+        codec = build_codec(config, config.data.eta or 1.0)
+        if (model.config.num_tokens, model.config.token_dim) != (codec.num_tokens, codec.token_dim):
+            raise ConfigError(
+                f"{spec.checkpoint} expects {model.config.num_tokens} tokens of dim {model.config.token_dim}, but "
+                f"preset {spec.preset!r} makes {codec.num_tokens} of dim {codec.token_dim}: pick the matching "
+                "--preset or --set data.resolution/block_size/keep"
+            )
+        return model, codec, build_noise_schedule(config), config
+    model, config, state = load_ema_model(newest_checkpoint(spec.checkpoint), device)
+    return model, build_codec(config, state["eta"]), build_noise_schedule(config), config
+
+
+class SampleActor:
+    """Holds one model; turns a batch of seeds into images."""
+
+    def __init__(self, spec: SamplingSpec, seed_start: int) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.spec = spec
+        self.seed_start = seed_start
+        self.model, self.codec, self.noise_schedule, _ = load_sampler(spec, self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seeds = batch["id"].astype(np.int64) + self.seed_start  # [n] image seeds
+        labels = label_for(seeds, self.spec.labels)
+        images = generate_images(
+            self.model, self.codec, self.noise_schedule, seeds.tolist(), self.spec.sampler, self.spec.nfe,
+            labels=None if labels is None else labels.tolist(), guidance_scale=self.spec.guidance_scale,
+            device=self.device, batch_size=self.spec.batch_size,
+        )  # fmt: skip
+        return {"seed": seeds, "image": images.numpy(), "label": labels if labels is not None else np.full(len(seeds), -1)}
+
+
+def label_for(seeds: np.ndarray, labels: tuple[int, ...]) -> np.ndarray | None:
+    """Class label of each seed: ``labels`` cycled by seed index, or None (unconditional)."""
+    if not labels:
+        return None
+    return np.asarray(labels, dtype=np.int64)[seeds % len(labels)]
+
+
+def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers: int = 1, gpus_per_worker: float = 0.0,
+        address: str | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
+    """Generate ``num`` images for seeds seed_start.. into ``output``; returns them uint8 [num, H, W, 3]."""
+    import ray
+
+    if num < 1:
+        raise ValueError(f"--num must be >= 1, got {num}")
+    _, _, _, config = load_sampler(spec, torch.device("cpu"))  # fail fast here, not in an actor, on a bad checkpoint
+    spec = replace(
+        spec, sampler=spec.sampler or config.cadence.sampler, nfe=spec.nfe or config.cadence.sample_nfe
+    )
+    if spec.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {spec.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    print(f"sampler {spec.sampler}, {spec.nfe} network evaluations per image")
+    init_ray(address)
+    resources = ray.cluster_resources()
+    cpus = plan_worker_cpus(workers, resources.get("CPU", 0.0), resources.get("GPU", 0.0), None, gpus_per_worker)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    seeds = ray.data.range(num, override_num_blocks=max(1, min(num, workers * 4)))
+    images = seeds.map_batches(
+        SampleActor,
+        fn_constructor_args=(spec, seed_start),
+        batch_size=spec.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=gpus_per_worker,
+        num_cpus=cpus,
+    )
+    start = time.perf_counter()
+    result: np.ndarray | None = None
+    labels = np.full(num, -1, dtype=np.int64)
+    with tqdm(total=num, unit="img", desc="sampling", disable=not progress) as bar:
+        for batch in images.iter_batches(batch_size=None, batch_format="numpy"):
+            if result is None:
+                result = np.zeros((num, *batch["image"].shape[1:]), dtype=np.uint8)
+            for seed, image, label in zip(batch["seed"], batch["image"], batch["label"]):
+                result[seed - seed_start] = image
+                labels[seed - seed_start] = label
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                storage.write_bytes(storage.join(output, f"{seed:06d}.png"), buffer.getvalue())
+            bar.update(len(batch["seed"]))
+    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryFile() as handle:
+        np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)
+        handle.seek(0)
+        storage.write_bytes(storage.join(output, "images.npz"), handle.read())
+    print(f"sampled {num} images in {elapsed:.1f} s ({num / elapsed:.2f} images/s) with {workers} worker(s) -> {output}")
+    return result

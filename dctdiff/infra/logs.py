@@ -1,0 +1,20 @@
+"""One logging set-up for every job, its Ray workers included: ``name: message`` lines on stderr."""
+
+from __future__ import annotations
+
+import logging
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send the ``dctdiff`` loggers' records at ``level`` and above to stderr, once per process."""
+    if level.upper() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    logger = logging.getLogger("dctdiff")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False

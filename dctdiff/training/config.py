@@ -1,0 +1,361 @@
+"""Typed training configuration: dataclasses, the paper's presets (DESIGN.md §7), YAML files and
+``key=value`` overrides, with errors that say how to fix a bad value."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dctdiff.core.token_layout import check_token_resolution
+from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
+from dctdiff.data.dataset_presets import DATA_PRESETS
+
+
+class ConfigError(ValueError):
+    """A configuration value that is unknown, of the wrong type or inconsistent with another."""
+
+
+@dataclass
+class DataConfig:
+    """What the model sees: codec settings and augmentation (paper §3)."""
+
+    space: Literal["dct", "pixel"] = "dct"
+    resolution: int = 32
+    block_size: int = 2
+    keep: int = 4
+    # eta: divisor of the DCT coefficients; null takes it from the prepare output's stats.json.
+    eta: float | None = None
+    # Pixel baseline patch size; null means block_size (U-ViT's CIFAR-10 baseline uses 2).
+    patch_size: int | None = None
+    hflip: bool = True
+    # Class-conditional models: labels from the shards, dropped with this probability for CFG.
+    class_conditional: bool = False
+    num_classes: int = 0
+    label_dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """U-ViT size (DESIGN.md §6); the explicit fields override the size's defaults when set."""
+
+    size: str = "tiny"
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    # Start of the learned position embedding: "sincos" (2-D sin-cos of the token grid; trains faster)
+    # or "normal" (U-ViT's small random start). Both are learned afterwards.
+    pos_embed_init: Literal["sincos", "normal"] = "sincos"
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule and loss (paper §4, DESIGN.md §5)."""
+
+    snr_scale: float = 4.0  # c: SNR(t) multiplied by c
+    ebfr: bool = True  # entropy-based frequency reweighting of the loss
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+
+@dataclass
+class OptimConfig:
+    """The paper's recipe: AdamW, linear warm-up, EMA."""
+
+    batch_size: int = 256  # global batch, split across workers
+    lr: float = 2e-4
+    weight_decay: float = 0.03
+    beta1: float = 0.99
+    beta2: float = 0.99
+    warmup_steps: int = 5000
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # mixed precision on GPU; CPU always fp32
+
+
+@dataclass
+class CadenceConfig:
+    """The run's cadence: how long to train, when to log, checkpoint, sample and measure FID, with which
+    sampler, and the seed of all the run's randomness. (The noise schedule is ``diffusion``; the
+    learning-rate warm-up is ``optim``.)"""
+
+    max_steps: int = 500_000
+    log_every: int = 100
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    sample_every: int = 10_000
+    sample_count: int = 16
+    sample_nfe: int = 50
+    sampler: str = "dpm++2m"
+    fid_every: int = 0  # 0 = no periodic FID
+    fid_samples: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``config.yaml`` with every run."""
+
+    preset: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cadence: CadenceConfig = field(default_factory=CadenceConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check consistency; raise ConfigError saying what to change. Returns self."""
+        d, o, s = self.data, self.optim, self.cadence
+        _check("data.resolution, data.block_size", check_token_resolution, d.resolution, d.resolution, d.block_size)
+        _require(
+            1 <= d.keep <= d.block_size**2,
+            f"data.keep must be in 1..data.block_size**2 = 1..{d.block_size**2}, got {d.keep}",
+        )
+        _require(d.eta is None or d.eta > 0, f"data.eta must be > 0 (or null to read stats.json), got {d.eta}")
+        patch = self.patch_size
+        _require(
+            d.resolution % patch == 0, f"data.patch_size {patch} must divide data.resolution {d.resolution}"
+        )
+        _require(
+            not d.class_conditional or d.num_classes > 0,
+            "data.class_conditional needs data.num_classes > 0 (set data.num_classes=K)",
+        )
+        _require(0 <= d.label_dropout < 1, f"data.label_dropout must be in [0, 1), got {d.label_dropout}")
+        _require(
+            self.model.size in MODEL_SIZES, f"model.size must be one of {', '.join(MODEL_SIZES)}, got {self.model.size!r}"
+        )
+        if self.model.pos_embed_init == "sincos":
+            width = self.model.embed_dim or MODEL_SIZES[self.model.size]["embed_dim"]
+            _check("model.embed_dim (model.pos_embed_init=sincos)", check_sincos_width, width)
+        _require(self.diffusion.snr_scale > 0, f"diffusion.snr_scale must be > 0, got {self.diffusion.snr_scale}")
+        _require(
+            0 < self.diffusion.beta_min < self.diffusion.beta_max,
+            "diffusion.beta_min must be > 0 and below diffusion.beta_max",
+        )
+        _require(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
+        _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+        _require(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
+        _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps and optim.grad_clip must be >= 0")
+        _require(s.max_steps >= 1, f"cadence.max_steps must be >= 1, got {s.max_steps}")
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_nfe"):
+            _require(getattr(s, name) >= 1, f"cadence.{name} must be >= 1, got {getattr(s, name)}")
+        for name in ("sample_every", "fid_every", "sample_count", "fid_samples"):
+            _require(getattr(s, name) >= 0, f"cadence.{name} must be >= 0 (0 turns it off), got {getattr(s, name)}")
+        return self
+
+    @property
+    def patch_size(self) -> int:
+        """The pixel codec's patch size (data.patch_size, default data.block_size)."""
+        return self.data.patch_size or self.data.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"optim.lr": 2e-4, ...}``: the config as MLflow params."""
+        return {
+            f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in self.to_dict().items()
+            for key, value in (values.items() if isinstance(values, dict) else [(section, values)])
+        }
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check(keys: str, rule: Callable[..., None], *values: Any) -> None:
+    """Apply a rule defined beside the code it protects; its ValueError becomes a ConfigError naming ``keys``."""
+    try:
+        rule(*values)
+    except ValueError as error:
+        raise ConfigError(f"{keys}: {error}") from None
+
+
+# The paper's settings (DESIGN.md §7). Each preset is a dict of overrides on the defaults above;
+# resolution and block size come from the data presets that prepare.py shares.
+_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # A few CPU minutes: tiny net, high learning rate, and the SDE sampler, which forgives the
+    # score errors of a barely trained net that the ODE solvers amplify (README "What to expect").
+    "demo": {
+        "data": {"keep": 4},
+        "model": {"size": "tiny"},
+        "optim": {"batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "ema_decay": 0.995},
+        "cadence": {
+            "max_steps": 4000,
+            "log_every": 100,
+            "checkpoint_every": 1000,
+            "sample_every": 1000,
+            "sample_count": 16,
+            "sampler": "euler_maruyama",
+            "sample_nfe": 250,
+        },
+    },
+    "cifar10": {
+        "data": {"keep": 4, "eta": 242.382},
+        "model": {"size": "M"},
+        "optim": {"batch_size": 256, "lr": 2e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "celeba64": {
+        "data": {"keep": 4, "eta": 244.925},
+        "model": {"size": "S"},
+        "optim": {"batch_size": 256, "lr": 2e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "imagenet64": {
+        "data": {"keep": 4, "eta": 247.125, "class_conditional": True,
+                 "num_classes": 1000},
+        "model": {"size": "M"},
+        "optim": {"batch_size": 1024, "lr": 3e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "ffhq128": {
+        "data": {"keep": 9, "eta": 480.25},
+        "model": {"size": "S"},
+        "optim": {"batch_size": 256, "lr": 2e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "ffhq256": {
+        "data": {"keep": 8, "eta": 485.0},
+        "model": {"size": "M"},
+        "optim": {"batch_size": 256, "lr": 2e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "ffhq512": {
+        "data": {"keep": 18, "eta": 969.5},
+        "model": {"size": "M"},
+        "diffusion": {"snr_scale": 12.0},
+        "optim": {"batch_size": 128, "lr": 1e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+    "afhq512": {
+        "data": {"keep": 18, "eta": 928.0},
+        "model": {"size": "M"},
+        "diffusion": {"snr_scale": 12.0},
+        "optim": {"batch_size": 128, "lr": 1e-4},
+        "cadence": {"fid_every": 50_000, "fid_samples": 10_000},
+    },
+}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {
+        **values,
+        "data": {
+            "resolution": DATA_PRESETS[name].resolution,
+            "block_size": DATA_PRESETS[name].block_size,
+            **values["data"],
+        },
+    }
+    for name, values in _TRAIN_PRESETS.items()
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the annotated field type."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a {annotation.__name__}, got {value!r}") from None
+        if annotation is int and not isinstance(value, str) and converted != value:
+            raise ConfigError(f"{where} must be an int, got {value!r}")
+        return converted
+    raise ConfigError(f"{where}: unsupported type {annotation}")
+
+
+# Keys renamed since configs were first saved: old name -> new name (top-level sections).
+RENAMED_KEYS = {"schedule": "cadence"}
+
+
+def _apply(target: Any, overrides: dict[str, Any], where: str = "") -> None:
+    hints = get_type_hints(type(target))
+    names = [f.name for f in fields(target)]
+    for key, value in overrides.items():
+        path = f"{where}{key}"
+        if not where and key in RENAMED_KEYS:
+            new = RENAMED_KEYS[key]
+            raise ConfigError(f"config key {key!r} was renamed to {new!r}: write {new}.<field> instead of {key}.<field>")
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; allowed here: {', '.join(names)}")
+        current = getattr(target, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} is a section; set its fields, e.g. {path}.{fields(current)[0].name}=...")
+            _apply(current, value, f"{path}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], path))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "data.keep=3"]`` -> nested dict; values parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r} must look like section.key=value, e.g. optim.lr=1e-4")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def build_config(
+    preset: str = "demo",
+    files: list[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Resolve a config: preset, then YAML files in order, then overrides; validated.
+
+    Raises ConfigError for an unknown preset, unknown keys, wrong types and inconsistent values.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = TrainConfig(preset=preset)
+    _apply(config, PRESETS[preset])
+    for path in files or []:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, ...)")
+        loaded = {k: v for k, v in loaded.items() if k != "preset"}
+        _apply(config, loaded)
+    if overrides:
+        _apply(config, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return config.validate()
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a saved (resolved) config, e.g. from a checkpoint's config.yaml."""
+    config = TrainConfig()
+    _apply(config, values)
+    return config.validate()
+

@@ -1,0 +1,70 @@
+"""What the trainer needs to know about a prepare output before it starts: where the shards are,
+how many rows, the codec they were written with (checked against the config), eta and entropies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from dctdiff.infra import storage
+from dctdiff.training.config import TrainConfig
+from dctdiff.data.shards import COEFFICIENT_DIR, read_codec_params, shard_files
+from dctdiff.data.statistics import load_stats
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A checked prepare output: shard folder URI, row count, codec, eta used, entropies, stats.json."""
+
+    shards_uri: str
+    rows: int
+    row_bytes: int
+    resolution: int
+    block_size: int
+    eta: float
+    entropy: dict[str, list[float]]
+    stats: dict[str, Any]
+
+
+def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
+    """Open and check a prepare output for ``config``.
+
+    Raises FileNotFoundError for a missing or empty folder and ValueError when the shards were
+    written with another resolution or block size than the config asks for.
+    """
+    if not data_uri or not storage.exists(data_uri):
+        raise FileNotFoundError(f"--data {data_uri!r} does not exist: run pipelines/prepare.py to make it")
+    files = shard_files(data_uri)
+    if not files:
+        raise FileNotFoundError(
+            f"--data {data_uri} has no {COEFFICIENT_DIR}/*.parquet shards: run pipelines/prepare.py "
+            f"--output {data_uri} first (or finish it: re-running the same command resumes)"
+        )
+    params = read_codec_params(data_uri)
+    d = config.data
+    if (params.resolution, params.block_size) != (d.resolution, d.block_size):
+        raise ValueError(
+            f"--data {data_uri} holds {params.resolution}x{params.resolution} images with block size "
+            f"{params.block_size}, but the config wants data.resolution={d.resolution}, data.block_size="
+            f"{d.block_size}: choose the matching preset, --set data.resolution=... data.block_size=..., "
+            "or prepare the data again with these settings"
+        )
+    stats = load_stats(data_uri)
+    rows = 0
+    for uri in files:
+        fs, path = storage.resolve(uri)
+        rows += pq.read_metadata(path, filesystem=fs).num_rows
+    if rows == 0:
+        raise FileNotFoundError(f"--data {data_uri} has shards but no rows: every input image was rejected")
+    return DatasetInfo(
+        shards_uri=storage.join(storage.normalize(data_uri), COEFFICIENT_DIR),
+        rows=rows,
+        row_bytes=params.row_bytes,
+        resolution=params.resolution,
+        block_size=params.block_size,
+        eta=d.eta if d.eta is not None else stats.eta,
+        entropy=stats.entropy,
+        stats=stats.to_json(),
+    )

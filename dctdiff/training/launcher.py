@@ -1,0 +1,236 @@
+"""Start one training job on a Ray cluster: check the data and the resume state, plan the workers'
+resources, then run ``worker_loop.train_loop_per_worker`` under a Ray Train ``TorchTrainer``.
+
+The caller owns the MLflow run: ``train`` (the ``dctdiff train`` job) opens and ends it; a sweep opens
+and ends its trials' runs. ``launch`` only logs into the run it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dctdiff.infra import storage
+from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
+from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus
+from dctdiff.training.config import ConfigError, TrainConfig
+from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
+from dctdiff.training.run_logger import RunHandle
+from dctdiff.training.training_fid import ensure_reference_stats
+from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "dctdiff_run.json"  # in <storage>/<name>/: the MLflow run id and the resolved config
+MATERIALIZE_BYTES = 512 * 2**20  # datasets up to this size are read once into the object store
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """The Ray Train worker group of one run (a sweep gives every trial the same)."""
+
+    workers: int = 1
+    cpus_per_worker: float | None = None  # None: fit the cluster, leaving a CPU for Ray Data
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    placement_strategy: str = "PACK"  # SPREAD puts one worker per node
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """How and where to run; the model/data/optimiser settings live in TrainConfig."""
+
+    data: str
+    resources: WorkerResources = WorkerResources()
+    storage: str = "outputs/runs"
+    name: str | None = None
+    resume: bool = False
+    address: str | None = None
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked training run, resolved in the driver before Ray starts."""
+
+    config: TrainConfig
+    options: LaunchOptions
+    name: str  # the run's folder under the storage root
+    run_file: str  # <storage>/<name>/dctdiff_run.json
+    info: DatasetInfo
+    previous_run_id: str | None  # the MLflow run of the checkpoints being resumed, if any
+
+
+def _newest_run(storage_root: str) -> str:
+    """Name of the run under ``storage_root`` whose run file changed last (``--resume`` without ``--name``)."""
+    runs = [
+        e
+        for e in (storage.list_files(storage_root) if storage.is_dir(storage_root) else [])
+        if e.relative.count("/") == 1 and e.relative.endswith("/" + RUN_FILE)
+    ]
+    if not runs:
+        raise FileNotFoundError(f"--resume: no runs under {storage_root}; give --storage and --name of the run")
+    return max(runs, key=lambda e: e.mtime).relative.split("/")[0]
+
+
+def _changed_keys(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"{section}.{k}"
+        for section, values in current.items()
+        if isinstance(values, dict)
+        for k, v in values.items()
+        if previous.get(section, {}).get(k) != v
+    ]
+
+
+def _previous_run_id(run_file: str, config: TrainConfig, resume: bool, name: str, storage_root: str) -> str | None:
+    """The MLflow run id recorded for the run being resumed; the config must match except cadence.max_steps."""
+    exists = storage.exists(run_file)
+    if resume and not exists:
+        raise FileNotFoundError(f"--resume: {run_file} does not exist; check --storage and --name")
+    if not resume and exists:
+        raise FileExistsError(
+            f"run {name!r} already exists under {storage_root}; pass --resume to continue it or choose another --name"
+        )
+    if not exists:
+        return None
+    record = storage.read_json(run_file)
+    previous = dict(record["config"])
+    previous["cadence"] = {**previous.get("cadence", {}), "max_steps": config.cadence.max_steps}
+    if previous != config.to_dict():
+        raise ConfigError(
+            f"--resume with a different config ({', '.join(_changed_keys(previous, config.to_dict()))}); resume with "
+            "the saved settings (only cadence.max_steps may change) or start a new run"
+        )
+    return record["mlflow_run_id"]
+
+
+def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: bool = False) -> RunPlan:
+    """Check the data, the run name and the resume state; nothing starts.
+
+    ``continue_existing``: resume the run if it exists, else start it (a Tune trial that Tuner.restore
+    restarts); otherwise ``options.resume`` decides, and a mismatch is an error.
+    """
+    info = load_dataset_info(options.data, config)
+    if info.rows < config.optim.batch_size:
+        raise ValueError(
+            f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
+            f"{config.optim.batch_size}); lower the batch size or prepare more images"
+        )
+    workers = options.resources.workers
+    if config.optim.batch_size % workers:
+        raise ConfigError(f"optim.batch_size {config.optim.batch_size} must be divisible by --workers {workers}")
+    root = storage.normalize(options.storage)
+    if options.name:
+        name = options.name
+    elif options.resume:
+        name = _newest_run(root)
+    else:
+        name = f"{config.preset}-{config.data.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_file = storage.join(root, name, RUN_FILE)
+    resume = storage.exists(run_file) if continue_existing else options.resume
+    previous = _previous_run_id(run_file, config, resume, name, root)
+    return RunPlan(config, options, name, run_file, info, previous)
+
+
+def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()):
+    """Run the planned job on the current Ray cluster (started unless connected); returns the ray.train Result.
+
+    ``run``: the open MLflow run rank 0 logs into (None: no tracking); ``callbacks``: Ray Train callbacks
+    (a sweep passes Tune's report callback).
+    """
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config, options, info, group = plan.config, plan.options, plan.info, plan.options.resources
+    init_ray(options.address)
+    cluster = ray.cluster_resources()
+    cpus = plan_worker_cpus(
+        group.workers, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0), group.cpus_per_worker, group.gpus_per_worker
+    )
+    fid_reference = ensure_reference_stats(options.data, info.rows) if config.cadence.fid_every else None
+    materialize = info.rows * info.row_bytes <= MATERIALIZE_BYTES  # small data: read once, not every epoch
+    # With the data in memory, Ray Data's CPU is idle during training: the workers share it as threads.
+    threads = max(1, int(cpus + (DATA_CPUS / group.workers if materialize else 0.0)))
+    if run is not None:
+        log_params(run.tracking_uri, run.run_id, {"workers": group.workers, "worker_threads": threads})
+    storage.write_json(plan.run_file, {"config": config.to_dict(), "mlflow_run_id": run.run_id if run else None})
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the workers print training progress
+    context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
+    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
+    if materialize:
+        dataset = dataset.materialize()
+    execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
+    settings = LoopSettings(config.to_dict(), info, threads, run, fid_reference, options.log_level)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=settings,
+        torch_config=TorchConfig(backend="nccl" if group.gpus_per_worker > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=group.workers,
+            use_gpu=group.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cpus, **({"GPU": group.gpus_per_worker} if group.gpus_per_worker else {})},
+            placement_strategy=group.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.name,
+            storage_path=storage.normalize(options.storage),
+            failure_config=ray.train.FailureConfig(max_failures=group.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.cadence.keep_checkpoints),
+            callbacks=list(callbacks),
+        ),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(execution_options=execution),
+    )
+    return trainer.fit()
+
+
+def training_params(plan: RunPlan) -> dict[str, Any]:
+    """The run's MLflow params: every resolved config value and the data it trains on."""
+    return {**plan.config.flat(), "data.eta_used": plan.info.eta, "data.rows": plan.info.rows}
+
+
+def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | None = None) -> tuple[RunHandle, str]:
+    """Create the run's MLflow run, or reopen the resumed run's; returns it and its status before."""
+    from mlflow.tracking import MlflowClient
+
+    tracking_uri = resolve_tracking_uri(tracking.uri)
+    client = MlflowClient(tracking_uri)
+    if plan.previous_run_id is not None:
+        previous = client.get_run(plan.previous_run_id).info.status
+        client.update_run(plan.previous_run_id, status="RUNNING")
+        return RunHandle(tracking_uri, plan.previous_run_id), previous
+    run_id = create_run(
+        tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), **(tags or {})},
+        training_params(plan),
+    )  # fmt: skip
+    client.log_text(run_id, plan.config.to_yaml(), "config.yaml")
+    client.log_dict(run_id, plan.info.stats, "stats.json")
+    return RunHandle(tracking_uri, run_id), "RUNNING"
+
+
+def close_run(run: RunHandle, succeeded: bool, previous_status: str) -> None:
+    """End the run: FINISHED, or FAILED, except that a failed attempt never un-finishes a finished run."""
+    from mlflow.tracking import MlflowClient
+
+    status = "FINISHED" if succeeded or previous_status == "FINISHED" else "FAILED"
+    MlflowClient(run.tracking_uri).set_terminated(run.run_id, status=status)
+
+
+def train(config: TrainConfig, options: LaunchOptions, tracking: TrackingOptions) -> tuple[Any, str]:
+    """The ``dctdiff train`` job: plan, open the MLflow run, train, end the run; returns (Result, run id)."""
+    plan = plan_run(config, options)
+    run, previous_status = open_run(plan, tracking)
+    succeeded = False
+    try:
+        result = launch(plan, run)
+        succeeded = True
+    finally:
+        close_run(run, succeeded, previous_status)
+    return result, run.run_id

@@ -1,0 +1,160 @@
+"""The training loop that runs on every Ray Train worker (docs/ARCHITECTURE.md, "Training")."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dctdiff.core.codec import Codec
+from dctdiff.infra.logs import configure_logging
+from dctdiff.training.config import TrainConfig, config_from_dict
+from dctdiff.training.dataset_info import DatasetInfo
+from dctdiff.training.run_logger import RankZeroLogger, RunHandle
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, source_codec
+from dctdiff.training.training_fid import load_reference, sample_fid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the driver hands every worker (plain data: Ray pickles it once per worker)."""
+
+    config: dict[str, Any]  # the resolved TrainConfig as a dict
+    info: DatasetInfo
+    threads: int
+    run: RunHandle | None
+    fid_reference: str | None
+    log_level: str = "INFO"
+
+
+def batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None) -> Batch:
+    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained.
+
+    ``source`` is None when the shards are in the trained codec's space; otherwise it is the codec the
+    shards were written with (the pixel baseline decodes them to images first).
+    """
+    coefficients = torch.from_numpy(np.array(rows["coefficients"]))  # [n, L, 6, B^2] (a writable copy)
+    if source is None:
+        tokens = codec.tokens_from_coefficients(coefficients)  # keep m, divide by eta (load time)
+    else:
+        tokens = codec.encode(source.decode(source.tokens_from_coefficients(coefficients)))
+    labels = torch.from_numpy(rows["label"].astype(np.int64)) if config.data.class_conditional else None
+    return Batch(tokens, labels, [str(i) for i in rows["id"]])
+
+
+def reduce_mean(values: dict[str, float], world_size: int) -> dict[str, float]:
+    """Average scalar metrics over workers (each saw its share of the global batch)."""
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: v / world_size for k, v in zip(keys, tensor.tolist())}
+
+
+def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
+    """Raise if the DDP ranks ended with different weights (their gradients were not synchronised)."""
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()  # [P]
+    gathered = [torch.empty_like(fingerprint) for _ in range(world_size)]
+    dist.all_gather(gathered, fingerprint)
+    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise RuntimeError("the DDP ranks ended with different weights: gradients were not synchronised")
+
+
+def train_loop_per_worker(settings: LoopSettings) -> None:
+    """Ray Train worker: restore the newest checkpoint if any, train to max_steps, report and log."""
+    import ray.train
+    import ray.train.torch
+
+    configure_logging(settings.log_level)
+    config = config_from_dict(settings.config)
+    info = settings.info
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(settings.threads)
+    device = ray.train.torch.get_device()
+    codec = build_codec(config, info.eta)
+    torch.manual_seed(config.cadence.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
+    source = source_codec(config, info.resolution, info.block_size)
+    trainer = Trainer(config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load(directory)
+    logger = RankZeroLogger(settings.run, rank)
+    reference = load_reference(settings.fid_reference) if settings.fid_reference else None
+
+    cadence = config.cadence
+    per_worker = config.optim.batch_size // world
+    steps_per_epoch = (info.rows // world) // per_worker
+    shard = ray.train.get_dataset_shard("train")
+    window: list[dict[str, float]] = []
+    window_start = time.perf_counter()
+    while trainer.step < cadence.max_steps:
+        epoch, skip = divmod(trainer.step, steps_per_epoch)
+        batches = shard.iter_batches(
+            batch_size=per_worker,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=cadence.seed + epoch,
+        )
+        for index, rows in enumerate(batches):
+            if index < skip:  # resumed mid-epoch: these batches were trained on before the checkpoint
+                continue
+            if index >= steps_per_epoch or trainer.step >= cadence.max_steps:
+                break
+            window.append(trainer.train_step(batch_from_rows(rows, config, codec, source)))
+            step = trainer.step
+            last = step == cadence.max_steps
+            save = step % cadence.checkpoint_every == 0 or last
+            grid = cadence.sample_every > 0 and (step % cadence.sample_every == 0 or last)
+            fid = cadence.fid_every > 0 and (step % cadence.fid_every == 0 or last)
+            if step % cadence.log_every and not (save or grid or fid):
+                continue
+            elapsed = time.perf_counter() - window_start
+            metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            metrics = reduce_mean(metrics, world)
+            metrics.update(step=step, epoch=epoch, images_per_s=len(window) * config.optim.batch_size / elapsed)
+            if fid:  # every rank samples its share of the seeds (a collective)
+                metrics["fid"] = sample_fid(
+                    trainer.ema, codec, trainer.noise_schedule, reference, cadence.fid_samples, cadence.sampler,
+                    cadence.sample_nfe, device=device, rank=rank, world=world,
+                )  # fmt: skip
+            if rank == 0:
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e %.1f img/s%s", step, cadence.max_steps, metrics["loss"],
+                    metrics["lr"], metrics["images_per_s"], f" FID {metrics['fid']:.2f}" if fid else "",
+                )  # fmt: skip
+            logger.metrics(metrics, step)
+            if grid:
+                logger.sample_grid(trainer, step)
+            report(trainer, metrics, save, rank, info)
+            window, window_start = [], time.perf_counter()
+    check_ranks_agree(trainer.model, world)
+    logger.final_weights(trainer)
+
+
+def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, info: DatasetInfo) -> None:
+    """ray.train.report from every worker (a collective); rank 0 attaches the checkpoint."""
+    import ray.train
+
+    if not (save and rank == 0):
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        trainer.save(directory, {"config": trainer.config.to_dict(), "eta": info.eta, "stats": info.stats})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

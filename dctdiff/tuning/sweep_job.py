@@ -1,0 +1,384 @@
+"""Ray Tune sweeps over the DCTdiff training pipeline, ranked by FID and tracked in MLflow.
+
+Every trial is one training run (``dctdiff.training.launcher``: its ``plan_run`` and ``launch``: the same Ray Train loop, data path,
+checkpoints and MLflow logging) inside a Tune function trainable, the pattern Ray 2.60 recommends for
+tuning Ray Train (docs/ARCHITECTURE.md, "Sweeps"). Every report carries the FID of ``--fid-samples`` EMA samples at ``--nfe``
+against the training set's statistics; trials are ranked, and stopped early by ASHA, on it. The training
+loss is not the objective: with another SNR scale c the loss averages over another distribution of noise
+levels, and EBFR changes its weights, so loss values of different trials do not measure the same thing.
+
+MLflow: a parent run for the sweep, one child run per trial (params, metrics over steps, sample grids,
+tag ``mlflow.parentRunId``); at the end the result table (``results.csv``) and the best trial's config
+(``best_config.yaml``, ready for ``dctdiff train --config``) go to the parent run and to
+``<storage>/<name>/``. ``--resume`` continues an interrupted sweep (Tuner.restore): finished trials are
+kept, unfinished ones continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ray.tune import Callback
+
+from dctdiff.infra import storage
+from dctdiff.training.config import ConfigError, TrainConfig, build_config, config_from_dict
+from dctdiff.training.dataset_info import load_dataset_info
+from dctdiff.training.training_fid import ensure_reference_stats
+from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
+from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, ui_command
+from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
+from dctdiff.tuning.sweep_report import (
+    PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
+    trial_rows,
+)  # fmt: skip
+from dctdiff.tuning.search_space import grid_size, is_pure_grid, load_study, tune_param_space, validate_space, with_values
+
+SWEEP_FILE = "dctdiff_sweep.json"  # in <storage>/<name>/: the plan, so --resume needs only the name
+TRIALS_DIR = "trials"  # <storage>/<name>/trials/<trial id>/: each trial's Ray Train run (checkpoints)
+RESULTS_FILE = "results.csv"
+BEST_CONFIG_FILE = "best_config.yaml"
+TRIAL_CPUS = 0.01  # the trial's Tune actor only drives its Ray Train run; the workers hold the real CPUs
+INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepPlan:
+    """Everything a sweep (and its --resume) needs; saved as JSON in the sweep's folder."""
+
+    name: str
+    storage: str  # normalized root; the sweep lives in <storage>/<name>
+    data: str  # normalized prepare output
+    base: dict[str, Any]  # resolved config (preset + --config + --set) the best values are applied to
+    study: str
+    space: dict[str, Any]
+    scheduler: str  # "asha" or "grid"
+    num_samples: int
+    max_steps: int
+    report_every: int
+    fid_samples: int
+    nfe: int
+    grace_steps: int
+    reduction_factor: float
+    resources: WorkerResources
+    max_concurrent: int | None
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "SweepPlan":
+        """The plan that ``asdict`` saved."""
+        return cls(**{**values, "resources": WorkerResources(**values["resources"])})
+
+    @property
+    def directory(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    def base_config(self) -> TrainConfig:
+        return config_from_dict(self.base)
+
+
+def trial_config(plan: SweepPlan, values: dict[str, Any]) -> TrainConfig:
+    """A trial's training config: the base config, the trial's values, and the sweep's cadence (one
+    report, FID, checkpoint and sample grid every ``report_every`` steps, so every Tune result has an FID)."""
+    every = plan.report_every
+    cadence = {
+        "cadence.max_steps": plan.max_steps,
+        **{f"cadence.{k}": every for k in ("log_every", "fid_every", "checkpoint_every", "sample_every")},
+        "cadence.fid_samples": plan.fid_samples,
+        "cadence.sample_nfe": plan.nfe,
+    }
+    return with_values(plan.base_config(), {**values, **cadence})
+
+
+def plan_concurrency(
+    cluster_cpus: float,
+    cluster_gpus: float,
+    workers: int,
+    cpus_per_worker: float | None,
+    gpus_per_worker: float,
+    requested: int | None,
+) -> tuple[float, int]:
+    """(CPUs per training worker, trials at once) such that the running trials' actors and workers plus
+    DATA_CPUS for Ray Data fit the cluster; trials beyond that queue in Tune.
+
+    Raises ResourceError, saying what to change, when not even one trial fits or ``requested`` trials do not.
+    """
+    if workers < 1 or (requested is not None and requested < 1):
+        raise ResourceError(f"--workers and --max-concurrent-trials must be >= 1, got {workers} and {requested}")
+    cpus = cpus_per_worker
+    if cpus is None:  # up to one CPU per worker, one trial fitting at least
+        cpus = min(1.0, (cluster_cpus - DATA_CPUS - TRIAL_CPUS) / workers)
+    per_trial = TRIAL_CPUS + workers * cpus
+    fit = math.floor((cluster_cpus - DATA_CPUS) / per_trial + 1e-9) if cpus > 0 else 0
+    if gpus_per_worker > 0:
+        fit = min(fit, math.floor(cluster_gpus / (workers * gpus_per_worker) + 1e-9))
+    need = (
+        f"one trial needs {TRIAL_CPUS:g} CPU for its Tune actor + {workers} worker(s) x {max(cpus, 0):.3g} CPU"
+        + (f" and {workers} x {gpus_per_worker:g} GPU" if gpus_per_worker else "")
+        + f", and Ray Data needs {DATA_CPUS:g} CPU beside all running trials to read the shards"
+    )  # fmt: skip
+    if fit < 1:
+        raise ResourceError(
+            f"{need}; the cluster has {cluster_cpus:g} CPUs and {cluster_gpus:g} GPUs, so no trial fits and the "
+            "sweep would wait forever. Lower --workers, --cpus-per-worker or --gpus-per-worker, or add nodes."
+        )
+    if requested is not None and requested > fit:
+        raise ResourceError(
+            f"--max-concurrent-trials {requested}: {need}; the cluster ({cluster_cpus:g} CPUs, {cluster_gpus:g} "
+            f"GPUs) holds {fit} trial(s) at once. More would take the CPU Ray Data reads with and training would "
+            f"hang. Use --max-concurrent-trials {fit} or less (the other trials queue)."
+        )
+    return cpus, requested or fit
+
+
+def trial_name(trial: Any) -> str:
+    """Tune trial (and directory) name: the trial id, which also names its Ray Train run and MLflow tag."""
+    return trial.trial_id
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
+    """Tune function trainable: one Ray Train run of pipelines/train.py with the trial's values.
+
+    Ray Train reports reach Tune through TuneReportCallback; rank 0 logs to the trial's MLflow run, a
+    child of the sweep's run. A trial that Tuner.restore restarts continues its checkpoints and run.
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = tune.get_context().get_trial_id()
+    label = " ".join(f"{key.rpartition('.')[2]}={_short(value)}" for key, value in sorted(values.items()))
+    options = LaunchOptions(
+        data=plan.data, resources=plan.resources, storage=storage.join(plan.directory, TRIALS_DIR), name=trial,
+        log_level=plan.log_level,
+    )  # fmt: skip
+    trial_plan = plan_run(trial_config(plan, values), options, continue_existing=True)
+    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}"}
+    run, _ = open_run(trial_plan, TrackingOptions(plan.tracking_uri, plan.experiment), tags)  # ended by ChildRunCloser
+    launch(trial_plan, run, callbacks=(TuneReportCallback(),))
+
+
+def _end_child_run(plan: SweepPlan, trial_id: str, status: str, stopped_early: bool = False) -> None:
+    """End a trial's MLflow run if it is RUNNING: the sweep, not launch, ends its trials' runs."""
+    from mlflow.tracking import MlflowClient
+
+    run = child_runs(plan.tracking_uri, plan.parent_run_id).get(trial_id)
+    if run is None or run.info.status != "RUNNING":
+        return
+    client = MlflowClient(plan.tracking_uri)
+    if stopped_early:
+        client.set_tag(run.info.run_id, STOPPED_TAG, "true")
+    client.set_terminated(run.info.run_id, status=status)
+
+
+class ChildRunCloser(Callback):
+    """Ends the MLflow run of every trial when Tune ends the trial (finished, stopped by ASHA or failed)."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        stopped = int(trial.last_result.get("step", 0)) < self.plan.max_steps
+        _end_child_run(self.plan, trial.trial_id, "FINISHED", stopped_early=stopped)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
+        _end_child_run(self.plan, trial.trial_id, "FAILED")
+
+
+def _scheduler(plan: SweepPlan):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if plan.scheduler == "grid":
+        return FIFOScheduler()
+    return ASHAScheduler(  # trials that reach max_t end by themselves (stopping them would race their wrap-up)
+        time_attr="step", max_t=plan.max_steps, grace_period=plan.grace_steps, reduction_factor=plan.reduction_factor,
+        stop_last_trials=False,
+    )  # fmt: skip
+
+
+def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
+    """Create the sweep's MLflow run (params: the sweep settings and the space; artifacts: space, base config)."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    settings = ("study", "scheduler", "num_samples", "max_concurrent", "max_steps", "report_every", "fid_samples",
+                "nfe", "grace_steps", "reduction_factor")  # fmt: skip
+    params = {f"sweep.{k}": getattr(plan, k) for k in settings}
+    params.update({f"sweep.{k}": v for k, v in asdict(plan.resources).items()})
+    params.update({f"space.{k}": v for k, v in plan.space.items()})
+    tags = {SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
+    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params)
+    client = MlflowClient(plan.tracking_uri)
+    client.log_text(run_id, yaml.safe_dump({"description": study_description, "space": plan.space}), "space.yaml")
+    client.log_text(run_id, plan.base_config().to_yaml(), "base_config.yaml")
+    return run_id
+
+
+def new_plan(
+    args: argparse.Namespace, worker_resources: WorkerResources, tracking: TrackingOptions, log_level: str
+) -> tuple[SweepPlan, str]:
+    """The plan of a new sweep from the command line (validated), and the study's description."""
+    base = build_config(args.preset, args.config, args.set)
+    study = load_study(args.study)
+    validate_space(study.space, base)
+    num_samples = args.num_samples or study.num_samples
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and is_pure_grid(study.space):
+        raise ConfigError(
+            f"--num-samples {num_samples} would repeat the same {grid_size(study.space)} grid trials identically; "
+            "add a sampled key (e.g. cadence.seed: {choice: [0, 1, 2]}) or use --num-samples 1"
+        )
+    max_steps = args.max_steps or base.cadence.max_steps
+    report_every = args.report_every or max(1, max_steps // 10)
+    grace = args.grace_steps or max(report_every, max_steps // 8)
+    for flag, value in (("--report-every", report_every), ("--grace-steps", grace)):
+        if not 1 <= value <= max_steps:
+            raise ConfigError(f"{flag} must be in 1..--max-steps ({max_steps}), got {value}")
+    if args.reduction_factor <= 1:
+        raise ConfigError(f"--reduction-factor must be > 1, got {args.reduction_factor}")
+    if not args.data:
+        raise ConfigError("--data is required (a pipelines/prepare.py output)")
+    plan = SweepPlan(
+        name=args.name or f"{study.name}-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
+        storage=storage.normalize(args.storage),
+        data=storage.normalize(args.data),
+        base=base.to_dict(),
+        study=study.name,
+        space=study.space,
+        scheduler=args.scheduler,
+        num_samples=num_samples,
+        max_steps=max_steps,
+        report_every=report_every,
+        fid_samples=args.fid_samples or base.cadence.fid_samples,
+        nfe=args.nfe or base.cadence.sample_nfe,
+        grace_steps=grace,
+        reduction_factor=args.reduction_factor,
+        resources=worker_resources,
+        max_concurrent=args.max_concurrent_trials,
+        tracking_uri=resolve_tracking_uri(tracking.uri),
+        experiment=tracking.experiment,
+        log_level=log_level,
+    )
+    if plan.fid_samples < 2:
+        raise ConfigError(f"--fid-samples must be >= 2 (FID needs a covariance), got {plan.fid_samples}")
+    trial_config(plan, {})  # the sweep's cadence must make a valid config
+    return plan, study.description
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep run produced."""
+
+    rows: list[TrialRow]
+    interrupted: bool
+    results_csv: str
+    best_config: str | None
+
+
+def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None, description: str = "") -> SweepOutcome:
+    """Start (or, with ``resume``, restore) the sweep on the current Ray cluster and wait for it."""
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    init_ray(address)
+    resources = ray.cluster_resources()
+    group = plan.resources
+    cpus, concurrent = plan_concurrency(
+        resources.get("CPU", 0.0), resources.get("GPU", 0.0), group.workers, group.cpus_per_worker,
+        group.gpus_per_worker, plan.max_concurrent,
+    )  # fmt: skip
+    plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
+    info = load_dataset_info(plan.data, plan.base_config())
+    ensure_reference_stats(plan.data, info.rows)  # once here, not in every trial
+    client = MlflowClient(plan.tracking_uri)
+    if resume:
+        if not tune.Tuner.can_restore(plan.directory):
+            raise FileNotFoundError(f"--resume: no Tune experiment state in {plan.directory}; start the sweep anew")
+        client.update_run(plan.parent_run_id, status="RUNNING")
+    else:
+        plan = replace(plan, parent_run_id=_start_parent_run(plan, description))
+        storage.write_json(storage.join(plan.directory, SWEEP_FILE), asdict(plan))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
+    if resume:
+        tuner = tune.Tuner.restore(plan.directory, trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_param_space(plan.space),
+            tune_config=tune.TuneConfig(
+                metric="fid",
+                mode="min",
+                scheduler=_scheduler(plan),
+                num_samples=plan.num_samples,
+                max_concurrent_trials=plan.max_concurrent,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=plan.name, storage_path=plan.storage, callbacks=[ChildRunCloser(plan)], verbose=1
+            ),
+        )
+    log.info("sweep %s: %d trial(s) at once, MLflow parent run %s", plan.name, plan.max_concurrent, plan.parent_run_id)
+    try:
+        results = tuner.fit()
+    except BaseException:
+        client.set_terminated(plan.parent_run_id, status="FAILED")
+        raise
+    return _finish(plan, results)
+
+
+def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
+    """Result table, best config, MLflow artifacts and statuses after ``Tuner.fit`` returned."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    rows = trial_rows(results, plan.max_steps, plan.tracking_uri, plan.parent_run_id)
+    interrupted = any(r.status == "unfinished" for r in rows)
+    for row in rows:
+        if row.status == "unfinished":  # the sweep was interrupted; --resume sets them RUNNING again
+            _end_child_run(plan, row.trial, "KILLED")
+    results_uri = storage.join(plan.directory, RESULTS_FILE)
+    storage.write_bytes(results_uri, rows_csv(rows).encode())
+    client.log_text(plan.parent_run_id, rows_csv(rows), RESULTS_FILE)
+    log.info("sweep %s: %d trials, ranked by FID (%d samples, %d NFE)\n%s", plan.name, len(rows), plan.fid_samples, plan.nfe, format_table(rows))
+    best_uri = None
+    ranked = [r for r in rows if not math.isnan(r.best_fid)]
+    if ranked:
+        best = ranked[0]
+        text = best_config_yaml(with_values(plan.base_config(), best.values), best, plan.name, plan.fid_samples, plan.nfe)
+        best_uri = storage.join(plan.directory, BEST_CONFIG_FILE)
+        storage.write_bytes(best_uri, text.encode())
+        client.log_text(plan.parent_run_id, text, BEST_CONFIG_FILE)
+        client.log_metric(plan.parent_run_id, "best_fid", best.best_fid)
+        client.set_tag(plan.parent_run_id, "dctdiff.best_trial", best.trial)
+        client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
+        log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
+    client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
+    log.info("results: %s\nreview in MLflow: %s", results_uri, redact(ui_command(plan.tracking_uri)))
+    if interrupted:
+        log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
+    return SweepOutcome(rows, interrupted, results_uri, best_uri)
+
+
+def load_plan(storage_root: str, name: str | None) -> SweepPlan:
+    """The saved plan of sweep ``name`` under ``storage_root`` (for --resume)."""
+    if not name:
+        raise ConfigError("--resume needs --name: the sweep's folder under --storage")
+    record = storage.join(storage.normalize(storage_root), name, SWEEP_FILE)
+    if not storage.exists(record):
+        raise FileNotFoundError(f"--resume: {record} does not exist; check --storage and --name")
+    return SweepPlan.from_json(storage.read_json(record))
