@@ -33,7 +33,7 @@ from dctdiff.data import DatasetInfo, load_dataset_info
 from dctdiff.generate import generate_images
 from dctdiff.grid import image_grid
 from dctdiff.periodic_fid import ensure_reference_stats, load_reference, sample_fid
-from dctdiff.ray_utils import DATA_CPUS, ResourceError, init_ray, plan_worker_cpus
+from dctdiff.ray_utils import DATA_CPUS, ResourceError, init_ray, plan_worker_cpus, torch_config
 from dctdiff.tracking import get_or_create_experiment, redact, resolve_tracking_uri, ui_command
 from dctdiff.training import Batch, Trainer, build_codec, build_model
 
@@ -291,7 +291,7 @@ def launch(
     import ray
     import ray.data
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     info = load_dataset_info(options.data, config)
     if info.rows < config.optim.batch_size:
@@ -344,7 +344,7 @@ def launch(
             "mlflow": mlflow_settings,
             "fid_reference": fid_reference,
         },
-        torch_config=TorchConfig(backend="nccl" if options.gpus_per_worker > 0 else "gloo"),
+        torch_config=torch_config("nccl" if options.gpus_per_worker > 0 else "gloo"),  # loopback store locally
         scaling_config=ray.train.ScalingConfig(
             num_workers=options.workers,
             use_gpu=options.gpus_per_worker > 0,
