@@ -72,3 +72,112 @@ def plan_worker_cpus(
             f"has {cluster_cpus:g} CPUs; the job would wait forever. Lower --workers or --cpus-per-worker, or add nodes."
         )
     return cpus
+
+
+# --- DDP rendezvous on loopback -------------------------------------------------------------------------
+# Ray Train's TorchConfig makes rank 0 host torch's TCPStore (the DDP rendezvous store) with env://, and the
+# TCPStore server binds every interface (libuv: [::] dual-stack, else 0.0.0.0; MASTER_ADDR only tells the
+# clients where to connect, and no torch or Ray setting changes the bind address). Without authentication.
+# On a run whose workers all sit on a loopback node (the local Ray of init_ray), rank 0 instead hands the
+# store a socket it bound to 127.0.0.1 (TCPStore's master_listen_fd), and gloo/NCCL use the loopback
+# interface. Clusters keep Ray's rendezvous: see the README's security section for the firewall rule.
+
+_LOOPBACK_STORE = None  # rank 0's TCPStore server between its start and init_process_group
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS), or None."""
+    import socket
+
+    names = {name for _, name in socket.if_nameindex()}
+    return next((name for name in ("lo", "lo0") if name in names), None)
+
+
+def _start_loopback_store(world_size: int, timeout_s: int) -> int:
+    """On rank 0: start the rendezvous TCPStore listening on 127.0.0.1 only; returns its port."""
+    import socket
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    global _LOOPBACK_STORE
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((LOOPBACK, 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+    _LOOPBACK_STORE = TCPStore(
+        LOOPBACK, port, world_size, True, timedelta(seconds=timeout_s),
+        wait_for_workers=False, master_listen_fd=sock.detach(),  # the store owns the socket from here
+    )  # fmt: skip
+    return port
+
+
+def _setup_loopback_process_group(backend: str, world_rank: int, world_size: int, port: int, timeout_s: int):
+    """On every worker: join the process group through the loopback store of ``_start_loopback_store``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    global _LOOPBACK_STORE
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = LOOPBACK, str(port)  # for code that reads them
+    interface = _loopback_interface()
+    if interface:  # gloo's and NCCL's own listening sockets on loopback too (a user's setting wins)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    if backend == "nccl" and "TORCH_NCCL_BLOCKING_WAIT" not in os.environ:
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # as Ray's own set-up does
+    timeout = timedelta(seconds=timeout_s)
+    if world_rank == 0:
+        store, _LOOPBACK_STORE = _LOOPBACK_STORE, None  # the process group keeps it alive from here
+    else:
+        store = dist.TCPStore(LOOPBACK, port, world_size, False, timeout)
+    dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)
+
+
+def torch_config(backend: str | None = None, timeout_s: int = 1800):
+    """The ``TorchConfig`` to give a ``TorchTrainer``: like Ray's, but when every worker is on a loopback
+    node (a local run) the DDP rendezvous store and gloo/NCCL listen on 127.0.0.1 only.
+
+    ``backend`` None picks nccl for GPU workers, else gloo (as Ray does). On a cluster it is Ray's TorchConfig.
+    """
+    from ray.train.torch import TorchConfig
+    from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
+    from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
+
+    class _LoopbackTorchBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config):
+            import ray
+
+            ips = worker_group.execute(ray.util.get_node_ip_address)
+            chosen = backend_config.backend
+            if chosen is None:
+                resources = worker_group.get_resources_per_worker()
+                chosen = "nccl" if resources.get("GPU", 0) > 0 else None if resources.get("TPU", 0) > 0 else "gloo"
+            if chosen not in ("gloo", "nccl") or not all(_is_loopback(ip) for ip in ips):
+                return super().on_start(worker_group, backend_config)
+            size, timeout_s = len(worker_group), backend_config.timeout_s
+            port = worker_group.execute_single(0, _start_loopback_store, size, timeout_s)
+            if not isinstance(worker_group, V1WorkerGroup):  # V1 sets them in on_training_start
+                worker_group.execute(_set_torch_distributed_env_vars)
+            setup = _setup_loopback_process_group
+            ray.get([worker_group.execute_single_async(r, setup, chosen, r, size, port, timeout_s) for r in range(size)])
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return _LoopbackTorchBackend
+
+    return LoopbackTorchConfig(backend=backend, timeout_s=timeout_s)

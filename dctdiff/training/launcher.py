@@ -14,7 +14,7 @@ from typing import Any
 
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
-from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus
+from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
 from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
@@ -144,7 +144,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     import ray
     import ray.data
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     config, options, info, group = plan.config, plan.options, plan.info, plan.options.resources
     init_ray(options.address)
@@ -171,7 +171,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings,
-        torch_config=TorchConfig(backend="nccl" if group.gpus_per_worker > 0 else "gloo"),
+        torch_config=torch_config("nccl" if group.gpus_per_worker > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=group.workers,
             use_gpu=group.gpus_per_worker > 0,

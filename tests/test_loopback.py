@@ -1,0 +1,142 @@
+"""A local training run listens on loopback only: Ray's processes and the DDP rendezvous store (issue #16)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dctdiff.infra.ray_cluster import _is_loopback, torch_config
+
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's ``0100007F`` or tcp6's 32 hex digits (32-bit words in host order) as an IP address."""
+    raw = bytes.fromhex(hex_address)
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words (x86, arm)
+    address = ipaddress.ip_address(raw)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def listening_sockets() -> dict[int, str]:
+    """inode -> ``address:port`` of every listening TCP socket in this network namespace."""
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state == LISTEN:
+                address, port = local.split(":")
+                host = _address(address)
+                sockets[inode] = f"{f'[{host}]' if ':' in host else host}:{int(port, 16)}"
+    return sockets
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """pid -> name of ``root`` and all its descendants (Ray's gcs_server, raylet, workers, dashboard...)."""
+    parents, names = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+            parents[int(entry)], names[int(entry)] = int(rest[1]), name
+    tree, grew = {root}, True
+    while grew:
+        new = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= new
+        grew = bool(new)
+    return {pid: names.get(pid, "?") for pid in tree}
+
+
+def listeners_of(root: int) -> set[tuple[str, str]]:
+    """(process name, address:port) of each listening socket held by ``root``'s process tree."""
+    sockets, found = listening_sockets(), set()
+    for pid, name in process_tree(root).items():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in sockets:
+                found.add((name, sockets[int(target[8:-1])]))
+    return found
+
+
+def test_address_parsing_and_loopback():
+    assert _address("0100007F") == "127.0.0.1"
+    assert _address("00000000") == "0.0.0.0"
+    assert _address("0000000000000000FFFF00000100007F") == "127.0.0.1"  # ::ffff:127.0.0.1
+    assert _address("00000000000000000000000000000000") == "::"
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.2") and not _is_loopback("node-1")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
+def test_local_training_run_listens_on_loopback_only(ray_session, tmp_path):
+    """A 2-worker gloo run like the launcher's: while it trains, no socket of the run (this driver, Ray's
+    processes, the workers and rank 0's rendezvous store) listens on a non-loopback address."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    marker = tmp_path / "trained"
+
+    def loop(loop_config):
+        import time
+
+        import ray.train
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.ones(1)
+        dist.all_reduce(tensor)  # the process group (and its store) is up
+        assert tensor.item() == 2
+        if ray.train.get_context().get_world_rank() == 0:
+            Path(loop_config["marker"]).touch()
+        time.sleep(3)  # the driver looks meanwhile
+        dist.barrier()
+
+    seen: set[tuple[str, str]] = set()
+    during: set[tuple[str, str]] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            found = listeners_of(os.getpid())
+            seen.update(found)
+            if marker.exists():
+                during.update(found)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = TorchTrainer(
+            loop,
+            train_loop_config={"marker": str(marker)},
+            torch_config=torch_config("gloo"),  # as pipelines/train.py builds it
+            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+            run_config=ray.train.RunConfig(name="loopback", storage_path=str(tmp_path / "runs")),
+        ).fit()
+    finally:
+        done.set()
+        watcher.join()
+    assert result.error is None
+    assert any(name.startswith("ray::RayTrainWo") for name, _ in during), f"saw no worker listening: {during}"
+    exposed = sorted((name, address) for name, address in seen if not _is_loopback(address.rsplit(":", 1)[0].strip("[]")))
+    assert not exposed, f"listening on a non-loopback address: {exposed}"
