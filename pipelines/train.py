@@ -28,13 +28,13 @@ import torch
 
 from dctdiff import storage
 from dctdiff.codec import DCTCodec
-from dctdiff.config import ConfigError, TrainConfig, build_config, config_from_dict
+from dctdiff.config import ConfigError, TrainConfig, build_config, check_run_name, config_from_dict, positive_int
 from dctdiff.data import DatasetInfo, load_dataset_info
 from dctdiff.generate import generate_images
 from dctdiff.grid import image_grid
 from dctdiff.periodic_fid import ensure_reference_stats, load_reference, sample_fid
 from dctdiff.ray_utils import DATA_CPUS, ResourceError, init_ray, plan_worker_cpus
-from dctdiff.tracking import get_or_create_experiment, redact, resolve_tracking_uri, ui_command
+from dctdiff.tracking import get_or_create_experiment, open_tracking, redact, resolve_tracking_uri, ui_command
 from dctdiff.training import Batch, Trainer, build_codec, build_model
 
 RUN_FILE = "dctdiff_run.json"  # in <storage>/<name>/: the MLflow run id and the resolved config
@@ -415,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LaunchOption
     parser.add_argument("--data", help="a pipelines/prepare.py output folder or URI")
     parser.add_argument("--space", choices=["dct", "pixel"], help="dct (DCTdiff) or pixel (the U-ViT baseline)")
     parser.add_argument("--max-steps", type=int, help="shorthand for --set schedule.max_steps=N")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (one per GPU on GPU clusters)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (one per GPU on GPU clusters)")
     parser.add_argument("--cpus-per-worker", type=float, help="default: fit the cluster, keeping 1 CPU for Ray Data")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--placement", choices=["PACK", "SPREAD"], default="PACK", help="SPREAD: one worker per node")
@@ -443,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LaunchOption
         gpus_per_worker=args.gpus_per_worker,
         placement_strategy=args.placement,
         storage=args.storage,
-        name=args.name,
+        name=check_run_name(args.name),
         resume=args.resume,
         max_failures=args.max_failures,
         mlflow_uri=args.mlflow_uri,
@@ -459,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         if dry_run:
             print(config.to_yaml(), end="")
             return 0
+        open_tracking(options.mlflow_uri)
         result, run_id = launch(config, options)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     metrics = result.metrics or {}
     print(
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoint {result.checkpoint.path if result.checkpoint else None}"
     )
     tracking_uri = resolve_tracking_uri(options.mlflow_uri)
-    print(f"MLflow run {run_id} in {redact(tracking_uri)}\nreview it with: {redact(ui_command(tracking_uri))}")
+    print(f"MLflow run {run_id} in {redact(tracking_uri)}\nreview it with: {ui_command(tracking_uri)}")
     return 0
 
 

@@ -38,11 +38,11 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
 from ray.tune import Callback
 
 from dctdiff import storage
-from dctdiff.config import ConfigError, TrainConfig, build_config, config_from_dict
+from dctdiff.config import ConfigError, TrainConfig, build_config, check_run_name, config_from_dict, positive_int
 from dctdiff.data import load_dataset_info
 from dctdiff.periodic_fid import ensure_reference_stats
 from dctdiff.ray_utils import DATA_CPUS, ResourceError, init_ray
-from dctdiff.tracking import get_or_create_experiment, resolve_tracking_uri, ui_command
+from dctdiff.tracking import get_or_create_experiment, redact, resolve_tracking_uri, restore_secret, ui_command
 from pipelines.train import LaunchOptions, launch
 from tune.report import (
     PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
@@ -231,7 +231,7 @@ def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
 
     client = MlflowClient(plan.tracking_uri)
     experiment_id = get_or_create_experiment(plan.tracking_uri, plan.experiment)
-    tags = {"mlflow.runName": plan.name, SWEEP_TAG: plan.name, "dctdiff.data": plan.data}
+    tags = {"mlflow.runName": plan.name, SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     settings = ("study", "scheduler", "num_samples", "max_concurrent", "max_steps", "report_every", "fid_samples",
                 "nfe", "grace_steps", "reduction_factor", "workers", "cpus_per_worker", "gpus_per_worker")  # fmt: skip
@@ -326,7 +326,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
         client.update_run(plan.parent_run_id, status="RUNNING")
     else:
         plan.parent_run_id = _start_parent_run(plan, description)
-        storage.write_json(storage.join(plan.directory, SWEEP_FILE), asdict(plan))
+        storage.write_json(storage.join(plan.directory, SWEEP_FILE), {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data)})  # fmt: skip
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
     if resume:
         tuner = tune.Tuner.restore(plan.directory, trainable, resume_unfinished=True)
@@ -404,7 +404,7 @@ def load_plan(storage_root: str, name: str | None) -> SweepPlan:
 # Command line
 # --------------------------------------------------------------------------------------------------
 
-RESUME_FLAGS = {"resume", "name", "storage", "address"}  # what --resume may be given; the rest is saved
+RESUME_FLAGS = {"resume", "name", "storage", "address", "mlflow_uri", "data"}  # what --resume may be given; the rest is saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nfe", type=int, help="sampler steps for FID and grids (default: schedule.sample_nfe)")
     parser.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default max_steps/8)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/f at each rung")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    parser.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers per trial")
     parser.add_argument("--cpus-per-worker", type=float, help="default: fit the cluster, keeping 1 CPU for Ray Data")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts per trial")
@@ -440,12 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_run_name(args.name)
         if args.resume:
             changed = [k for k, v in vars(args).items() if k not in RESUME_FLAGS and v != parser.get_default(k)]
             if changed:
                 flags = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
                 raise ConfigError(f"--resume continues a sweep with its saved settings; drop {flags}")
             plan, description = load_plan(args.storage, args.name), ""
+            plan.tracking_uri = restore_secret(plan.tracking_uri, args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri), "--mlflow-uri")  # fmt: skip
+            plan.data = restore_secret(plan.data, args.data and storage.normalize(args.data), "--data")
         else:
             if not args.study:
                 parser.error("--study is required (a built-in study or a YAML file)")
@@ -456,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         outcome = run_sweep(plan, resume=args.resume, address=args.address, description=description)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     return INTERRUPTED if outcome.interrupted else 0
 
