@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dctdiff.training.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
+from dctdiff.training.trainer.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
 
 # DESIGN.md §7: preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
 PAPER = {
@@ -78,3 +78,94 @@ def test_unknown_preset_lists_the_known_ones():
 
 def test_parse_overrides_nests_and_parses_scalars():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+
+
+# Issue #16: values the config used to accept, which failed minutes later (after retries) or never.
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.lr=inf"], r"optim.lr must be a finite number, got inf: set e.g. optim.lr=0.0002$"),
+        (["optim.lr=.nan"], "optim.lr must be a finite number, got nan"),
+        (["optim.lr=-1e-4"], r"optim.lr must be > 0, got -0.0001: set e.g. optim.lr=2e-4"),
+        (["optim.lr=0"], "optim.lr must be > 0"),
+        (["optim.ema_decay=nan"], "optim.ema_decay must be a finite number, got nan"),
+        (["optim.beta2=-inf"], "optim.beta2 must be a finite number, got -inf"),
+        (["diffusion.beta_max=inf"], "diffusion.beta_max must be a finite number"),
+        (["optim.lr=true"], "optim.lr must be a float, got true: write the number itself"),
+        (["optim.batch_size=true"], "optim.batch_size must be an int, got true: write the number itself"),
+        (["schedule.max_steps=false"], "schedule.max_steps must be an int, got false"),
+        (["schedule.max_steps=.inf"], "schedule.max_steps must be an int, got inf"),
+        (["schedule.sampler=bogus"],
+         r"schedule.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'"),
+        (["optim.precision=fp8"], "optim.precision must be one of 'bf16', 'fp16', 'fp32'"),
+        (["optim.lr=[1"], r"override 'optim.lr=\[1'.*invalid YAML .*; fix the syntax"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_at_the_config(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("demo", overrides=overrides)
+
+
+def test_the_config_accepts_every_sampler_that_sampling_implements():
+    from dctdiff.core.samplers import SAMPLERS
+
+    for sampler in SAMPLERS:
+        assert build_config("demo", overrides=[f"schedule.sampler={sampler}"]).schedule.sampler == sampler
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("optim:\n  lr: 1e-4\n  batch_size: [64\n", r"c.yaml line \d+: invalid YAML \(.*\); fix the syntax$"),
+        ("optim:\n\tlr: 1e-4\n", r"c.yaml line 2: invalid YAML"),
+        ("optim: !!python/object/apply:os.system ['echo hi']\n",
+         r"c.yaml line 1: could not determine a constructor for the tag .*python/object.*; config YAML holds plain "
+         r"values only \(remove the tag\)$"),
+    ],
+)
+def test_bad_yaml_files_are_one_line_errors_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        build_config("demo", [str(path)])
+    assert "\n" not in str(caught.value) and caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("name", ["../esc", "..", ".", "", " ", "a/b", "/abs", "a\\b", "x\0y"])
+def test_run_names_that_leave_the_storage_folder_are_refused(name):
+    from dctdiff.training.config import check_run_name
+
+    with pytest.raises(ConfigError, match=r"--name .* must be one folder name under --storage"):
+        check_run_name(name)
+
+
+def test_good_run_names_pass():
+    from dctdiff.training.config import check_run_name
+
+    names = [None, "cifar10-run1", "a..b", "lr_3e-3"]
+    assert [check_run_name(n) for n in names] == names
+
+
+def test_train_command_line_refuses_a_bad_name_and_zero_workers(capsys):
+    from dctdiff.commands.train_command import parse_args
+
+    with pytest.raises(ConfigError, match="--name '../esc' must be one folder name"):
+        parse_args(["--data", "d", "--name", "../esc"])
+    for workers in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["--data", "d", "--workers", workers])
+        assert "argument --workers: must be" in capsys.readouterr().err
+    assert parse_args(["--data", "d", "--workers", "3", "--name", "r1"]).options.resources.workers == 3
+
+
+def test_sweep_command_line_refuses_a_bad_name_and_zero_workers(tmp_path, capsys):
+    from dctdiff.commands.sweep_command import main
+
+    assert main(["--study", "lr", "--data", "d", "--storage", str(tmp_path), "--name", "../esc"]) == 2
+    assert "--name '../esc' must be one folder name" in capsys.readouterr().err
+    assert main(["--resume", "--storage", str(tmp_path), "--name", ".."]) == 2
+    assert "--name '..' must be one folder name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--study", "lr", "--data", "d", "--workers", "0"])
+    assert "argument --workers: must be >= 1, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.mlflow_tracking import open_tracking
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking
     )
     try:
+        if tracking is not None:
+            open_tracking(tracking.uri)  # an unreachable server fails here, in seconds, before any work
         if args.command == "fid":
             run_fid(
                 args.sets, args.save_stats, resolution=args.resolution, metric=args.metric, step=args.step, **common

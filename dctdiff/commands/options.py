@@ -7,7 +7,7 @@ import logging
 import os
 
 from dctdiff.infra.logs import LEVELS
-from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions
+from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions, redact
 from dctdiff.training.launcher import WorkerResources
 
 
@@ -88,5 +88,5 @@ def add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
 
 def report_error(message: str, status: int = 2) -> int:
     """Log a job's one-line error (``error: ...`` on stderr) and return its exit status."""
-    logging.getLogger("dctdiff").error("error: %s", message)
+    logging.getLogger("dctdiff").error("error: %s", redact(message))
     return status

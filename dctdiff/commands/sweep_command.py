@@ -13,15 +13,17 @@ steps; ASHA stops poor trials early. The result table and the best trial's confi
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ResourceError
-from dctdiff.training.config import ConfigError
+from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, restore_secret
+from dctdiff.training.config import ConfigError, check_run_name
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 
-RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet"}  # what --resume may be given; the rest is saved
+RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data"}  # what --resume may be given; the rest is saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(flags.log_level(args))
     try:
+        check_run_name(args.name)
         if args.resume:
             changed = [k for k, v in vars(args).items() if k not in RESUME_FLAGS and v != parser.get_default(k)]
             if changed:
                 dropped = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
                 raise ConfigError(f"--resume continues a sweep with its saved settings; drop {dropped}")
             plan, description = load_plan(args.storage, args.name), ""
+            plan = replace(
+                plan,  # sweep.json holds redacted URIs: the secrets come from the command line again
+                tracking_uri=restore_secret(plan.tracking_uri, args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri), "--mlflow-uri"),
+                data=restore_secret(plan.data, args.data and storage.normalize(args.data), "--data"),
+            )  # fmt: skip
         else:
             if not args.study:
                 parser.error("--study is required (a built-in study or a YAML file)")
@@ -73,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileExistsError(
                     f"sweep {plan.name} exists under {plan.storage}; add --resume or choose another --name"
                 )
+        open_tracking(plan.tracking_uri)
         outcome = run_sweep(plan, resume=args.resume, address=args.address, description=description)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 from dctdiff.commands import options as flags
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri, ui_command
+from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, ui_command
 from dctdiff.infra.ray_cluster import ResourceError
-from dctdiff.training.config import ConfigError, TrainConfig, build_config
+from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
 from dctdiff.training.launcher import LaunchOptions, train
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
         data=args.data or "",
         resources=flags.worker_resources(args),
         storage=args.storage,
-        name=args.name,
+        name=check_run_name(args.name),
         resume=args.resume,
         address=args.address,
         log_level=flags.log_level(args),
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if request.dry_run:
             sys.stdout.write(request.config.to_yaml())
             return 0
+        open_tracking(request.tracking.uri)  # an unreachable server fails here, in seconds, before any work
         result, run_id = train(request.config, request.options, request.tracking)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
@@ -96,5 +97,5 @@ def main(argv: list[str] | None = None) -> int:
         result.checkpoint.path if result.checkpoint else None,
     )  # fmt: skip
     tracking_uri = resolve_tracking_uri(request.tracking.uri)
-    log.info("MLflow run %s in %s\nreview it with: %s", run_id, redact(tracking_uri), redact(ui_command(tracking_uri)))
+    log.info("MLflow run %s in %s\nreview it with: %s", run_id, redact(tracking_uri), ui_command(tracking_uri))
     return 0

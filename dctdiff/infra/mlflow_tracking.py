@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import http.client
+import logging
 import os
 import re
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus, urlsplit
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_EXPERIMENT = "dctdiff"
+KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+MASK = "***"
+
+log = logging.getLogger(__name__)
+
+# A URI in a longer text: scheme://..., up to whitespace, a quote or the next scheme://.
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*://"
+_URI = re.compile(rf"{_SCHEME}(?:(?!{_SCHEME})[^\s'\"<>`])*")
+# A well-formed authority without userinfo: host (name, IPv4 or [IPv6]) and optional :port.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:@\[\]]*)(:\d*)?")
+# Query parameters whose values are secrets (?password=, ?X-Amz-Signature=, ?access_token=, ?sslkey=...).
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|signature|credential", re.IGNORECASE)
+
+
+class TrackingError(ValueError):
+    """The tracking URI cannot work (unknown scheme, server not answering); the message is redacted."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +78,118 @@ def get_or_create_experiment(tracking_uri: str, name: str) -> str:
 
 def ui_command(tracking_uri: str) -> str:
     """The command that opens this store in the MLflow UI, on loopback, lean (DESIGN.md §9)."""
-    return (
+    return redact(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 "
         f"--backend-store-uri {tracking_uri}"
     )
 
 
 def redact(text: str) -> str:
-    """Hide the password of ``scheme://user:password@host`` URIs (database URIs, s3://KEY:SECRET@...)."""
-    return re.sub(r"(://[^/:@\s]*):[^@/\s]*@", r"\1:***@", text)
+    """``text`` with the password of every ``scheme://user:password@host`` URI and the values of secret
+    query parameters (``?password=``, ``token``, ``key``, ``secret``, ...) replaced by ``***``.
+
+    Passwords may hold ``:``, ``@``, ``/`` and %-escapes. URIs without userinfo or secret parameters are
+    returned unchanged, character for character.
+    """
+    return _URI.sub(lambda match: _redact_uri(match.group()), text)
+
+
+def _redact_uri(uri: str) -> str:
+    start = uri.index("://") + 3
+    at = _userinfo_end(uri)
+    if at >= 0:
+        user, colon, _ = uri[start:at].partition(":")
+        uri = uri[:start] + user + (colon and ":" + MASK) + uri[at:]
+    head, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    query, hash_, fragment = query.partition("#")
+    return head + mark + "&".join(map(_redact_param, query.split("&"))) + hash_ + fragment
+
+
+def _userinfo_end(uri: str) -> int:
+    """Index of the ``@`` that ends the userinfo of ``uri``, or -1 when it has none.
+
+    In a well-formed URI the userinfo ends at the last ``@`` before the first ``/``, ``?`` or ``#``, and a
+    host[:port] follows it. A password with one of those unescaped (cloud secret keys hold ``/``) leaves
+    no host[:port] there; its userinfo then ends at the URI's last ``@``.
+    """
+    start = uri.index("://") + 3
+    authority = re.split(r"[/?#]", uri[start:], maxsplit=1)[0]
+    at = authority.rfind("@")
+    if _HOST_PORT.fullmatch(authority[at + 1 :]):
+        return -1 if at < 0 else start + at
+    return uri.rfind("@") if "@" in uri[start:] else -1
+
+
+def _redact_param(param: str) -> str:
+    name, equals, value = param.partition("=")
+    return name + equals + MASK if equals and value and _SECRET_PARAM.search(unquote_plus(name)) else param
+
+
+def restore_secret(saved: str, given: str | None, flag: str) -> str:
+    """For --resume of a job that saved ``redact(uri)``: ``given`` (the URI again, with its secret) when
+    passed, else ``saved``; TrackingError when ``given`` names another place or a needed secret is missing."""
+    if given and redact(given) != saved:
+        raise TrackingError(f"{flag} {redact(given)} is not the saved {saved}; give the job's own {flag} or drop it")
+    if not given and MASK in saved:
+        raise TrackingError(f"the saved {saved} hides a secret: give it again with {flag} (with its password)")
+    return given or saved
+
+
+def _strip_userinfo(uri: str) -> str:
+    at = _userinfo_end(uri)
+    return uri if at < 0 else uri[: uri.index("://") + 3] + uri[at + 1 :]
+
+
+def silence_run_links() -> None:
+    """Stop MLflow printing "View run ... at: URL" when a run ends (MlflowClient.set_terminated and
+    mlflow.end_run write it to stdout); the URL would show the tracking server's password."""
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise TrackingError (message with the redacted URI and what to do) unless ``uri`` has a known
+    scheme and, for an http(s) server, ``/health`` answers within ``timeout_s`` (one try, no MLflow retries)."""
+    scheme = urlsplit(uri).scheme.partition("+")[0].lower()
+    if scheme not in KNOWN_SCHEMES:
+        raise TrackingError(
+            f"tracking URI {redact(uri)}: unknown scheme {scheme!r}; use one of {', '.join(KNOWN_SCHEMES)} "
+            "(e.g. http://HOST:5000 or sqlite:///mlflow.db) in --mlflow-uri or MLFLOW_TRACKING_URI"
+        )
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout_s)
+
+
+def _check_server(uri: str, timeout_s: float) -> None:
+    parts = urlsplit(_strip_userinfo(uri))
+    health = f"{parts.scheme}://{parts.netloc}/health"
+    context = ssl.create_default_context()  # reachability only: no credentials are sent
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s, context=context) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or error
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} did not answer within {timeout_s:g} s ({redact(str(reason))}): "
+            "start it (mlflow server --host ... --port ...) or fix --mlflow-uri / MLFLOW_TRACKING_URI"
+        ) from None
+    if status >= 500:
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} answered {health} with HTTP {status}: check the server's log"
+        )
+    log.debug("tracking server %s answered %s with HTTP %s", redact(uri), health, status)
+
+
+def open_tracking(uri: str | None = None, timeout_s: float = 5.0) -> str:
+    """What every job calls first: the resolved tracking URI, checked, with MLflow's run links silenced."""
+    resolved = resolve_tracking_uri(uri)
+    silence_run_links()
+    check_tracking_uri(resolved, timeout_s)
+    return resolved
 
 
 def create_run(

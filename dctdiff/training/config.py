@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, is_dataclass
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
@@ -13,6 +14,7 @@ import yaml
 from dctdiff.core.token_layout import check_token_resolution
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
+from dctdiff.core.samplers import SAMPLERS
 
 
 class ConfigError(ValueError):
@@ -91,7 +93,7 @@ class CadenceConfig:
     sample_every: int = 10_000
     sample_count: int = 16
     sample_nfe: int = 50
-    sampler: str = "dpm++2m"
+    sampler: str = "dpm++2m"  # one of dctdiff.sampling.SAMPLERS
     fid_every: int = 0  # 0 = no periodic FID
     fid_samples: int = 1000
     seed: int = 0
@@ -111,6 +113,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check consistency; raise ConfigError saying what to change. Returns self."""
         d, o, s = self.data, self.optim, self.cadence
+        _require_finite(self)
         _check("data.resolution, data.block_size", check_token_resolution, d.resolution, d.resolution, d.block_size)
         _require(
             1 <= d.keep <= d.block_size**2,
@@ -138,10 +141,13 @@ class TrainConfig:
             "diffusion.beta_min must be > 0 and below diffusion.beta_max",
         )
         _require(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
-        _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+        _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}: set e.g. optim.lr=2e-4")
         _require(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
         _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps and optim.grad_clip must be >= 0")
+        _require(
+            s.sampler in SAMPLERS, f"cadence.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}"
+        )
         _require(s.max_steps >= 1, f"cadence.max_steps must be >= 1, got {s.max_steps}")
         for name in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_nfe"):
             _require(getattr(s, name) >= 1, f"cadence.{name} must be >= 1, got {getattr(s, name)}")
@@ -180,6 +186,26 @@ def _check(keys: str, rule: Callable[..., None], *values: Any) -> None:
         rule(*values)
     except ValueError as error:
         raise ConfigError(f"{keys}: {error}") from None
+
+
+def _require_finite(config: TrainConfig) -> None:
+    """Every float field finite: inf or nan learning rates, decays or betas fail only after minutes of training."""
+    for section in fields(config):
+        values = getattr(config, section.name)
+        for item in fields(values) if is_dataclass(values) else []:
+            value, key = getattr(values, item.name), f"{section.name}.{item.name}"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}: set e.g. {key}={item.default}")
+
+
+def check_run_name(name: str | None) -> str | None:
+    """``name`` (None: the job picks one) if it is one folder name under --storage; else ConfigError."""
+    if name is not None and (name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0")):
+        raise ConfigError(
+            f"--name {name!r} must be one folder name under --storage: not empty, '.' or '..', "
+            "no '/' or '\\' (e.g. --name cifar10-run1)"
+        )
+    return name
 
 
 # The paper's settings (DESIGN.md §7). Each preset is a dict of overrides on the defaults above;
@@ -262,6 +288,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_KINDS = {int: "an int", float: "a float", str: "a string"}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (from YAML or a ``key=value`` string) to the annotated field type."""
     origin, args = get_origin(annotation), get_args(annotation)
@@ -279,13 +308,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if annotation in (int, float, str):
+    if annotation in _KINDS:
+        kind = _KINDS[annotation]
+        if annotation is not str and isinstance(value, bool):  # YAML true is no number (int(True) == 1)
+            raise ConfigError(f"{where} must be {kind}, got {str(value).lower()}: write the number itself")
         try:
             converted = annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a {annotation.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where} must be {kind}, got {value!r}") from None
         if annotation is int and not isinstance(value, str) and converted != value:
-            raise ConfigError(f"{where} must be an int, got {value!r}")
+            raise ConfigError(f"{where} must be {kind}, got {value!r}")
         return converted
     raise ConfigError(f"{where}: unsupported type {annotation}")
 
@@ -324,8 +356,23 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = _load_yaml(raw, f"override {pair!r}") if raw.strip() else None
     return nested
+
+
+def _load_yaml(text: Any, where: str) -> Any:
+    """``yaml.safe_load``, with syntax errors and unsafe tags (``!!python/object``) as one-line ConfigErrors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        line = f" line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        if isinstance(error, yaml.constructor.ConstructorError):
+            raise ConfigError(
+                f"{where}{line}: {error.problem}; config YAML holds plain values only (remove the tag)"
+            ) from None
+        raise ConfigError(f"{where}{line}: invalid YAML ({error.problem}); fix the syntax") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: invalid YAML ({error}); fix the syntax") from None
 
 
 def build_config(
@@ -343,7 +390,7 @@ def build_config(
     _apply(config, PRESETS[preset])
     for path in files or []:
         with open(path) as handle:
-            loaded = yaml.safe_load(handle) or {}
+            loaded = _load_yaml(handle, path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, ...)")
         loaded = {k: v for k, v in loaded.items() if k != "preset"}

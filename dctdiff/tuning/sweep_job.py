@@ -311,7 +311,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
         client.update_run(plan.parent_run_id, status="RUNNING")
     else:
         plan = replace(plan, parent_run_id=_start_parent_run(plan, description))
-        storage.write_json(storage.join(plan.directory, SWEEP_FILE), asdict(plan))
+        saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data)}
+        storage.write_json(storage.join(plan.directory, SWEEP_FILE), saved)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
     if resume:
         tuner = tune.Tuner.restore(plan.directory, trainable, resume_unfinished=True)
@@ -368,7 +369,7 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
         log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
     client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
-    log.info("results: %s\nreview in MLflow: %s", results_uri, redact(ui_command(plan.tracking_uri)))
+    log.info("results: %s\nreview in MLflow: %s", results_uri, ui_command(plan.tracking_uri))
     if interrupted:
         log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
     return SweepOutcome(rows, interrupted, results_uri, best_uri)
