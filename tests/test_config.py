@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dctdiff.training.trainer.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
+from dctdiff.training.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
 
 # DESIGN.md §7: preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
 PAPER = {
@@ -93,10 +93,10 @@ def test_parse_overrides_nests_and_parses_scalars():
         (["diffusion.beta_max=inf"], "diffusion.beta_max must be a finite number"),
         (["optim.lr=true"], "optim.lr must be a float, got true: write the number itself"),
         (["optim.batch_size=true"], "optim.batch_size must be an int, got true: write the number itself"),
-        (["schedule.max_steps=false"], "schedule.max_steps must be an int, got false"),
-        (["schedule.max_steps=.inf"], "schedule.max_steps must be an int, got inf"),
-        (["schedule.sampler=bogus"],
-         r"schedule.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'"),
+        (["cadence.max_steps=false"], "cadence.max_steps must be an int, got false"),
+        (["cadence.max_steps=.inf"], "cadence.max_steps must be an int, got inf"),
+        (["cadence.sampler=bogus"],
+         r"cadence.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'"),
         (["optim.precision=fp8"], "optim.precision must be one of 'bf16', 'fp16', 'fp32'"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1'.*invalid YAML .*; fix the syntax"),
     ],
@@ -110,7 +110,7 @@ def test_the_config_accepts_every_sampler_that_sampling_implements():
     from dctdiff.core.samplers import SAMPLERS
 
     for sampler in SAMPLERS:
-        assert build_config("demo", overrides=[f"schedule.sampler={sampler}"]).schedule.sampler == sampler
+        assert build_config("demo", overrides=[f"cadence.sampler={sampler}"]).cadence.sampler == sampler
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (tests and tools swap it)."""
+
+    @property
+    def stream(self):  # noqa: D401 - logging.StreamHandler reads this attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -14,7 +27,7 @@ def configure_logging(level: str = "INFO") -> None:
     logger = logging.getLogger("dctdiff")
     logger.setLevel(level.upper())
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.propagate = False
