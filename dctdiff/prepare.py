@@ -11,8 +11,10 @@ one-line summary the driver counts for the progress bar. Memory is bounded by on
 worker; the driver never sees pixels or coefficients.
 
 Finish (driver): sum the histograms of all partitions -> stats.json; collect counts and
-rejections -> report.json. A killed run re-run with the same options skips the finished partitions,
-so rows are neither duplicated nor lost; ``overwrite`` starts from scratch.
+rejections, and what the source listing skipped (links that loop, hidden files, truncated tails, the
+output folder itself, ``dedupe``'d copies) and its groups of identical files -> report.json.
+A killed run re-run with the same options skips the finished partitions, so rows are neither
+duplicated nor lost; ``overwrite`` starts from scratch.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -40,6 +44,8 @@ OUTPUT_ENTRIES = (COEFFICIENT_DIR, PARTS_DIR, PLAN_FILE, "stats.json", "report.j
 SHARD_TARGET_BYTES = 64 * 2**20
 MAX_SHARD_ROWS = 2048
 ANALYZE_CHUNK_VALUES = 2**24  # pixel values per DCTCodec.analyze call (bounds the float32 copy)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class PrepareConfig:
     seed: int = 0
     split: str | None = None
     unlabeled: bool = False
+    dedupe: bool = False
     shard_rows: int | None = None
     overwrite: bool = False
     progress: bool = True
@@ -286,7 +293,7 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     codec, fit = config.codec, config.fit  # validate before touching anything
     source = open_source(
         config.source, resolution=config.resolution, split=config.split, seed=config.seed,
-        limit=config.limit, unlabeled=config.unlabeled,
+        limit=config.limit, unlabeled=config.unlabeled, dedupe=config.dedupe, exclude=(config.output,),
     )
     output = storage.normalize(config.output)
     previous = None if config.overwrite else _previous_plan(output, codec)  # before listing a big source
@@ -317,6 +324,22 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     return _finish(output, config, codec, source, plan, time.perf_counter() - started, images_to_do)
 
 
+def _tally(keys: Iterable[str]) -> dict[str, int]:
+    """How often each key occurs, sorted by key."""
+    return dict(sorted(Counter(keys).items()))
+
+
+def _source_report(source: ImageSource, output: str) -> dict[str, Any]:
+    """What the source listing left out (with reasons and counts) and its groups of identical content;
+    a warning names the counts of everything but hidden files."""
+    skipped = [{"path": e.relative, "reason": e.reason, "detail": e.detail} for e in source.skipped()]
+    notable = _tally(e["reason"] for e in skipped if e["reason"] != "hidden")
+    if notable:
+        logger.warning("%s: skipped %s: see %s", source.spec, notable, storage.join(output, "report.json"))
+    return {"skipped_by_reason": _tally(e["reason"] for e in skipped), "skipped": skipped,
+            "duplicates": source.duplicates()}  # fmt: skip
+
+
 def _finish(
     output: str,
     config: PrepareConfig,
@@ -338,17 +361,15 @@ def _finish(
         nodes.add(meta["node"])
         shards += meta["written"] > 0
     rejections.sort(key=lambda r: r["id"])
-    by_kind: dict[str, int] = {}
-    for rejection in rejections:
-        by_kind[rejection["kind"]] = by_kind.get(rejection["kind"], 0) + 1
     output_bytes = storage.tree_size(storage.join(output, COEFFICIENT_DIR))
     report = {
         "source": source.spec,
         "output": output,
         "codec": codec.to_dict(),
         "images": dict(counts),
-        "rejected_by_kind": dict(sorted(by_kind.items())),
+        "rejected_by_kind": _tally(r["kind"] for r in rejections),
         "rejected": rejections,
+        **_source_report(source, output),
         "shards": shards,
         "output_bytes": output_bytes,
         "nodes": len(nodes),
