@@ -26,7 +26,7 @@ import logging
 import math
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Iterator
 
@@ -35,7 +35,7 @@ import numpy as np
 from dctdiff import storage
 from dctdiff.images import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
 from dctdiff.shards import COEFFICIENT_DIR, CodecParams, write_shard
-from dctdiff.sources import ImageSource, Item, Loaded, open_source
+from dctdiff.sources import DIGEST_BYTES, ImageSource, Item, Loaded, Payload, content_digest, open_source
 from dctdiff.stats import coefficient_histogram, compute_stats, empty_histogram, in_stats_sample, write_stats
 
 PARTS_DIR = "_parts"
@@ -135,6 +135,13 @@ def _safe_load(source: ImageSource, items: list[Item]) -> Iterator[Loaded]:
             yield Loaded(item.id, -1, rejection)
 
 
+def _digest(payload: Payload) -> np.ndarray:
+    """:func:`content_digest` of a payload as uint8 [DIGEST_BYTES]; zeros where nothing was read."""
+    if isinstance(payload, ImageRejected) or not len(payload):
+        return np.zeros(DIGEST_BYTES, np.uint8)
+    return np.frombuffer(content_digest(payload), np.uint8)
+
+
 def analyze_images(params: CodecParams, pixels: list[np.ndarray]) -> np.ndarray:
     """uint8 images [R, R, 3] -> coefficients [N, L, 6, B*B] in the shard dtype (DCTCodec.analyze),
     in chunks that bound the float32 copy."""
@@ -158,8 +165,9 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
 
     index = int(row["partition"])
     items = [Item(i, ref) for i, ref in json.loads(row["items"])]
-    ids, labels, pixels, rejected = [], [], [], []
+    ids, labels, pixels, rejected, digests = [], [], [], [], []
     for loaded in _safe_load(job.source, items):
+        digests.append(_digest(loaded.payload))  # one per item: duplicates are found at the finish
         try:
             if isinstance(loaded.payload, ImageRejected):
                 raise loaded.payload
@@ -193,16 +201,28 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
     cells = np.flatnonzero(histogram)  # sparse: a partition fills few of the float16 cells
     side = io.BytesIO()  # cells as steps (mostly 1) + fast zlib: small and cheap to write
     meta = np.array(json.dumps({**summary, "rejections": rejected}))
-    np.savez(side, steps=np.diff(cells, prepend=0), counts=histogram.ravel()[cells], meta=meta)
+    steps, counts = np.diff(cells, prepend=0), histogram.ravel()[cells]
+    np.savez(side, steps=steps, counts=counts, meta=meta, digests=np.stack(digests))
     storage.write_bytes(part_uri(job.output, index), zlib.compress(side.getvalue(), 1))
     return {k: summary[k] for k in ("partition", "read", "written", "rejected")}
 
 
-def _add_part(output: str, index: int, histogram: np.ndarray) -> dict[str, Any]:
-    """Add partition ``index``'s counts to ``histogram`` (in place); return its summary and rejections."""
+def _add_part(output: str, index: int, histogram: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Add partition ``index``'s counts to ``histogram`` (in place); return its summary and rejections,
+    and the content digests of its items [n, DIGEST_BYTES]."""
     with np.load(io.BytesIO(zlib.decompress(storage.read_bytes(part_uri(output, index))))) as part:
         histogram.ravel()[np.cumsum(part["steps"])] += part["counts"]
-        return json.loads(str(part["meta"]))
+        return json.loads(str(part["meta"])), part["digests"]
+
+
+def _duplicates(ids: list[str], digests: np.ndarray) -> list[list[str]]:
+    """Groups of ids whose content digests match (rows of zeros: nothing read), each sorted, sorted."""
+    keys = np.ascontiguousarray(digests).view(f"V{DIGEST_BYTES}").ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for k in np.flatnonzero(digests.any(axis=1) & (counts[inverse.ravel()] > 1)):
+        groups[int(inverse.ravel()[k])].append(ids[k])
+    return sorted(sorted(group) for group in groups.values())
 
 
 def _fingerprint(items: list[Item]) -> str:
@@ -321,7 +341,8 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     if todo:
         job = PartitionJob(source, output, codec, fit, config.stats_sample, config.seed)
         _run_partitions(job, todo, len(items), len(items) - images_to_do, config.progress)
-    return _finish(output, config, codec, source, plan, time.perf_counter() - started, images_to_do)
+    ids = [item.id for item in items]
+    return _finish(output, config, codec, source, plan, ids, time.perf_counter() - started, images_to_do)
 
 
 def _tally(keys: Iterable[str]) -> dict[str, int]:
@@ -330,14 +351,13 @@ def _tally(keys: Iterable[str]) -> dict[str, int]:
 
 
 def _source_report(source: ImageSource, output: str) -> dict[str, Any]:
-    """What the source listing left out (with reasons and counts) and its groups of identical content;
-    a warning names the counts of everything but hidden files."""
+    """What the source listing left out, with reasons and counts; a warning names the counts of
+    everything but hidden files."""
     skipped = [{"path": e.relative, "reason": e.reason, "detail": e.detail} for e in source.skipped()]
     notable = _tally(e["reason"] for e in skipped if e["reason"] != "hidden")
     if notable:
         logger.warning("%s: skipped %s: see %s", source.spec, notable, storage.join(output, "report.json"))
-    return {"skipped_by_reason": _tally(e["reason"] for e in skipped), "skipped": skipped,
-            "duplicates": source.duplicates()}  # fmt: skip
+    return {"skipped_by_reason": _tally(e["reason"] for e in skipped), "skipped": skipped}
 
 
 def _finish(
@@ -346,15 +366,18 @@ def _finish(
     codec: CodecParams,
     source: ImageSource,
     plan: dict[str, Any],
+    ids: list[str],
     seconds: float,
     processed: int,
 ) -> dict[str, Any]:
-    """Merge the partitions' side outputs into stats.json and report.json; print the summary line."""
+    """Merge the partitions' side outputs into stats.json and report.json (``ids``: the planned items,
+    in partition order); print the summary line."""
     histogram = empty_histogram(codec.block_size)
     counts = {"read": 0, "written": 0, "rejected": 0, "in_stats": 0}
-    rejections, nodes, shards = [], set(), 0
+    rejections, nodes, shards, digests = [], set(), 0, []
     for index in range(plan["partitions"]):
-        meta = _add_part(output, index, histogram)
+        meta, part_digests = _add_part(output, index, histogram)
+        digests.append(part_digests)
         for key in counts:
             counts[key] += meta[key]
         rejections.extend(meta["rejections"])
@@ -370,6 +393,7 @@ def _finish(
         "rejected_by_kind": _tally(r["kind"] for r in rejections),
         "rejected": rejections,
         **_source_report(source, output),
+        "duplicates": _duplicates(ids, np.concatenate(digests)),
         "shards": shards,
         "output_bytes": output_bytes,
         "nodes": len(nodes),

@@ -48,6 +48,7 @@ CIFAR10_SPLITS = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test":
 DEFAULT_PHOTOS = 1000
 IDX_IMAGE_BYTES = 28 * 28
 GZIP_CHUNK = 2**20
+DIGEST_BYTES = 16  # of sha256: what identifies identical content
 MISSING_RECORD = ImageRejected("unreadable", "record missing: the file is shorter than when it was listed")
 
 Payload = Union[bytes, np.ndarray, ImageRejected]
@@ -91,10 +92,6 @@ class ImageSource(ABC):
         """What the listing left out and why (links, hidden files, truncated tails...), for report.json."""
         return []
 
-    def duplicates(self) -> list[list[str]]:
-        """Groups of ids with identical content, each sorted (the first is the one ``dedupe`` keeps)."""
-        return []
-
 
 def _unreadable(error: Exception) -> ImageRejected:
     return ImageRejected("unreadable", f"{type(error).__name__}: {error}")
@@ -115,17 +112,26 @@ def _truncated(name: str, promised: int, present: int, partial: int, unit: str) 
     return [Skipped(name, "truncated", detail + (f", then {partial} bytes of a partial record" if partial else ""))]
 
 
+def content_digest(payload: bytes | np.ndarray) -> bytes:
+    """What identifies a payload's content: the first DIGEST_BYTES of the sha256 of its bytes (encoded
+    file or pixel array; the shape counts for arrays)."""
+    if isinstance(payload, np.ndarray):
+        payload = np.ascontiguousarray(payload).tobytes() + str(payload.shape).encode()
+    return hashlib.sha256(payload).digest()[:DIGEST_BYTES]
+
+
 def _duplicate_groups(root: str, files: list[FileEntry]) -> list[list[str]]:
-    """Files with identical content (sha256; only files sharing a non-zero size are read), sorted."""
+    """Files with identical content (:func:`content_digest`; only files sharing a non-zero size are
+    read), each group sorted, the groups sorted."""
     by_size: dict[int, list[str]] = defaultdict(list)
     for entry in files:
         if entry.size:
             by_size[entry.size].append(entry.relative)
     candidates = [name for names in by_size.values() if len(names) > 1 for name in names]
-    by_digest: dict[str, list[str]] = defaultdict(list)
+    by_digest: dict[bytes, list[str]] = defaultdict(list)
     for name, data in zip(candidates, storage.read_many(root, candidates)):
         if isinstance(data, bytes):  # an unreadable file is rejected by the job
-            by_digest[hashlib.sha256(data).hexdigest()].append(name)
+            by_digest[content_digest(data)].append(name)
     return sorted(sorted(names) for names in by_digest.values() if len(names) > 1)
 
 
@@ -136,12 +142,11 @@ def _dropped_duplicates(groups: list[list[str]]) -> list[Skipped]:
 
 @dataclass(frozen=True)
 class FolderListing:
-    """A folder source's listing: files (after dedupe), class names, skipped entries, duplicate groups."""
+    """A folder source's listing: files (after dedupe), class names and skipped entries."""
 
     files: list[str]
     classes: list[str] | None
     skipped: list[Skipped]
-    duplicates: list[list[str]]
 
 
 class FolderSource(ImageSource):
@@ -151,7 +156,7 @@ class FolderSource(ImageSource):
     the classes (ImageNet's train/<wnid>/ layout); ``unlabeled`` turns this off (e.g. FFHQ's
     numbered chunk folders). Files that do not decode are rejected by the job, not skipped. Each real
     folder is listed once (links that loop are skipped); folders in ``exclude`` (the run's output) are
-    not read; files with identical content are reported, and ``dedupe`` keeps the first of each group.
+    not read; ``dedupe`` reads the files that share a size and keeps the first of each identical group.
     """
 
     def __init__(self, root: str, unlabeled: bool = False, dedupe: bool = False, exclude: Iterable[str] = ()) -> None:
@@ -165,15 +170,14 @@ class FolderSource(ImageSource):
         self._listing: FolderListing | None = None
 
     def _list(self) -> FolderListing:
-        """The listing, made once: the driver asks for items, classes, skips and duplicates."""
+        """The listing, made once: the driver asks for items, classes and skips."""
         if self._listing is None:
             walk = storage.walk_files(self.root, exclude=self.exclude)
             names = [entry.relative for entry in walk.files]
-            groups = _duplicate_groups(self.root, walk.files)
-            dropped = _dropped_duplicates(groups) if self.dedupe else []
+            dropped = _dropped_duplicates(_duplicate_groups(self.root, walk.files)) if self.dedupe else []
             gone = {entry.relative for entry in dropped}
             skipped = sorted([*walk.skipped, *dropped], key=lambda e: e.relative)
-            self._listing = FolderListing([f for f in names if f not in gone], self._classes(names), skipped, groups)
+            self._listing = FolderListing([f for f in names if f not in gone], self._classes(names), skipped)
         return self._listing
 
     def _classes(self, names: list[str]) -> list[str] | None:
@@ -192,9 +196,6 @@ class FolderSource(ImageSource):
 
     def skipped(self) -> list[Skipped]:
         return self._list().skipped
-
-    def duplicates(self) -> list[list[str]]:
-        return self._list().duplicates
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_listing": None}  # workers get their items with each task

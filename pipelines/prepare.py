@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=["train", "test"], help="cifar10 / fashion-mnist split (default train)")
     parser.add_argument("--unlabeled", action="store_true", help="folder: ignore class subfolders")
     parser.add_argument(
-        "--dedupe", action="store_true", help="folder: of files with identical content keep only the first (by path)"
+        "--dedupe",
+        action="store_true",
+        help="folder: keep only the first (by path) of files with identical content (read on the driver)",
     )
     parser.add_argument("--shard-rows", type=int, help="rows per Parquet shard (default: about 64 MiB, at most 2048)")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous preparation in OUT and start over")

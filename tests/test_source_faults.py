@@ -71,9 +71,8 @@ def test_duplicate_content_is_reported_and_dedupe_keeps_the_first(tmp_path):
     (tmp_path / "a.png").write_bytes((tmp_path / "c.png").read_bytes())
     (tmp_path / "e.png").write_bytes((tmp_path / "c.png").read_bytes())
     os.symlink("b.png", tmp_path / "link.png")  # the same file under a second name
-    groups = [["a.png", "c.png", "e.png"], ["b.png", "link.png"]]
     plain = FolderSource(str(tmp_path))
-    assert len(plain.items()) == 6 and plain.duplicates() == groups and plain.skipped() == []
+    assert len(plain.items()) == 6 and plain.skipped() == []
     deduped = FolderSource(str(tmp_path), dedupe=True)
     assert [item.id for item in deduped.items()] == ["a.png", "b.png", "d.png"]
     assert reasons(deduped.skipped()) == {"c.png": "duplicate", "e.png": "duplicate", "link.png": "duplicate"}
@@ -95,6 +94,7 @@ def test_prepare_reports_every_skip_and_ignores_its_output_inside_the_source(ray
     root = tmp_path / "images"
     images = write_pngs(root, ["cats/1.png", "cats/2.png", "dogs/3.png", "dogs/4.png"])
     (root / "dogs" / "copy.png").write_bytes((root / "cats" / "1.png").read_bytes())
+    os.symlink("../dogs/3.png", root / "cats" / "alias.png")  # the same file under a second name
     os.symlink("..", root / "dogs" / "up")
     os.symlink("self", root / "cats" / "self")
     (root / "cats" / ".DS_Store").write_bytes(b"finder")
@@ -105,8 +105,8 @@ def test_prepare_reports_every_skip_and_ignores_its_output_inside_the_source(ray
     expected_skips = {"cats/.DS_Store": "hidden", "cats/self": "symlink loop", "dogs/up": "symlink loop"}
     assert {s["path"]: s["reason"] for s in first["skipped"]} == expected_skips
     assert first["skipped_by_reason"] == {"hidden": 1, "symlink loop": 2}
-    assert first["duplicates"] == [["cats/1.png", "dogs/copy.png"]]
-    assert sorted(read_rows(output)) == sorted([*images, "dogs/copy.png"])
+    assert first["duplicates"] == [["cats/1.png", "dogs/copy.png"], ["cats/alias.png", "dogs/3.png"]]
+    assert sorted(read_rows(output)) == sorted([*images, "dogs/copy.png", "cats/alias.png"])
     # The re-run finds its own output inside the source folder: skipped, not "the source changed".
     assert main([*argv, "--shard-rows", "2", "--no-progress"]) == 0
     again = json.loads((output / "report.json").read_text())
@@ -114,8 +114,9 @@ def test_prepare_reports_every_skip_and_ignores_its_output_inside_the_source(ray
     assert again["images"] == first["images"] and again["this_run"]["images"] == 0
     assert main([*argv, "--shard-rows", "2", "--no-progress", "--dedupe", "--overwrite"]) == 0
     deduped = json.loads((output / "report.json").read_text())
-    assert sorted(read_rows(output)) == sorted(images)
-    assert {s["path"]: s["reason"] for s in deduped["skipped"]}["dogs/copy.png"] == "duplicate"
+    assert sorted(read_rows(output)) == sorted({*images, "cats/alias.png"} - {"dogs/3.png"})  # the first by path
+    dropped = {s["path"] for s in deduped["skipped"] if s["reason"] == "duplicate"}
+    assert dropped == {"dogs/copy.png", "dogs/3.png"} and deduped["duplicates"] == []
     assert deduped["images"]["written"] == len(images)
 
 
