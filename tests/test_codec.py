@@ -74,8 +74,12 @@ def test_luma_round_trips_exactly_with_all_frequencies(block):
     tokens[:, :, 4:] = 0.0  # grey chroma: only the Y plane matters
     grey = codec.decode(tokens.reshape(2, codec.num_tokens, -1)).numpy().astype(np.float64)
     luma = ref.rgb_to_ycbcr(images)[..., 0]
-    # With Cb = Cr = 128 the decoder outputs R = G = B = Y, rounded: the Y plane itself.
-    np.testing.assert_array_equal(grey[..., 0], np.clip(np.round(luma), 0, 255))
+    # With Cb = Cr = 128 the decoder outputs R = G = B = Y, rounded: the Y plane itself; where Y is a
+    # tie (x.5, ~1 pixel in 1000) float rounding of either computation picks the level.
+    expected = np.clip(np.round(luma), 0, 255)
+    tie = np.abs(luma - np.floor(luma) - 0.5) < 1e-9
+    np.testing.assert_array_equal(grey[..., 0][~tie], expected[~tie])
+    assert np.abs(grey[..., 0] - expected)[tie].max(initial=0) <= 1
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
 
 

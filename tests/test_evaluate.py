@@ -18,6 +18,7 @@ from dctdiff.core.image_metrics import mse, psnr_from_mse
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.evaluation.reconstruction import ReconstructionRow, choose_keep, reconstruction_analysis, reconstructions
 from dctdiff.data.sources import FASHION_MNIST_DIR
+from tests.image_checks import assert_equal_up_to_rounding
 from tests.prepared import write_prepared
 
 
@@ -94,7 +95,8 @@ def test_prepared_set_decodes_the_stored_coefficients(tmp_path):
     assert isinstance(image_set, PreparedImages) and (image_set.count, image_set.size) == (5, (16, 16))
     codec = DCTCodec(16, 2, 4)
     stored = codec.analyze(images).numpy().astype(np.float16).astype(np.float32)  # shards hold float16
-    np.testing.assert_array_equal(image_set.load(), codec.decode(codec.tokens_from_coefficients(stored)).numpy())
+    # Decoded per shard here, in one batch there: float rounding near .5 depends on the batch shape.
+    assert_equal_up_to_rounding(image_set.load(), codec.decode(codec.tokens_from_coefficients(stored)).numpy())
     assert open_image_set(str(tmp_path / "prep"), limit=4).count == 4
 
 
@@ -118,8 +120,7 @@ def test_reconstructions_equal_decode_of_encode():
     images = photo_crops(3, 16, seed=4)
     for keep, rebuilt in reconstructions(images, block_size=2).items():
         codec = DCTCodec(16, 2, keep, eta=3.0, dtype=torch.float64)  # eta cancels out
-        difference = np.abs(rebuilt.astype(int) - codec.decode(codec.encode(images)).numpy())
-        assert difference.max() <= 1 and (difference == 0).mean() > 0.995  # float32 rounding only
+        assert_equal_up_to_rounding(rebuilt, codec.decode(codec.encode(images)).numpy())  # float32 rounding only
 
 
 def test_choose_keep_is_the_smallest_under_gamma():

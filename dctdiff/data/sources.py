@@ -10,25 +10,32 @@ bytes per item, or the reason the item cannot be read). Sources:
 - ``photos``            deterministic crops of the photos bundled with scikit-image / scikit-learn
 - ``parquet:PATH``      Hugging Face datasets layout: ``image`` struct with ``bytes``, optional ``label``
 
-PATH may be a local path or any URI pyarrow understands (dctdiff.infra.storage).
+PATH may be a local path or any URI pyarrow understands (dctdiff.infra.storage). Every good record is kept:
+what a listing leaves out (links that loop or dangle, hidden files, the run's output folder, a file's
+truncated tail, ``dedupe``'d copies) is returned by :meth:`ImageSource.skipped` with the reason, for
+report.json.
 """
 
 from __future__ import annotations
 
-import gzip
+import hashlib
 import json
 import posixpath
 import tarfile
+import zlib
 from abc import ABC, abstractmethod
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Iterator, Union
+from typing import Any, Iterable, Iterator, Union
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dctdiff.infra import storage
 from dctdiff.data.image_decoding import ImageRejected
+from dctdiff.infra.storage import FileEntry, Skipped
 
 SOURCE_FORMS = "folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
@@ -39,6 +46,10 @@ FASHION_MNIST_CLASSES = (
 CIFAR10_RECORD = 1 + 32 * 32 * 3  # label byte, then the R, G and B planes row-major
 CIFAR10_SPLITS = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
 DEFAULT_PHOTOS = 1000
+IDX_IMAGE_BYTES = 28 * 28
+GZIP_CHUNK = 2**20
+DIGEST_BYTES = 16  # of sha256: what identifies identical content
+MISSING_RECORD = ImageRejected("unreadable", "record missing: the file is shorter than when it was listed")
 
 Payload = Union[bytes, np.ndarray, ImageRejected]
 
@@ -77,9 +88,65 @@ class ImageSource(ABC):
         """Names of labels 0..K-1 (written to labels.json), or None for unlabeled data."""
         return None
 
+    def skipped(self) -> list[Skipped]:
+        """What the listing left out and why (links, hidden files, truncated tails...), for report.json."""
+        return []
+
 
 def _unreadable(error: Exception) -> ImageRejected:
     return ImageRejected("unreadable", f"{type(error).__name__}: {error}")
+
+
+def _complete_records(data: bytes, record: int) -> np.ndarray:
+    """The whole records of ``record`` bytes at the start of ``data`` as uint8 [n, record]."""
+    whole = len(data) // record
+    return np.frombuffer(data, np.uint8, count=whole * record).reshape(whole, record)
+
+
+def _truncated(name: str, promised: int, present: int, partial: int, unit: str) -> list[Skipped]:
+    """A report entry for a file with fewer whole records than its header promises or a partial last
+    record (the whole records are kept); none for an intact file."""
+    if present >= promised and not partial:
+        return []
+    detail = f"{present} complete {unit}" + (f" of {promised} the header promises" if present < promised else "")
+    return [Skipped(name, "truncated", detail + (f", then {partial} bytes of a partial record" if partial else ""))]
+
+
+def content_digest(payload: bytes | np.ndarray) -> bytes:
+    """What identifies a payload's content: the first DIGEST_BYTES of the sha256 of its bytes (encoded
+    file or pixel array; the shape counts for arrays)."""
+    if isinstance(payload, np.ndarray):
+        payload = np.ascontiguousarray(payload).tobytes() + str(payload.shape).encode()
+    return hashlib.sha256(payload).digest()[:DIGEST_BYTES]
+
+
+def _duplicate_groups(root: str, files: list[FileEntry]) -> list[list[str]]:
+    """Files with identical content (:func:`content_digest`; only files sharing a non-zero size are
+    read), each group sorted, the groups sorted."""
+    by_size: dict[int, list[str]] = defaultdict(list)
+    for entry in files:
+        if entry.size:
+            by_size[entry.size].append(entry.relative)
+    candidates = [name for names in by_size.values() if len(names) > 1 for name in names]
+    by_digest: dict[bytes, list[str]] = defaultdict(list)
+    for name, data in zip(candidates, storage.read_many(root, candidates)):
+        if isinstance(data, bytes):  # an unreadable file is rejected by the job
+            by_digest[content_digest(data)].append(name)
+    return sorted(sorted(names) for names in by_digest.values() if len(names) > 1)
+
+
+def _dropped_duplicates(groups: list[list[str]]) -> list[Skipped]:
+    """What ``dedupe`` leaves out: every file of a group of identical ones but the first."""
+    return [Skipped(name, "duplicate", f"same content as {group[0]}") for group in groups for name in group[1:]]
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """A folder source's listing: files (after dedupe), class names and skipped entries."""
+
+    files: list[str]
+    classes: list[str] | None
+    skipped: list[Skipped]
 
 
 class FolderSource(ImageSource):
@@ -87,33 +154,48 @@ class FolderSource(ImageSource):
 
     Labels: when no image file sits directly in ``root``, the sorted first-level subfolder names are
     the classes (ImageNet's train/<wnid>/ layout); ``unlabeled`` turns this off (e.g. FFHQ's
-    numbered chunk folders). Files that do not decode are rejected by the job, not skipped.
+    numbered chunk folders). Files that do not decode are rejected by the job, not skipped. Each real
+    folder is listed once (links that loop are skipped); folders in ``exclude`` (the run's output) are
+    not read; ``dedupe`` reads the files that share a size and keeps the first of each identical group.
     """
 
-    def __init__(self, root: str, unlabeled: bool = False) -> None:
+    def __init__(self, root: str, unlabeled: bool = False, dedupe: bool = False, exclude: Iterable[str] = ()) -> None:
         if not storage.is_dir(root):
             raise ValueError(f"source folder {root} does not exist (folder:PATH needs a folder of images)")
         self.root = storage.normalize(root)
         self.spec = f"folder:{self.root}"
         self.unlabeled = unlabeled
-        self._listing: tuple[list[str], list[str] | None] | None = None
+        self.dedupe = dedupe
+        self.exclude = tuple(exclude)
+        self._listing: FolderListing | None = None
 
-    def _list(self) -> tuple[list[str], list[str] | None]:
-        """(files, class names or None), listed once: the driver asks for both."""
+    def _list(self) -> FolderListing:
+        """The listing, made once: the driver asks for items, classes and skips."""
         if self._listing is None:
-            files = [entry.relative for entry in storage.list_files(self.root)]
-            top_level_images = any("/" not in f and f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
-            folders = sorted({f.split("/", 1)[0] for f in files if "/" in f})
-            self._listing = files, None if self.unlabeled or top_level_images or not folders else folders
+            walk = storage.walk_files(self.root, exclude=self.exclude)
+            names = [entry.relative for entry in walk.files]
+            dropped = _dropped_duplicates(_duplicate_groups(self.root, walk.files)) if self.dedupe else []
+            gone = {entry.relative for entry in dropped}
+            skipped = sorted([*walk.skipped, *dropped], key=lambda e: e.relative)
+            self._listing = FolderListing([f for f in names if f not in gone], self._classes(names), skipped)
         return self._listing
 
+    def _classes(self, names: list[str]) -> list[str] | None:
+        """The first-level folder names, unless an image sits in the root or ``unlabeled`` is set."""
+        top_level_images = any("/" not in f and f.lower().endswith(IMAGE_EXTENSIONS) for f in names)
+        folders = sorted({f.split("/", 1)[0] for f in names if "/" in f})
+        return None if self.unlabeled or top_level_images or not folders else folders
+
     def items(self) -> list[Item]:
-        files, classes = self._list()
-        index = {name: i for i, name in enumerate(classes or [])}
-        return [Item(f, index.get(f.split("/", 1)[0], -1) if "/" in f else -1) for f in files]
+        listing = self._list()
+        index = {name: i for i, name in enumerate(listing.classes or [])}
+        return [Item(f, index.get(f.split("/", 1)[0], -1) if "/" in f else -1) for f in listing.files]
 
     def class_names(self) -> list[str] | None:
-        return self._list()[1]
+        return self._list().classes
+
+    def skipped(self) -> list[Skipped]:
+        return self._list().skipped
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_listing": None}  # workers get their items with each task
@@ -140,6 +222,7 @@ class Cifar10Source(ImageSource):
         self.split = split
         self.spec = f"cifar10:{self.path}"
         self.archive = not storage.is_dir(self.path)
+        self._skipped: list[Skipped] = []
         self._members, self._classes = self._inventory()
 
     def _folder(self) -> str:
@@ -173,10 +256,9 @@ class Cifar10Source(ImageSource):
                 f"no CIFAR-10 {self.split} batches ({', '.join(CIFAR10_SPLITS[self.split])}) in {self.path}: "
                 "give the binary version (cifar-10-binary.tar.gz), not the Python pickles"
             )
-        for name, size in sizes.items():
-            if size % CIFAR10_RECORD:
-                raise ValueError(f"{name} in {self.path} is {size} bytes, not a multiple of {CIFAR10_RECORD}")
         ordered = {name: sizes[name] // CIFAR10_RECORD for name in CIFAR10_SPLITS[self.split] if name in sizes}
+        for name, count in ordered.items():  # a partial record at the end is dropped, the rest kept
+            self._skipped += _truncated(name, count, count, sizes[name] % CIFAR10_RECORD, "records")
         return ordered, classes
 
     def items(self) -> list[Item]:
@@ -188,6 +270,9 @@ class Cifar10Source(ImageSource):
 
     def class_names(self) -> list[str] | None:
         return self._classes
+
+    def skipped(self) -> list[Skipped]:
+        return self._skipped
 
     def _read_records(self, member: str, first: int, count: int) -> bytes:
         start, length = first * CIFAR10_RECORD, count * CIFAR10_RECORD
@@ -209,17 +294,59 @@ class Cifar10Source(ImageSource):
         for member, group in groupby(items, key=lambda item: item.ref[0]):
             group = list(group)
             first = group[0].ref[1]
-            records = self._read_records(member, first, group[-1].ref[1] - first + 1)
-            records = np.frombuffer(records, np.uint8).reshape(-1, CIFAR10_RECORD)
+            records = _complete_records(self._read_records(member, first, group[-1].ref[1] - first + 1), CIFAR10_RECORD)
             for item in group:
-                record = records[item.ref[1] - first]
-                pixels = record[1:].reshape(3, 32, 32).transpose(1, 2, 0)  # planes -> [32, 32, RGB]
-                yield Loaded(item.id, int(record[0]), pixels)
+                k = item.ref[1] - first
+                if k >= len(records):
+                    yield Loaded(item.id, -1, MISSING_RECORD)
+                    continue
+                pixels = records[k, 1:].reshape(3, 32, 32).transpose(1, 2, 0)  # planes -> [32, 32, RGB]
+                yield Loaded(item.id, int(records[k, 0]), pixels)
+
+
+def _gunzip(handle: Any) -> Iterator[bytes]:
+    """The decompressed content of a gzip stream in chunks (members concatenated); a cut or damaged
+    stream ends with the data before the damage instead of raising."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while chunk := handle.read(GZIP_CHUNK):
+        while chunk:
+            try:
+                yield decompressor.decompress(chunk)
+            except zlib.error:
+                return
+            if not decompressor.eof:
+                break
+            chunk, decompressor = decompressor.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
+def _read_content(uri: str, start: int, length: int) -> bytes:
+    """Up to ``length`` bytes from offset ``start`` of a file's content (``.gz`` decompressed)."""
+    with storage.open_input(uri) as handle:
+        if not uri.endswith(".gz"):
+            handle.seek(start)
+            return handle.read(length)
+        out, position = bytearray(), 0
+        for chunk in _gunzip(handle):
+            if position + len(chunk) > start:
+                out += chunk[max(start - position, 0) : max(start - position, 0) + length - len(out)]
+            position += len(chunk)
+            if len(out) >= length:
+                break
+        return bytes(out)
+
+
+def _content_size(uri: str) -> int:
+    """Bytes of a file's content (``.gz``: decompressed, as far as the stream is intact)."""
+    if not uri.endswith(".gz"):
+        return storage.file_size(uri)
+    with storage.open_input(uri) as handle:
+        return sum(len(chunk) for chunk in _gunzip(handle))
 
 
 class FashionMnistSource(ImageSource):
     """Fashion-MNIST IDX files (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``); each 28 x 28 grey
-    image is zero-padded to 32 x 32 and copied to R, G and B. Ids: ``train/00042``."""
+    image is zero-padded to 32 x 32 and copied to R, G and B. Ids: ``train/00042``. A file holding
+    fewer records than its header says gives its complete records (with labels) and a report entry."""
 
     def __init__(self, folder: str | None, split: str) -> None:
         prefixes = {"train": "train", "test": "t10k"}
@@ -231,10 +358,10 @@ class FashionMnistSource(ImageSource):
         prefix = prefixes[split]
         self.images_uri = self._find(f"{prefix}-images-idx3-ubyte")
         self.labels_uri = self._find(f"{prefix}-labels-idx1-ubyte")
-        header = np.frombuffer(self._read(self.images_uri, 0, 16), ">u4")
-        if header[0] != 2051 or tuple(header[2:]) != (28, 28):
-            raise ValueError(f"{self.images_uri} is not an IDX file of 28x28 images (header {header.tolist()})")
-        self.count = int(header[1])
+        images, self._skipped = self._records(self.images_uri, 2051, (28, 28), "images")
+        labels, label_skips = self._records(self.labels_uri, 2049, (), "labels")
+        self._skipped += label_skips
+        self.count = min(images, labels)
 
     def _find(self, name: str) -> str:
         for candidate in (name + ".gz", name):
@@ -245,11 +372,17 @@ class FashionMnistSource(ImageSource):
         raise ValueError(f"no {name}[.gz] in {self.folder}{hint}: give fashion-mnist:PATH to the IDX files")
 
     @staticmethod
-    def _read(uri: str, start: int, length: int) -> bytes:
-        with storage.open_input(uri) as handle:
-            stream = gzip.GzipFile(fileobj=handle) if uri.endswith(".gz") else handle
-            stream.seek(start)
-            return stream.read(length)
+    def _records(uri: str, magic: int, shape: tuple[int, ...], unit: str) -> tuple[int, list[Skipped]]:
+        """How many whole records the IDX file holds (at most its header count), and a truncation entry."""
+        size = 8 + 4 * len(shape)
+        header = np.frombuffer(_read_content(uri, 0, size).ljust(size, b"\0"), ">u4")
+        if header[0] != magic or tuple(header[2:]) != shape:
+            raise ValueError(f"{uri} is not an IDX file of {unit} {shape} (header {header.tolist()})")
+        record = int(np.prod(shape))
+        data = _content_size(uri) - size
+        present = min(int(header[1]), data // record)
+        partial = data - present * record if present < header[1] else 0
+        return present, _truncated(posixpath.basename(uri), int(header[1]), present, partial, unit)
 
     def items(self) -> list[Item]:
         return [Item(f"{self.split}/{i:05d}", i) for i in range(self.count)]
@@ -257,14 +390,21 @@ class FashionMnistSource(ImageSource):
     def class_names(self) -> list[str] | None:
         return list(FASHION_MNIST_CLASSES)
 
+    def skipped(self) -> list[Skipped]:
+        return self._skipped
+
     def load(self, items: list[Item]) -> Iterator[Loaded]:
         first, count = items[0].ref, len(items)
-        pixels = np.frombuffer(self._read(self.images_uri, 16 + 784 * first, 784 * count), np.uint8)
-        labels = np.frombuffer(self._read(self.labels_uri, 8 + first, count), np.uint8)
-        padded = np.pad(pixels.reshape(count, 28, 28), ((0, 0), (2, 2), (2, 2)))  # [n, 32, 32]
+        data = _read_content(self.images_uri, 16 + IDX_IMAGE_BYTES * first, IDX_IMAGE_BYTES * count)
+        pixels = _complete_records(data, IDX_IMAGE_BYTES)
+        labels = _complete_records(_read_content(self.labels_uri, 8 + first, count), 1)[:, 0]
+        padded = np.pad(pixels.reshape(-1, 28, 28), ((0, 0), (2, 2), (2, 2)))  # [n, 32, 32]
         for item in items:
             k = item.ref - first
-            yield Loaded(item.id, int(labels[k]), np.repeat(padded[k][..., None], 3, axis=-1))
+            if k >= min(len(padded), len(labels)):
+                yield Loaded(item.id, -1, MISSING_RECORD)
+            else:
+                yield Loaded(item.id, int(labels[k]), np.repeat(padded[k][..., None], 3, axis=-1))
 
 
 class PhotosSource(ImageSource):
@@ -290,20 +430,28 @@ class PhotosSource(ImageSource):
 class ParquetSource(ImageSource):
     """Parquet files as Hugging Face datasets exports them: an ``image`` struct column with ``bytes``
     (encoded PNG/JPEG...) and optionally an integer ``label``. ``path`` is one file or a folder
-    (searched recursively). Ids: ``<file>/<row>``; class names from the ClassLabel feature."""
+    (searched recursively; folders in ``exclude`` left out). Ids: ``<file>/<row>``; class names from the
+    ClassLabel feature. A file whose footer cannot be read is skipped with a report entry."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, exclude: Iterable[str] = ()) -> None:
         if not storage.exists(path):
             raise ValueError(f"parquet source {path} does not exist")
         self.path = storage.normalize(path)
         self.spec = f"parquet:{self.path}"
+        self._skipped: list[Skipped] = []
         if storage.is_dir(self.path):
-            self.files = [e.relative for e in storage.list_files(self.path) if e.relative.endswith(".parquet")]
-            if not self.files:
+            walk = storage.walk_files(self.path, exclude=exclude)
+            self._skipped = walk.skipped
+            files = [e.relative for e in walk.files if e.relative.endswith(".parquet")]
+            if not files:
                 raise ValueError(f"no .parquet files under {self.path}")
         else:
-            self.files = [""]
-        schema = self._parquet(self.files[0]).schema_arrow
+            files = [""]
+        self.rows = self._row_counts(files)
+        if not self.rows:
+            reasons = "; ".join(f"{e.relative}: {e.detail}" for e in self._skipped if e.reason == "unreadable")
+            raise ValueError(f"no readable .parquet file in {self.path}: {reasons}")
+        schema = self._parquet(next(iter(self.rows))).schema_arrow
         image = schema.field("image").type if "image" in schema.names else None
         if image is None or not hasattr(image, "get_field_index") or image.get_field_index("bytes") < 0:
             raise ValueError(
@@ -320,6 +468,17 @@ class ParquetSource(ImageSource):
         fs, path = storage.resolve(self._uri(relative))
         return pq.ParquetFile(fs.open_input_file(path))
 
+    def _row_counts(self, files: list[str]) -> dict[str, int]:
+        """Rows of each readable file; an unreadable one (damaged footer...) is recorded as skipped."""
+        rows = {}
+        for relative in files:
+            try:
+                rows[relative] = self._parquet(relative).metadata.num_rows
+            except (OSError, pa.ArrowException) as error:
+                name = relative or posixpath.basename(self.path)
+                self._skipped.append(Skipped(name, "unreadable", f"{type(error).__name__}: {error}"))
+        return rows
+
     @staticmethod
     def _hf_class_names(metadata: dict[bytes, bytes]) -> list[str] | None:
         try:
@@ -330,14 +489,16 @@ class ParquetSource(ImageSource):
 
     def items(self) -> list[Item]:
         items = []
-        for relative in self.files:
-            rows = self._parquet(relative).metadata.num_rows
+        for relative, rows in self.rows.items():
             name = relative or posixpath.basename(self.path)
             items.extend(Item(f"{name}/{row:06d}", [relative, row]) for row in range(rows))
         return items
 
     def class_names(self) -> list[str] | None:
         return self._classes
+
+    def skipped(self) -> list[Skipped]:
+        return sorted(self._skipped, key=lambda e: e.relative)
 
     def load(self, items: list[Item]) -> Iterator[Loaded]:
         columns = ["image", "label"] if self.has_label else ["image"]
@@ -370,17 +531,21 @@ def open_source(
     seed: int = 0,
     limit: int | None = None,
     unlabeled: bool = False,
+    dedupe: bool = False,
+    exclude: Iterable[str] = (),
 ) -> ImageSource:
-    """Parse ``--source`` (see module docstring) and open it; bad specs raise ValueError saying what to give."""
+    """Parse ``--source`` (see module docstring) and open it; bad specs raise ValueError saying what to give.
+    ``exclude``: folders a folder or parquet source does not read (the run's own output)."""
     kind, _, path = text.partition(":")
     if split is not None and kind not in ("cifar10", "fashion-mnist"):
         raise ValueError(f"--split applies to cifar10 and fashion-mnist only, not to {kind!r} sources")
-    if unlabeled and kind != "folder":
-        raise ValueError(f"--unlabeled applies to folder sources only, not to {kind!r}")
+    for flag, given in (("--unlabeled", unlabeled), ("--dedupe", dedupe)):
+        if given and kind != "folder":
+            raise ValueError(f"{flag} applies to folder sources only, not to {kind!r}")
     if kind in ("folder", "cifar10", "parquet") and not path:
         raise ValueError(f"--source {kind}: needs a path, e.g. {kind}:/data/{kind}")
     if kind == "folder":
-        return FolderSource(path, unlabeled=unlabeled)
+        return FolderSource(path, unlabeled=unlabeled, dedupe=dedupe, exclude=exclude)
     if kind == "cifar10":
         return Cifar10Source(path, split or "train")
     if kind == "fashion-mnist":
@@ -388,5 +553,5 @@ def open_source(
     if kind == "photos" and not path:
         return PhotosSource(DEFAULT_PHOTOS if limit is None else limit, resolution, seed)
     if kind == "parquet":
-        return ParquetSource(path)
+        return ParquetSource(path, exclude=exclude)
     raise ValueError(f"unknown --source {text!r}: use {SOURCE_FORMS}")

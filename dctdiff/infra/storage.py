@@ -9,9 +9,12 @@ when it completes, so it is written in place. Temporary files are named ``.NAME.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import posixpath
+import stat
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import pyarrow.fs as pafs
 
 TEMPORARY_SUFFIX = ".tmp"
+logger = logging.getLogger(__name__)
 
 
 def _has_scheme(uri: str) -> bool:
@@ -85,21 +89,126 @@ class FileEntry:
     mtime: float  # seconds since the epoch
 
 
-def list_files(uri: str, recursive: bool = True) -> list[FileEntry]:
-    """Files under the folder ``uri``, sorted by relative path; hidden files and folders are skipped."""
+@dataclass(frozen=True)
+class Skipped:
+    """An entry a listing left out (``relative`` to the listed folder) and why: ``reason`` is a short
+    kind (hidden, symlink loop, dangling link, already listed, unreadable, output folder...)."""
+
+    relative: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What :func:`walk_files` found: the files (sorted by relative path) and the entries it skipped."""
+
+    files: list[FileEntry]
+    skipped: list[Skipped]
+
+
+def walk_files(uri: str, recursive: bool = True, exclude: Iterable[str] = ()) -> Listing:
+    """Files under the folder ``uri`` and everything skipped, with the reason: hidden entries, folders in
+    ``exclude`` (paths or URIs), and, on local disks, links that loop or dangle and folders already
+    listed under another name (each real folder is listed once, symlinks followed)."""
     fs, root = resolve(uri)
-    info = fs.get_file_info(root)
-    if info.type != pafs.FileType.Directory:
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{uri} is not a folder")
+    if isinstance(fs, pafs.LocalFileSystem):
+        listing = _walk_local(root, recursive, [resolve(e)[1] for e in exclude])
+    else:
+        listing = _walk_remote(fs, root, recursive, [resolve(e)[1].rstrip("/") for e in exclude])
+    listing.files.sort(key=lambda e: e.relative)
+    listing.skipped.sort(key=lambda e: e.relative)
+    return listing
+
+
+def list_files(uri: str, recursive: bool = True) -> list[FileEntry]:
+    """Files under the folder ``uri``, sorted by relative path (:func:`walk_files`); skipped entries
+    other than hidden ones are logged."""
+    listing = walk_files(uri, recursive)
+    for entry in listing.skipped:
+        if entry.reason != "hidden":
+            logger.warning("skipped %s in %s: %s (%s)", entry.relative, uri, entry.reason, entry.detail)
+    return listing.files
+
+
+def _folder_id(path: str) -> tuple[int, int]:
+    """(device, inode) of a folder: the same for every name (or link) it is reached by."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _walk_local(root: str, recursive: bool, exclude: list[str]) -> Listing:
+    """Depth-first walk in sorted order that follows symlinks and enters each real folder once."""
+    files: list[FileEntry] = []
+    skipped: list[Skipped] = []
+    excluded = {_folder_id(path) for path in exclude if os.path.isdir(path)}
+    listed: dict[tuple[int, int], str] = {_folder_id(root): "."}
+
+    def visit(path: str, relative: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as error:
+            skipped.append(Skipped(relative, "unreadable", f"{type(error).__name__}: {error}"))
+            return
+        for entry in entries:
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            if entry.name.startswith("."):
+                skipped.append(Skipped(name, "hidden"))
+                continue
+            try:
+                info = os.stat(entry.path)  # follows links
+            except OSError as error:
+                skipped.append(_unstatable(name, entry, error))
+                continue
+            if stat.S_ISREG(info.st_mode):
+                files.append(FileEntry(name, info.st_size, info.st_mtime))
+            elif not stat.S_ISDIR(info.st_mode):
+                skipped.append(Skipped(name, "not a file", f"mode {stat.filemode(info.st_mode)}"))
+            elif recursive:
+                identity = (info.st_dev, info.st_ino)
+                if identity in excluded:
+                    skipped.append(Skipped(name, "output folder", "the output of this run is not read as input"))
+                elif identity in ancestors:
+                    skipped.append(Skipped(name, "symlink loop", f"leads back to {listed[identity]}"))
+                elif identity in listed:
+                    skipped.append(Skipped(name, "already listed", f"the same folder as {listed[identity]}"))
+                else:
+                    listed[identity] = name
+                    visit(entry.path, name, ancestors | {identity})
+
+    visit(root, "", frozenset(listed))
+    return Listing(files, skipped)
+
+
+def _unstatable(name: str, entry: os.DirEntry, error: OSError) -> Skipped:
+    """Why an entry that ``os.stat`` refuses was skipped: a link that loops or dangles, else unreadable."""
+    if not entry.is_symlink():
+        return Skipped(name, "unreadable", f"{type(error).__name__}: {error}")
+    reason = "symlink loop" if error.errno == errno.ELOOP else "dangling link"
+    return Skipped(name, reason, f"-> {os.readlink(entry.path)}")
+
+
+def _walk_remote(fs: pafs.FileSystem, root: str, recursive: bool, exclude: list[str]) -> Listing:
+    """Object stores have no links: one recursive listing, hidden and excluded prefixes left out."""
     skip = len(root.rstrip("/")) + 1  # selector results are root + "/" + relative path
-    entries = []
+    files: list[FileEntry] = []
+    skipped: dict[str, Skipped] = {}
     for item in fs.get_file_info(pafs.FileSelector(root, recursive=recursive)):
-        if item.type == pafs.FileType.File:
-            relative = item.path[skip:]
-            if not relative.startswith(".") and "/." not in relative:
-                entries.append(FileEntry(relative, item.size, item.mtime.timestamp() if item.mtime else 0.0))
-    entries.sort(key=lambda e: e.relative)
-    return entries
+        relative = item.path[skip:]
+        parts = relative.split("/")
+        hidden = next((k for k, part in enumerate(parts) if part.startswith(".")), None)
+        outside = next((p for p in exclude if item.path == p or item.path.startswith(p + "/")), None)
+        if outside is not None:
+            name = outside[skip:]
+            skipped[name] = Skipped(name, "output folder", "the output of this run is not read as input")
+        elif hidden is not None:
+            name = "/".join(parts[: hidden + 1])
+            skipped[name] = Skipped(name, "hidden")
+        elif item.type == pafs.FileType.File:
+            files.append(FileEntry(relative, item.size, item.mtime.timestamp() if item.mtime else 0.0))
+    return Listing(files, list(skipped.values()))
 
 
 def file_size(uri: str) -> int:
