@@ -169,3 +169,12 @@ def test_sweep_command_line_refuses_a_bad_name_and_zero_workers(tmp_path, capsys
         main(["--study", "lr", "--data", "d", "--workers", "0"])
     assert "argument --workers: must be >= 1, got 0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_config_with_the_old_schedule_section_names_the_new_key():
+    saved = build_config("demo").to_dict()
+    saved["schedule"] = saved.pop("cadence")
+    with pytest.raises(ConfigError, match="'schedule' was renamed to 'cadence'"):
+        config_from_dict(saved)
+    with pytest.raises(ConfigError, match="renamed to 'cadence'"):
+        build_config("demo", overrides=["schedule.max_steps=3"])

@@ -112,3 +112,38 @@ def test_pixel_space_and_ebfr_switches():
     assert plain.loss_fn.weights is None
     weighted = make_trainer()
     assert weighted.loss_fn.weights.shape == (24,)
+
+
+def _ranks_agree_worker(rank: int, store_path: str, perturb: bool, results) -> None:
+    import torch.distributed as dist
+
+    from dctdiff.training.worker_loop import check_ranks_agree
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    if perturb and rank == 1:
+        with torch.no_grad():
+            model.bias[0] += 1e-6
+    try:
+        check_ranks_agree(model, 2)
+        results[rank] = "agree"
+    except RuntimeError as error:
+        results[rank] = str(error)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("perturb", [False, True])
+def test_the_end_of_training_check_finds_ranks_with_different_weights(tmp_path, perturb):
+    """Two gloo ranks with the same weights pass; one weight off by 1e-6 on one rank fails on both."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ranks_agree_worker, args=(str(tmp_path / "store"), perturb, results), nprocs=2)
+        outcome = dict(results)
+    if perturb:
+        assert all("different weights" in outcome[r] for r in (0, 1))
+    else:
+        assert outcome == {0: "agree", 1: "agree"}
