@@ -19,13 +19,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) pipelines/demo.py
+	$(PY) -m dctdiff demo
 
 test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) benchmarks/codec.py
+	$(PY) -m benchmarks.codec
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,6 +1,6 @@
 """Codec throughput: the vectorised DCTCodec against the plain per-block reference, in one run.
 
-    python benchmarks/codec.py [--device cuda] [--threads 1] [--batch 256]
+    python -m benchmarks.codec [--device cuda] [--threads 1] [--batch 256]
 
 Prints encode/decode images/s for each setting and the speed-up over the reference
 (tests/codec_reference.py: per-block scipy DCT loops, explicit colour formulas).
@@ -9,18 +9,14 @@ Prints encode/decode images/s for each setting and the speed-up over the referen
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.core.codec import DCTCodec  # noqa: E402
-from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
-from tests import codec_reference as ref  # noqa: E402
+from dctdiff.core.codec import DCTCodec
+from dctdiff.data.bundled_photos import photo_crops
+from tests import codec_reference as ref
 
 SETTINGS = [(32, 2, 4), (64, 2, 4), (256, 4, 9)]  # (resolution, block size, keep): cifar10, celeba64, ffhq256-like
 

@@ -1,6 +1,6 @@
 """FID Inception feature extraction throughput, in-process and as the Ray Data job, in one run.
 
-    python benchmarks/fid.py [--images 64] [--resolution 32] [--batch-sizes 8 32] [--device cuda] [--no-ray]
+    python -m benchmarks.fid [--images 64] [--resolution 32] [--batch-sizes 8 32] [--device cuda] [--no-ray]
 
 Prints images/s of ``extract_features`` for each batch size, and of the Ray Data job
 (``dctdiff.evaluation.feature_job.dataset_moments``: one actor per GPU, else per node; the job start-up included),
@@ -10,17 +10,14 @@ with ratios against the first in-process row.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.evaluation.fid import extract_features, load_inception  # noqa: E402
-from dctdiff.evaluation.image_sets import ArrayImages  # noqa: E402
-from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
+from dctdiff.evaluation.fid import extract_features, load_inception
+from dctdiff.evaluation.image_sets import ArrayImages
+from dctdiff.data.bundled_photos import photo_crops
 
 
 def timed(fn) -> float:

@@ -1,7 +1,7 @@
 """Training-step throughput of the same U-ViT on DCT tokens vs pixel patches, in one run.
 
-    python benchmarks/model.py                       # CPU: width 256, depth 8, 4 heads, batch 8
-    python benchmarks/model.py --device cuda         # GPU: U-ViT-S, batch 128, bf16 autocast, MFU
+    python -m benchmarks.model                       # CPU: width 256, depth 8, 4 heads, batch 8
+    python -m benchmarks.model --device cuda         # GPU: U-ViT-S, batch 128, bf16 autocast, MFU
 
 One training step = forward + backward + AdamW on the eps-prediction loss; DCT and pixel steps are
 timed interleaved and the median step time is reported, so a busy machine affects both alike. DCT: B = 2, keep = 4
@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.core.codec import DCTCodec, PixelCodec  # noqa: E402
-from dctdiff.core.loss import TokenLoss, diffusion_loss  # noqa: E402
-from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit  # noqa: E402
-from dctdiff.core.noise_schedule import VPSchedule  # noqa: E402
+from dctdiff.core.codec import DCTCodec, PixelCodec
+from dctdiff.core.loss import TokenLoss, diffusion_loss
+from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit
+from dctdiff.core.noise_schedule import VPSchedule
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; override with --peak-tflops.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}

@@ -1,6 +1,6 @@
 """Prepare throughput: the Ray Data job against a plain single-process loop and against decoding alone.
 
-    python benchmarks/prepare.py [--images 50000] [--sizes 32 64] [--shard-rows N] [--rounds 3]
+    python -m benchmarks.prepare [--images 50000] [--sizes 32 64] [--shard-rows N] [--rounds 3]
 
 For each size, a folder of PNG files (photo crops, CIFAR-like) is written once, then in the same run:
 - decode alone (the floor): read + decode to RGB of the known files, one process;
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,18 +26,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.infra.ray_cluster import init_ray, keep_ray_on_loopback  # noqa: E402
+from dctdiff.infra.ray_cluster import init_ray, keep_ray_on_loopback
 
-keep_ray_on_loopback()  # before Ray is first imported (DESIGN.md §9)
+keep_ray_on_loopback()  # before Ray is first imported (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")
 
-from dctdiff import storage  # noqa: E402
-from dctdiff.data.image_decoding import FitSpec, decode, prepare_encoded  # noqa: E402
-from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
-from dctdiff.data.preparation import PrepareConfig, analyze_images, run_prepare  # noqa: E402
-from dctdiff.data.shards import CodecParams, write_shard  # noqa: E402
-from dctdiff.data.statistics import coefficient_histogram  # noqa: E402
+from dctdiff import storage
+from dctdiff.data.image_decoding import FitSpec, decode, prepare_encoded
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.preparation import PrepareConfig, analyze_images, run_prepare
+from dctdiff.data.shards import CodecParams, write_shard
+from dctdiff.data.statistics import coefficient_histogram
 
 UNIQUE = 500  # distinct crops; the folder repeats them under different names
 

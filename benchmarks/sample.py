@@ -1,7 +1,7 @@
 """Sampling throughput: DCT vs pixel U-ViT of equal width and depth at NFE 50, and Inception feature
 extraction, in one run.
 
-    python benchmarks/sample.py [--images 16] [--nfe 50] [--embed-dim 256] [--depth 8] [--device cuda]
+    python -m benchmarks.sample [--images 16] [--nfe 50] [--embed-dim 256] [--depth 8] [--device cuda]
 
 Both models sample 32x32 images with DPM-Solver++ 2M through ``dctdiff.core.generation.generate_images``
 (DCT: B = 2, keep = 4, 64 tokens of dim 24; pixel: P = 2, 256 tokens of dim 12); the table gives
@@ -11,19 +11,16 @@ images/s and the DCT/pixel ratio, and the Inception row the rate of the FID feat
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dctdiff.core.codec import DCTCodec, PixelCodec  # noqa: E402
-from dctdiff.evaluation.fid import extract_features, load_inception  # noqa: E402
-from dctdiff.core.generation import generate_images  # noqa: E402
-from dctdiff.core.uvit import UViT  # noqa: E402
-from dctdiff.core.noise_schedule import VPSchedule  # noqa: E402
+from dctdiff.core.codec import DCTCodec, PixelCodec
+from dctdiff.evaluation.fid import extract_features, load_inception
+from dctdiff.core.generation import generate_images
+from dctdiff.core.uvit import UViT
+from dctdiff.core.noise_schedule import VPSchedule
 
 
 def images_per_second(fn, count: int, sync) -> float:

@@ -1,7 +1,7 @@
 """Ray Train overhead: images/s of pipelines/train.py (1 worker) against a bare PyTorch loop with the
 same model, data, batch and training step, in one run.
 
-    python benchmarks/train.py [--steps 200] [--batch 64] [--images 512]
+    python -m benchmarks.train [--steps 200] [--batch 64] [--images 512]
 
 Both sides run ``dctdiff.training.trainer.Trainer.train_step``; the Ray side adds Ray Data reading of the
 Parquet shards, the token conversion, DDP preparation and ``ray.train.report`` every ``--log-every``
@@ -11,21 +11,19 @@ steps. Throughput is taken after a warm-up window on both sides.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from dctdiff.training.config import build_config  # noqa: E402
-from dctdiff.data.bundled_photos import photo_crops  # noqa: E402
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model  # noqa: E402
+from dctdiff.training.config import build_config
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 from dctdiff.commands.train_command import parse_args
 from dctdiff.training.launcher import train
-from tests.prepared import write_prepared  # noqa: E402
+from tests.prepared import write_prepared
 
 
 def bare_loop(config, images, steps: int, warmup: int, threads: int) -> float:

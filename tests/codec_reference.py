@@ -1,4 +1,4 @@
-"""A plain, slow reference of the DCTdiff codec written straight from DESIGN.md §2:
+"""A plain, slow reference of the DCTdiff codec written straight from docs/ARCHITECTURE.md, "Codec":
 explicit per-pixel YCbCr formulas, per-block loops with scipy.fft.dctn, explicit bilinear upsampling.
 Used only by tests and benchmarks (as the baseline the vectorised codec is measured against)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.fft import dctn, idctn
 
-# JPEG zigzag order written out by hand (raster indices), DESIGN.md §2; B=8 is the standard JPEG table.
+# JPEG zigzag order written out by hand (raster indices), docs/ARCHITECTURE.md, "Codec"; B=8 is the standard JPEG table.
 ZIGZAG = {
     2: [0, 1, 2, 3],
     4: [0, 1, 4, 8, 5, 2, 3, 6, 9, 12, 13, 10, 7, 11, 14, 15],

@@ -6,7 +6,7 @@ import pytest
 
 from dctdiff.infra.ray_cluster import keep_ray_on_loopback
 
-# Ray reads this when it is first imported: set it before any test module imports ray (DESIGN.md §9).
+# Ray reads this when it is first imported: set it before any test module imports ray (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts").
 keep_ray_on_loopback()
 
 

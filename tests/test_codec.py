@@ -1,4 +1,4 @@
-"""The codecs against the plain per-block reference in codec_reference.py (DESIGN.md §2)."""
+"""The codecs against the plain per-block reference in codec_reference.py (docs/ARCHITECTURE.md, "Codec")."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import yaml
 
 from dctdiff.training.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
 
-# DESIGN.md §7: preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
+# docs/ARCHITECTURE.md, "Presets": preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
 PAPER = {
     "cifar10": (32, 2, 4, 64, "M", 256, 2e-4, 242.382, 4.0),
     "celeba64": (64, 2, 4, 256, "S", 256, 2e-4, 244.925, 4.0),

@@ -206,7 +206,7 @@ def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
         (["fid", str(tmp_path / "samples.npz"), str(tmp_path / "missing")], "does not exist"),
         (["fid", str(truncated), str(tmp_path / "samples.npz")], "002.png: corrupt"),
         (["fid", str(tmp_path / "samples.npz"), str(tmp_path / "samples.npz"), "--run-id", "nope"], "not a run"),
-        (["reconstruction", str(tmp_path / "samples.npz"), "--block-size", "3"], "multiple of 2 * block_size"),
+        (["reconstruction", str(tmp_path / "samples.npz"), "--block-size", "3"], "multiple of 2 x block size"),
     ]
     for argv, message in cases:
         assert main(argv + common) == 2, argv

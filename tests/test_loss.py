@@ -8,7 +8,7 @@ from dctdiff.core.loss import TokenLoss, diffusion_loss, ebfr_weights
 from dctdiff.core.noise_schedule import VPSchedule, network_time
 from dctdiff.core.token_layout import TokenLayout
 
-# DCTdiff configs/cifar10_uvit_mid_2by2.py (DESIGN.md §7); for B = 2 zigzag order == raster order.
+# DCTdiff configs/cifar10_uvit_mid_2by2.py (docs/ARCHITECTURE.md, "Presets"); for B = 2 zigzag order == raster order.
 CIFAR10_ENTROPY = {
     "Y": [6.471, 3.588, 3.767, 2.411],
     "Cb": [4.308, 1.315, 1.487, 1.0],

@@ -1,4 +1,4 @@
-"""VPSchedule against the closed forms of the linear VP schedule with SNR scaling (DESIGN.md §5)."""
+"""VPSchedule against the closed forms of the linear VP schedule with SNR scaling (docs/ARCHITECTURE.md, "Diffusion")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""dctdiff.data.statistics against direct NumPy computations over all coefficients (DESIGN.md §4)."""
+"""dctdiff.data.statistics against direct NumPy computations over all coefficients (docs/ARCHITECTURE.md, "Statistics")."""
 
 from __future__ import annotations
 

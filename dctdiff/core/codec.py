@@ -1,6 +1,6 @@
 """Image <-> token codecs: the DCTdiff block-DCT codec and the pixel-patch baseline.
 
-DCTCodec follows the paper (Ning et al. 2025, §3) and DESIGN.md §2: RGB -> YCbCr (JPEG full range),
+DCTCodec follows the paper (Ning et al. 2025, §3) and docs/ARCHITECTURE.md, "Codec": RGB -> YCbCr (JPEG full range),
 4:2:0 chroma, B x B orthonormal block DCT-II, JPEG zigzag order, keep the first ``keep`` frequencies of
 each block, divide by eta. One token covers a 2B x 2B pixel region and holds the four Y blocks and
 the Cb and Cr blocks of that region: token dim 6 * keep.
@@ -199,7 +199,7 @@ class Codec(ABC):
 
 
 class DCTCodec(Codec):
-    """The DCTdiff codec (paper §3, DESIGN.md §2).
+    """The DCTdiff codec (paper §3, docs/ARCHITECTURE.md, "Codec").
 
     Args:
         resolution: image size, an int or (height, width); each divisible by 2 * block_size.
@@ -259,7 +259,7 @@ class DCTCodec(Codec):
     @property
     def token_bound(self) -> float:
         """No token exceeds this in magnitude: |coefficient| <= 128 B (orthonormal DCT of values in
-        [-128, 128], DESIGN.md §4), divided by eta."""
+        [-128, 128], docs/ARCHITECTURE.md, "Statistics"), divided by eta."""
         return 128.0 * self.block_size / self.eta
 
     def _constant(self, name: str, value: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -409,7 +409,7 @@ def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The affine map of one 2B x 2B x 3 uint8 patch (flattened row-major, RGB last) to its six
     zigzag-ordered coefficient blocks: returns (matrix [12 B^2, 6, B^2], bias [6, B^2]).
 
-    Composed from the definitions (DESIGN.md §2): colour transform, 2x2 chroma mean, level shift,
+    Composed from the definitions (docs/ARCHITECTURE.md, "Codec"): colour transform, 2x2 chroma mean, level shift,
     block DCT-II (C = D X D^T), zigzag.
     """
     b = block_size
@@ -430,7 +430,7 @@ def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _synthesis_matrices(block_size: int, keep: int, eta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Linear maps from kept tokens to level-shifted planes (DESIGN.md §2, decoding).
+    """Linear maps from kept tokens to level-shifted planes (docs/ARCHITECTURE.md, "Codec", decoding).
 
     Returns (luma [4 keep, 4 B^2]: the four Y blocks of a token -> its 2B x 2B Y patch, row-major;
     chroma [keep, B^2]: one chroma block -> its B x B pixels, row-major). Both include the factor eta.

@@ -1,6 +1,6 @@
 """The training objective: eps-prediction MSE with entropy-based frequency reweighting (EBFR).
 
-Loss (DESIGN.md §5, paper §4 "EBFR"): mean over token elements of w * (eps - eps_hat)^2, where w holds,
+Loss (docs/ARCHITECTURE.md, "Diffusion", paper §4 "EBFR"): mean over token elements of w * (eps - eps_hat)^2, where w holds,
 for each plane (Y, Cb, Cr), the entropies of its kept zigzag frequencies divided by their mean, laid
 out like the token (Y x4, Cb, Cr; block-major). All ones when reweighting is off; the pixel codec uses
 the same object with no layout (plain MSE, no frequency bands).

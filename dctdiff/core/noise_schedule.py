@@ -1,6 +1,6 @@
 """The variance-preserving noise schedule with DCTdiff's SNR scaling.
 
-Linear VP schedule (Song et al. 2021; DESIGN.md §5): beta(t) = beta_min + (beta_max - beta_min) t on
+Linear VP schedule (Song et al. 2021; docs/ARCHITECTURE.md, "Diffusion"): beta(t) = beta_min + (beta_max - beta_min) t on
 t in [0, 1], so alpha_bar(t) = exp(-g(t)) with g(t) = beta_min t + (beta_max - beta_min) t^2 / 2.
 
 SNR scaling (Ning et al. 2025, §4): every SNR(t) = alpha_bar / (1 - alpha_bar) is multiplied by c,

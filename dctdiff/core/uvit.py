@@ -1,6 +1,6 @@
 """U-ViT (Bao et al. 2023) on token sequences, compatible with the published DCTdiff checkpoints.
 
-Architecture (DESIGN.md §6; DCTdiff's libs/uvit.py): a linear token embedding ``proj``, the time
+Architecture (docs/ARCHITECTURE.md, "Model"; DCTdiff's libs/uvit.py): a linear token embedding ``proj``, the time
 (and, class-conditional, the label) as extra tokens in front of the sequence ([label, time, tokens]),
 a learned ``pos_embed`` (initialised here with a 2-D sin-cos embedding of the token grid, see
 ``sincos_pos_embed``), depth/2 ``in_blocks``, a ``mid_block``, depth/2 ``out_blocks`` that take
@@ -86,7 +86,7 @@ class UViTConfig:
                 )
 
 
-# Width, depth, heads of the registered sizes (DESIGN.md §6; S/M/L are U-ViT's small/mid/large).
+# Width, depth, heads of the registered sizes (docs/ARCHITECTURE.md, "Model"; S/M/L are U-ViT's small/mid/large).
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(embed_dim=64, depth=4, num_heads=2),
     "S": dict(embed_dim=512, depth=12, num_heads=8),

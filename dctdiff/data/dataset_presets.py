@@ -1,4 +1,4 @@
-"""The paper's data settings (DESIGN.md §7): image resolution and DCT block size per preset."""
+"""The paper's data settings (docs/ARCHITECTURE.md, "Presets"): image resolution and DCT block size per preset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The prepare job (DESIGN.md §1, §3, §4): an image source -> Parquet DCT shards + stats.json + report.json.
+"""The prepare job (docs/ARCHITECTURE.md, "Data flow", §3, §4): an image source -> Parquet DCT shards + stats.json + report.json.
 
 Plan (driver): list the source once, cut the sorted item list into fixed partitions of
 ``shard_rows`` items. Partition i always holds the same images and always writes

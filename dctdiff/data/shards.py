@@ -1,4 +1,4 @@
-"""Parquet shards of DCT coefficients (DESIGN.md §3).
+"""Parquet shards of DCT coefficients (docs/ARCHITECTURE.md, "Shards").
 
 One row per image: ``id`` (string, stable source identifier), ``label`` (int32, -1 when unlabeled),
 ``coefficients`` (Arrow canonical fixed-shape tensor [L, 6, B*B], float16 or float32, unscaled,
@@ -24,7 +24,7 @@ SHARD_VERSION = 1
 METADATA_KEY = b"dctdiff"
 COEFFICIENT_DIR = "coefficients"
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
-# Token layout of DESIGN.md §2: blocks Y(2r,2c), Y(2r,2c+1), Y(2r+1,2c), Y(2r+1,2c+1), Cb(r,c), Cr(r,c).
+# Token layout of docs/ARCHITECTURE.md, "Codec": blocks Y(2r,2c), Y(2r,2c+1), Y(2r+1,2c), Y(2r+1,2c+1), Cb(r,c), Cr(r,c).
 LAYOUT = "YCbCr 4:2:0 (JPEG full range); blocks Y00 Y01 Y10 Y11 Cb Cr; zigzag order; unscaled"
 
 

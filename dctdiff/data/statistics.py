@@ -1,4 +1,4 @@
-"""Dataset statistics of DCT coefficients (DESIGN.md §4): eta and per-frequency entropies.
+"""Dataset statistics of DCT coefficients (docs/ARCHITECTURE.md, "Statistics"): eta and per-frequency entropies.
 
 Every coefficient of a B x B block satisfies |c| <= 128 B (orthonormal DCT of a level-shifted block
 whose pixels lie in [-128, 127]), so the histograms have a fixed range known in advance: each worker
@@ -119,7 +119,7 @@ def in_stats_sample(image_id: str, fraction: float, seed: int = 0) -> bool:
 
 @dataclass(frozen=True)
 class DatasetStats:
-    """What stats.json holds (DESIGN.md §4). Entropies and band edges are per plane, zigzag order."""
+    """What stats.json holds (docs/ARCHITECTURE.md, "Statistics"). Entropies and band edges are per plane, zigzag order."""
 
     eta: float
     entropy: dict[str, list[float]]

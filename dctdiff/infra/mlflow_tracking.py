@@ -66,7 +66,7 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 
 def get_or_create_experiment(tracking_uri: str, name: str) -> str:
-    """Experiment id of ``name``, created once here in the driver (DESIGN.md §9: not in workers)."""
+    """Experiment id of ``name``, created once here in the driver (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts": not in workers)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -77,7 +77,7 @@ def get_or_create_experiment(tracking_uri: str, name: str) -> str:
 
 
 def ui_command(tracking_uri: str) -> str:
-    """The command that opens this store in the MLflow UI, on loopback, lean (DESIGN.md §9)."""
+    """The command that opens this store in the MLflow UI, on loopback, lean (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")."""
     return redact(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 "
         f"--backend-store-uri {tracking_uri}"

@@ -8,7 +8,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def keep_ray_on_loopback() -> None:
-    """Make Ray processes started from here advertise and listen on 127.0.0.1 only (DESIGN.md §9)."""
+    """Make Ray processes started from here advertise and listen on 127.0.0.1 only (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
@@ -17,7 +17,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
 
     ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) connects to a running cluster; without
     it a local Ray starts on 127.0.0.1 with its dashboard on loopback (Ray Train V2 needs the dashboard
-    for clean-up, DESIGN.md §9). An already initialised Ray is reused.
+    for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts"). An already initialised Ray is reused.
     """
     import ray
 
@@ -38,7 +38,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
 
 
 # CPUs left free for Ray Data's read tasks: if workers take every CPU, reading stalls and the job
-# waits forever without an error (DESIGN.md §9).
+# waits forever without an error (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts").
 DATA_CPUS = 1.0
 
 

@@ -1,4 +1,4 @@
-"""Typed training configuration: dataclasses, the paper's presets (DESIGN.md §7), YAML files and
+"""Typed training configuration: dataclasses, the paper's presets (docs/ARCHITECTURE.md, "Presets"), YAML files and
 ``key=value`` overrides, with errors that say how to fix a bad value."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """U-ViT size (DESIGN.md §6); the explicit fields override the size's defaults when set."""
+    """U-ViT size (docs/ARCHITECTURE.md, "Model"); the explicit fields override the size's defaults when set."""
 
     size: str = "tiny"
     embed_dim: int | None = None
@@ -57,7 +57,7 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Noise schedule and loss (paper §4, DESIGN.md §5)."""
+    """Noise schedule and loss (paper §4, docs/ARCHITECTURE.md, "Diffusion")."""
 
     snr_scale: float = 4.0  # c: SNR(t) multiplied by c
     ebfr: bool = True  # entropy-based frequency reweighting of the loss
@@ -208,7 +208,7 @@ def check_run_name(name: str | None) -> str | None:
     return name
 
 
-# The paper's settings (DESIGN.md §7). Each preset is a dict of overrides on the defaults above;
+# The paper's settings (docs/ARCHITECTURE.md, "Presets"). Each preset is a dict of overrides on the defaults above;
 # resolution and block size come from the data presets that prepare.py shares.
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # A few CPU minutes: tiny net, high learning rate, and the SDE sampler, which forgives the
