@@ -1,7 +1,7 @@
 """`dctdiff train`: train a DCTdiff (or pixel-baseline) U-ViT with Ray Train, tracked in MLflow.
 
     dctdiff train --preset demo --data outputs/demo/data
-    ray job submit --working-dir . -- python pipelines/train.py --preset cifar10 --data s3://bucket/cifar10 \\
+    ray job submit --working-dir . -- dctdiff train --preset cifar10 --data s3://bucket/cifar10 \\
         --workers 8 --gpus-per-worker 1 --storage s3://bucket/runs --mlflow-uri http://mlflow:5000
 
 The data is a `dctdiff prepare` output (Parquet coefficient shards + stats.json). The run's checkpoints

@@ -156,16 +156,17 @@ class Codec(ABC):
     """
 
     layout: TokenLayout | None
+    _grid: _TokenGrid  # the patches the tokens cover (2B x 2B pixels for DCT, P x P for pixels)
 
     @property
-    @abstractmethod
     def grid(self) -> tuple[int, int]:
         """Token grid (rows, cols)."""
+        return self._grid.rows, self._grid.cols
 
     @property
-    @abstractmethod
     def num_tokens(self) -> int:
         """L = rows * cols."""
+        return self._grid.rows * self._grid.cols
 
     @property
     @abstractmethod
@@ -240,16 +241,6 @@ class DCTCodec(Codec):
         self._luma_synthesis, self._chroma_synthesis = _synthesis_matrices(self.block_size, self.keep, self.eta)
         self._flip_sign = _hflip_signs(self.block_size, self.keep)
         self._cache: dict[tuple, torch.Tensor] = {}
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid (rows, cols)."""
-        return self._grid.rows, self._grid.cols
-
-    @property
-    def num_tokens(self) -> int:
-        """L = (H / 2B) * (W / 2B)."""
-        return self._grid.rows * self._grid.cols
 
     @property
     def token_dim(self) -> int:
@@ -355,15 +346,6 @@ class PixelCodec(Codec):
         self.dtype = dtype
         self.layout = None
         self._grid = _TokenGrid(height, width, self.patch_size)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid (rows, cols)."""
-        return self._grid.rows, self._grid.cols
-
-    @property
-    def num_tokens(self) -> int:
-        return self._grid.rows * self._grid.cols
 
     @property
     def token_dim(self) -> int:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """Options of one prepare run (the CLI flags of pipelines/prepare.py)."""
+    """Options of one prepare run (the CLI flags of `dctdiff prepare`."""
 
     source: str
     output: str

@@ -133,16 +133,16 @@ def read_shard(uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
 def read_codec_params(uri: str) -> CodecParams:
     """Codec parameters from a shard's metadata, or from the first shard of a prepare output folder."""
     if not storage.exists(uri):
-        raise FileNotFoundError(f"no shards at {uri}: run pipelines/prepare.py first")
+        raise FileNotFoundError(f"no shards at {uri}: run `dctdiff prepare` first")
     if storage.is_dir(uri):
         files = shard_files(uri) or shard_files(uri, subfolder="")
         if not files:
-            raise FileNotFoundError(f"no Parquet shards in {uri}: run pipelines/prepare.py first")
+            raise FileNotFoundError(f"no Parquet shards in {uri}: run `dctdiff prepare` first")
         uri = files[0]
     fs, path = storage.resolve(uri)
     metadata = pq.read_schema(path, filesystem=fs).metadata or {}
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{uri} has no dctdiff codec metadata: it was not written by pipelines/prepare.py")
+        raise ValueError(f"{uri} has no dctdiff codec metadata: it was not written by `dctdiff prepare`")
     return CodecParams.from_dict(json.loads(metadata[METADATA_KEY]))
 
 

@@ -1,4 +1,4 @@
-"""Image sources for pipelines/prepare.py.
+"""Image sources for `dctdiff prepare`.
 
 A source is listed once on the driver (:meth:`ImageSource.items`: a sorted list of small work items
 with stable ids) and read in pieces on the workers (:meth:`ImageSource.load`: pixels or encoded

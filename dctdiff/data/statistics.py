@@ -140,7 +140,7 @@ class DatasetStats:
         if document.get("format") != STATS_FORMAT or document.get("version") != STATS_VERSION:
             raise ValueError(
                 f"not a {STATS_FORMAT} v{STATS_VERSION} file (format={document.get('format')!r}, "
-                f"version={document.get('version')!r}): re-run pipelines/prepare.py to write it"
+                f"version={document.get('version')!r}): re-run `dctdiff prepare` to write it"
             )
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in document.items() if k in names})
@@ -202,5 +202,5 @@ def load_stats(uri: str) -> DatasetStats:
     if storage.is_dir(uri):
         uri = storage.join(uri, "stats.json")
     if not storage.exists(uri):
-        raise FileNotFoundError(f"no statistics at {uri}: run pipelines/prepare.py for this dataset first")
+        raise FileNotFoundError(f"no statistics at {uri}: run `dctdiff prepare` for this dataset first")
     return DatasetStats.from_json(storage.read_json(uri))

@@ -1,11 +1,11 @@
 """FID between image sets, and the reconstruction analysis that picks how many frequencies to keep,
 as Ray Data jobs (one FID Inception per actor, a GPU each when present) logged to MLflow.
 
-    python pipelines/evaluate.py fid SAMPLES REFERENCE [--save-stats REF.npz] [--run-id RUN]
-    python pipelines/evaluate.py fid REFERENCE --save-stats REF.npz
-    python pipelines/evaluate.py reconstruction SOURCE --block-size 4 [--resolution 128] [--gamma 0.5]
+    dctdiff evaluate fid SAMPLES REFERENCE [--save-stats REF.npz] [--run-id RUN]
+    dctdiff evaluate fid REFERENCE --save-stats REF.npz
+    dctdiff evaluate reconstruction SOURCE --block-size 4 [--resolution 128] [--gamma 0.5]
 
-An image set is a folder of images, a pipelines/prepare.py output (decoded with all frequencies), an
+An image set is a folder of images, a `dctdiff prepare` output (decoded with all frequencies), an
 .npz of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format, so
 published reference statistics work), a prepare source read directly (cifar10:PATH, fashion-mnist[:PATH],
 parquet:PATH; train split) or photos:N (crops of the bundled photos; needs --resolution).

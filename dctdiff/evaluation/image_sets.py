@@ -1,8 +1,8 @@
-"""Image sets for evaluation: what ``pipelines/evaluate.py`` and ``pipelines/upsample.py`` accept.
+"""Image sets for evaluation: what `dctdiff evaluate` and `dctdiff upsample` accept.
 
 A set is named by a string:
 - a folder of image files (found recursively; a local path or any URI pyarrow understands),
-- a ``pipelines/prepare.py`` output folder (it has ``coefficients/``): its images decoded from the
+- a `dctdiff prepare` output folder (it has ``coefficients/``): its images decoded from the
   stored DCT coefficients with every frequency kept (only the 4:2:0 chroma subsampling remains),
 - an ``.npz`` of uint8 images [N, H, W, 3] (key ``images``, ``arr_0``, or its only array),
 - an ``.npz`` of FID statistics with ``mu`` and ``sigma`` (pytorch-fid's format): opened as ``FIDStats``,
@@ -164,7 +164,7 @@ class FolderImages(ImageSet):
     """Image files under a folder, in sorted order.
 
     Without ``fit_spec`` all files must have one size, checked from their headers up front; with it,
-    each image is centre-cropped and resized to ``fit_spec.resolution`` as pipelines/prepare.py does.
+    each image is centre-cropped and resized to ``fit_spec.resolution`` as `dctdiff prepare` does.
     """
 
     def __init__(
@@ -179,7 +179,7 @@ class FolderImages(ImageSet):
                     raise ImageSetError(
                         f"{location} mixes image sizes: {files[0]} is {sizes[0][0]}x{sizes[0][1]} but {path} is "
                         f"{size[0]}x{size[1]}; an image set needs one size (give a resolution to centre-crop and "
-                        "resize them, or prepare them with pipelines/prepare.py)"
+                        "resize them, or prepare them with `dctdiff prepare`"
                     )
         self.location, self.files, self.fit_spec = location, list(files), fit_spec
         self.count = len(self.files)
@@ -229,7 +229,7 @@ class PreparedImages(ImageSet):
         files = shards.shard_files(location)
         if not files:
             folder = storage.join(location, shards.COEFFICIENT_DIR)
-            raise ImageSetError(f"{folder} holds no Parquet shards (run pipelines/prepare.py)")
+            raise ImageSetError(f"{folder} holds no Parquet shards (run `dctdiff prepare`")
         try:
             self.params = shards.read_codec_params(files[0])
         except ValueError as error:
@@ -403,6 +403,6 @@ def open_image_set(
     if isinstance(image_set, ImageSet) and resolution is not None and image_set.size != (resolution, resolution):
         raise ImageSetError(
             f"{image_set.describe()} is not at resolution {resolution}; prepare it at that resolution "
-            "(pipelines/prepare.py) or leave the resolution out"
+            "(`dctdiff prepare`) or leave the resolution out"
         )
     return image_set

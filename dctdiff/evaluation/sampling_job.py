@@ -1,7 +1,7 @@
 """Generate images from a trained model with Ray: one model copy per actor (per GPU where present).
 
-    python pipelines/sample.py --checkpoint outputs/runs/demo-dct-.../checkpoint_... --num 64 --output outputs/samples
-    python pipelines/sample.py --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --workers 8 --gpus-per-worker 1 \
+    dctdiff sample --checkpoint outputs/runs/demo-dct-.../checkpoint_... --num 64 --output outputs/samples
+    dctdiff sample --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --workers 8 --gpus-per-worker 1 \
         --output s3://bucket/samples/cifar10
 
 ``--checkpoint`` is one of our checkpoint folders, a training run folder (its newest checkpoint is

@@ -1,8 +1,8 @@
 """DCT upsampling (DCTdiff paper; dctdiff/upsample.py) of a folder of images as a Ray Data job, and a
 comparison with bicubic and Lanczos.
 
-    python pipelines/upsample.py IN_FOLDER OUT_FOLDER [--factor 2|4] [--block-size 8]
-    python pipelines/upsample.py HELD_OUT REPORT_FOLDER --compare [--block-size 8] [--limit 200]
+    dctdiff upsample IN_FOLDER OUT_FOLDER [--factor 2|4] [--block-size 8]
+    dctdiff upsample HELD_OUT REPORT_FOLDER --compare [--block-size 8] [--limit 200]
 
 The first form writes every image of IN_FOLDER (recursively; any size divisible by the block size)
 upsampled to OUT_FOLDER as PNG under the same relative path. ``--compare`` downsamples the held-out

@@ -35,11 +35,11 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     written with another resolution or block size than the config asks for.
     """
     if not data_uri or not storage.exists(data_uri):
-        raise FileNotFoundError(f"--data {data_uri!r} does not exist: run pipelines/prepare.py to make it")
+        raise FileNotFoundError(f"--data {data_uri!r} does not exist: run `dctdiff prepare` to make it")
     files = shard_files(data_uri)
     if not files:
         raise FileNotFoundError(
-            f"--data {data_uri} has no {COEFFICIENT_DIR}/*.parquet shards: run pipelines/prepare.py "
+            f"--data {data_uri} has no {COEFFICIENT_DIR}/*.parquet shards: run `dctdiff prepare` "
             f"--output {data_uri} first (or finish it: re-running the same command resumes)"
         )
     params = read_codec_params(data_uri)

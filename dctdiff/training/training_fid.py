@@ -1,7 +1,7 @@
 """FID while training: n EMA samples against the training set's Inception statistics.
 
-Used by ``pipelines/train.py`` (``cadence.fid_every``, ``cadence.fid_samples``) and, through it, as the
-objective of ``tune/sweep.py``: unlike the training loss, FID compares runs with different SNR scales c
+Used by `dctdiff train` (``cadence.fid_every``, ``cadence.fid_samples``) and, through it, as the
+objective of `dctdiff sweep`: unlike the training loss, FID compares runs with different SNR scales c
 or loss weights (paper §4, §5 report FID for exactly these ablations).
 
 The reference statistics are computed once per prepare output by a Ray Data job over its shards decoded

@@ -1,6 +1,6 @@
-"""Search spaces for ``tune/sweep.py``: YAML studies mapping training-config keys to values or ranges.
+"""Search spaces for `dctdiff sweep`: YAML studies mapping training-config keys to values or ranges.
 
-A study file (the built-in ones live in ``tune/studies/``)::
+A study file (the built-in ones live in ``dctdiff/tuning/studies/``)::
 
     description: SNR scale c (paper §4)
     num_samples: 1            # optional: default --num-samples
@@ -52,7 +52,7 @@ class Study:
 
 
 def builtin_studies() -> list[str]:
-    """Names of the studies in ``tune/studies/``."""
+    """Names of the studies in ``dctdiff/tuning/studies/``."""
     return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
 
 
@@ -64,7 +64,7 @@ def load_study(name_or_path: str) -> Study:
         if not path.is_file():
             raise ConfigError(
                 f"--study {name_or_path!r} is neither a built-in study ({', '.join(builtin_studies())}) "
-                "nor a YAML file; see tune/space.py for the format"
+                "nor a YAML file; see dctdiff/tuning/search_space.py for the format"
             )
     elif not path.is_file():
         raise ConfigError(f"--study {name_or_path}: no such file")

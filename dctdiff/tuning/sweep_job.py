@@ -150,7 +150,7 @@ def _short(value: Any) -> str:
 
 
 def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
-    """Tune function trainable: one Ray Train run of pipelines/train.py with the trial's values.
+    """Tune function trainable: one Ray Train run of `dctdiff train` with the trial's values.
 
     Ray Train reports reach Tune through TuneReportCallback; rank 0 logs to the trial's MLflow run, a
     child of the sweep's run. A trial that Tuner.restore restarts continues its checkpoints and run.
@@ -250,7 +250,7 @@ def new_plan(
     if args.reduction_factor <= 1:
         raise ConfigError(f"--reduction-factor must be > 1, got {args.reduction_factor}")
     if not args.data:
-        raise ConfigError("--data is required (a pipelines/prepare.py output)")
+        raise ConfigError("--data is required (a `dctdiff prepare` output)")
     plan = SweepPlan(
         name=args.name or f"{study.name}-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}",
         storage=storage.normalize(args.storage),

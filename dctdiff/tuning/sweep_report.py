@@ -120,11 +120,11 @@ def format_table(rows: list[TrialRow]) -> str:
 
 
 def best_config_yaml(config: TrainConfig, row: TrialRow, sweep: str, fid_samples: int, nfe: int) -> str:
-    """The best trial's config as a file for ``pipelines/train.py --config`` (with a comment header)."""
+    """The best trial's config as a file for ```dctdiff train` --config`` (with a comment header)."""
     values = ", ".join(f"{k}={_cell(v)}" for k, v in sorted(row.values.items()))
     header = (
         f"# Best trial {row.trial} of sweep {sweep}: {values}\n"
         f"# FID {row.best_fid:.4g} at step {row.best_fid_step} ({fid_samples} samples, {nfe} NFE); MLflow run {row.run_id}\n"
-        f"# Train with it: python pipelines/train.py --preset {config.preset} --config best_config.yaml --data DATA\n"
+        f"# Train with it: dctdiff train --preset {config.preset} --config best_config.yaml --data DATA\n"
     )
     return header + config.to_yaml()
