@@ -38,8 +38,20 @@ def test_ebfr_weights_bad_input():
         ebfr_weights({"Y": [1.0], "Cb": [1.0]}, TokenLayout(1))
     with pytest.raises(ValueError, match="fewer than keep = 5"):
         ebfr_weights(CIFAR10_ENTROPY, TokenLayout(5))
-    with pytest.raises(ValueError, match="not all zero"):
-        ebfr_weights({**CIFAR10_ENTROPY, "Cb": [0.0, 0.0, 0.0, 0.0]}, TokenLayout(4))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        ebfr_weights({**CIFAR10_ENTROPY, "Cb": [1.0, -1.0, 0.0, 0.0]}, TokenLayout(4))
+
+
+def test_ebfr_gives_no_dimension_zero_weight():
+    """Grey data: Cb and Cr have entropy 0 everywhere -> weight 1 (plain MSE); a zero-entropy frequency in
+    an informative plane -> 1, the plane's other weights normalised over its informative frequencies."""
+    entropy = {"Y": [4.0, 2.0, 0.0, 2.0], "Cb": [0.0] * 4, "Cr": [0.0] * 4}
+    weights = ebfr_weights(entropy, TokenLayout(4)).reshape(6, 4)
+    expected_y = torch.tensor([4 / (8 / 3), 2 / (8 / 3), 1.0, 2 / (8 / 3)])
+    for block in range(4):
+        torch.testing.assert_close(weights[block], expected_y)
+    torch.testing.assert_close(weights[4:], torch.ones(2, 4))
+    assert (weights > 0).all()
 
 
 def test_weights_off_is_plain_mse_and_weighted_loss_matches_a_loop():

@@ -104,10 +104,10 @@ def test_codec_params_validation_says_what_to_change():
 
 def test_unrelated_parquet_has_no_codec_metadata(tmp_path):
     pq.write_table(pa.table({"x": [1]}), tmp_path / "x.parquet")
-    with pytest.raises(ValueError, match="not written by pipelines/prepare.py"):
+    with pytest.raises(ValueError, match="not written by `dctdiff prepare`"):
         read_codec_params(str(tmp_path / "x.parquet"))
-    with pytest.raises(FileNotFoundError, match="run pipelines/prepare.py"):
+    with pytest.raises(FileNotFoundError, match="run `dctdiff prepare`"):
         read_codec_params(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="run pipelines/prepare.py"):
+    with pytest.raises(FileNotFoundError, match="run `dctdiff prepare`"):
         read_codec_params(str(tmp_path / "empty"))

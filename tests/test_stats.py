@@ -131,9 +131,9 @@ def test_stats_json_round_trip(tmp_path):
     document = json.loads((tmp_path / "stats.json").read_text())
     assert document["format"] == "dctdiff-stats" and document["tau"] == TAU
     (tmp_path / "stats.json").write_text(json.dumps({"eta": 1.0}))
-    with pytest.raises(ValueError, match="re-run pipelines/prepare.py"):
+    with pytest.raises(ValueError, match="re-run `dctdiff prepare`"):
         load_stats(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="run pipelines/prepare.py"):
+    with pytest.raises(FileNotFoundError, match="run `dctdiff prepare`"):
         load_stats(str(tmp_path / "missing"))
 
 
@@ -149,3 +149,29 @@ def test_stats_sample_is_a_deterministic_fraction():
     assert chosen == [in_stats_sample(i, 0.25, seed=3) for i in ids]
     assert chosen != [in_stats_sample(i, 0.25, seed=4) for i in ids]
     assert all(in_stats_sample(i, 1.0) for i in ids[:10])
+
+
+def test_grey_images_have_exactly_zero_chroma_and_zero_chroma_entropy():
+    """Grey pixels (R = G = B) have Cb = Cr = 128 exactly, so every chroma coefficient is exactly 0 in the
+    fused float32 encode, and the statistics give the chroma planes entropy 0 (not rounding-noise bits)."""
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8).repeat(3, axis=-1)
+    for block_size in (2, 4):
+        coefficients = DCTCodec(32, block_size, block_size**2).analyze(grey).numpy()  # [N, L, 6, B^2]
+        assert np.array_equal(coefficients[:, :, 4:], np.zeros_like(coefficients[:, :, 4:]))
+    coefficients = DCTCodec(32, 2, 4).analyze(grey).numpy()
+    stats = compute_stats(coefficient_histogram(coefficients, 2), 2, counts={}, codec={})
+    assert stats.entropy["Cb"] == [0.0] * 4 and stats.entropy["Cr"] == [0.0] * 4
+    assert all(h > 0 for h in stats.entropy["Y"])
+
+
+def test_rounding_noise_of_either_sign_around_zero_adds_no_entropy():
+    """A frequency whose values are 0 up to +-1e-5 noise has entropy 0, as if it were exactly 0."""
+    values = grid_values(2)
+    counts = np.zeros_like(values, dtype=np.int64)
+    counts[np.searchsorted(values, [-1e-5, 0.0, 1e-5])] = [30, 40, 30]  # noise of both signs around 0
+    low, high = histogram_quantiles(counts, values, [100 - TAU, TAU])
+    assert band_entropy(counts, values, low, high, eta=240.0) == 0.0
+    counts[np.searchsorted(values, [-50.0, -10.0, 10.0, 50.0])] = 20  # real spread: -10 and 10 inside the band
+    low, high = histogram_quantiles(counts, values, [100 - TAU, TAU])
+    assert band_entropy(counts, values, low, high, eta=240.0) > 0.5

@@ -234,7 +234,7 @@ class DCTCodec(Codec):
         self.layout = TokenLayout(self.keep)
         self._grid = _TokenGrid(height, width, 2 * self.block_size)
         self._chroma_grid = _TokenGrid(height // 2, width // 2, self.block_size)
-        analysis, bias = _analysis_matrix(self.block_size)  # [12 B^2, 6, B^2], [6, B^2]
+        analysis, bias = _analysis_matrix(self.block_size)  # [12 B^2, 6, B^2], [6, B^2], on (R-G, G, B-G) patches
         self._analysis = (analysis.reshape(analysis.shape[0], -1), bias.reshape(-1))
         kept_analysis = analysis[:, :, : self.keep] / self.eta
         self._encode = (kept_analysis.reshape(analysis.shape[0], -1), (bias[:, : self.keep] / self.eta).reshape(-1))
@@ -260,7 +260,9 @@ class DCTCodec(Codec):
         return self._cache[key]
 
     def _project(self, images: ImageBatch, name: str, matrix: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
-        x = _as_pixel_tensor(images, self.resolution, self.dtype)
+        x = _as_pixel_tensor(images, self.resolution, self.dtype)  # [N, H, W, 3] RGB
+        green = x[..., 1:2]
+        x = torch.cat([x[..., :1] - green, green, x[..., 2:] - green], dim=-1)  # [N, H, W, 3]: R-G, G, B-G (exact)
         patches = self._grid.patchify(x)  # [N, L, 12 B^2]
         weight = self._constant(name + ".w", matrix[0], x.device)
         bias = self._constant(name + ".b", matrix[1], x.device)
@@ -388,8 +390,8 @@ class PixelCodec(Codec):
 
 
 def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The affine map of one 2B x 2B x 3 uint8 patch (flattened row-major, RGB last) to its six
-    zigzag-ordered coefficient blocks: returns (matrix [12 B^2, 6, B^2], bias [6, B^2]).
+    """The affine map of one 2B x 2B x 3 patch (flattened row-major, channels last, as (R-G, G, B-G)) to
+    its six zigzag-ordered coefficient blocks: returns (matrix [12 B^2, 6, B^2], bias [6, B^2]).
 
     Composed from the definitions (docs/ARCHITECTURE.md, "Codec"): colour transform, 2x2 chroma mean, level shift,
     block DCT-II (C = D X D^T), zigzag.
@@ -404,6 +406,12 @@ def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:
     chroma = planes[:, 1:].reshape(-1, 2, b, 2, b, 2).mean(axis=(3, 5))  # 2x2 mean -> [12B^2, 2, B, B]
     blocks = np.concatenate([luma, chroma], axis=1)  # [12B^2, 6, B, B]
     coefficients = np.einsum("uh,nkhw,vw->nkuv", d, blocks, d).reshape(-1, 6, b * b)[:, :, zigzag]
+    # Re-express the map on (R-G, G, B-G) pixels: R = (R-G) + G, B = (B-G) + G. The chroma rows of JPEG's
+    # colour transform sum to 0, so the G column of every chroma coefficient is 0 up to float64 rounding:
+    # made exactly 0 here, grey pixels (R-G = B-G = 0) give exactly zero chroma in any precision.
+    per_pixel = coefficients.reshape(4 * b * b, 3, 6, b * b)  # [pixel, R/G/B, block, frequency]
+    per_pixel[:, 1] += per_pixel[:, 0] + per_pixel[:, 2]
+    coefficients = np.where(np.abs(coefficients) < 1e-12, 0.0, coefficients)
     # Bias: the constant part. YCbCr offsets (+128 on chroma) minus the level shift 128 on all planes;
     # a constant c in a block only reaches its DC coefficient, as c * B (orthonormal DCT of a constant).
     bias = np.zeros((6, b * b))

@@ -29,6 +29,12 @@ def ebfr_weights(entropy: Mapping[str, Sequence[float]], layout: TokenLayout) ->
 
     Per plane: the first ``keep`` entropies divided by their mean (paper's train.py normalisation),
     laid out like the token (Y, Y, Y, Y, Cb, Cr for 4:2:0), each block ``keep`` long.
+
+    A frequency with entropy 0 has no variance in the data (e.g. the chroma of grey images): its
+    coefficients are all one value, but the network must still predict their noise for sampling to
+    remove it, so it gets weight 1 (plain MSE), and the mean is taken over the plane's other
+    frequencies. A plane with no variance at all is weighted 1 throughout. No dimension gets weight 0
+    (docs/ARCHITECTURE.md, "Diffusion").
     """
     missing = [p for p in layout.planes if p not in entropy]
     if missing:
@@ -39,9 +45,13 @@ def ebfr_weights(entropy: Mapping[str, Sequence[float]], layout: TokenLayout) ->
         if values.numel() < layout.keep:
             raise ValueError(f"entropy[{plane!r}] has {values.numel()} frequencies, fewer than keep = {layout.keep}")
         kept = values[: layout.keep]
-        if not torch.isfinite(kept).all() or (kept < 0).any() or kept.sum() <= 0:
-            raise ValueError(f"entropy[{plane!r}] must be finite, >= 0 and not all zero, got {kept.tolist()}")
-        per_plane[plane] = (kept / kept.mean()).tolist()
+        if not torch.isfinite(kept).all() or (kept < 0).any():
+            raise ValueError(f"entropy[{plane!r}] must be finite and >= 0, got {kept.tolist()}")
+        informative = kept > 0
+        weights = torch.ones_like(kept)
+        if informative.any():
+            weights[informative] = kept[informative] / kept[informative].mean()
+        per_plane[plane] = weights.tolist()
     return layout.spread(per_plane).float()
 
 

@@ -97,8 +97,17 @@ def histogram_quantiles(counts: np.ndarray, values: np.ndarray, q: list[float]) 
     return low + (position - below) * (high - low)
 
 
+# Coefficients closer to 0 than this (a thousandth of a grey level) are float rounding of an exact 0;
+# they count as 0, so an entropy never depends on rounding noise or its sign (a 100-bin histogram on
+# [-1, 1] has a bin edge at 0: noise of either sign would split one value over two bins, 1 bit).
+ZERO_TOLERANCE = 1e-3
+
+
 def band_entropy(counts: np.ndarray, values: np.ndarray, low: float, high: float, eta: float) -> float:
-    """Entropy in bits of the 100-bin histogram on [-1, 1] of values / eta strictly inside (low, high)."""
+    """Entropy in bits of the 100-bin histogram on [-1, 1] of values / eta strictly inside (low, high);
+    values within ZERO_TOLERANCE of 0 count as 0 (a frequency with no variance has entropy 0)."""
+    values = np.where(np.abs(values) < ZERO_TOLERANCE, 0.0, values)
+    low, high = (0.0 if abs(x) < ZERO_TOLERANCE else x for x in (low, high))
     inside = (values > low) & (values < high)
     coarse, _ = np.histogram(values[inside] / eta, bins=ENTROPY_BINS, range=(-1.0, 1.0), weights=counts[inside])
     total = coarse.sum()
