@@ -1,4 +1,4 @@
-"""DCT upsampling (DCTdiff paper; dctdiff/upsample.py) of a folder of images as a Ray Data job, and a
+"""DCT upsampling (DCTdiff paper; dctdiff/core/dct_upsampling.py) of a folder of images as a Ray Data job, and a
 comparison with bicubic and Lanczos.
 
     dctdiff upsample IN_FOLDER OUT_FOLDER [--factor 2|4] [--block-size 8]

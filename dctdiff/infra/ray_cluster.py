@@ -80,7 +80,7 @@ def plan_worker_cpus(
 # clients where to connect, and no torch or Ray setting changes the bind address). Without authentication.
 # On a run whose workers all sit on a loopback node (the local Ray of init_ray), rank 0 instead hands the
 # store a socket it bound to 127.0.0.1 (TCPStore's master_listen_fd), and gloo/NCCL use the loopback
-# interface. Clusters keep Ray's rendezvous: see the README's security section for the firewall rule.
+# interface. Clusters keep Ray's rendezvous: see the README's "Security" section for the firewall rule.
 
 _LOOPBACK_STORE = None  # rank 0's TCPStore server between its start and init_process_group
 

@@ -93,7 +93,7 @@ class CadenceConfig:
     sample_every: int = 10_000
     sample_count: int = 16
     sample_nfe: int = 50
-    sampler: str = "dpm++2m"  # one of dctdiff.sampling.SAMPLERS
+    sampler: str = "dpm++2m"  # one of dctdiff.core.samplers.SAMPLERS
     fid_every: int = 0  # 0 = no periodic FID
     fid_samples: int = 1000
     seed: int = 0

@@ -67,7 +67,7 @@ def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
         return
     import torch.distributed as dist
 
-    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()  # [P]
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()])  # [P], on the device (NCCL)
     gathered = [torch.empty_like(fingerprint) for _ in range(world_size)]
     dist.all_gather(gathered, fingerprint)
     if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
