@@ -1,5 +1,6 @@
 """The training step and its state, independent of Ray: model + EMA + AdamW + warm-up schedule,
-counter-based per-sample randomness, and checkpoints as safetensors + JSON (no pickles) with checksums (``checkpoints``)."""
+counter-based per-sample randomness, and checkpoints as safetensors + JSON (no pickles), with checksums
+(``dctdiff.training.checkpoints``)."""
 
 from __future__ import annotations
 
