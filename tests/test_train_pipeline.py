@@ -81,6 +81,25 @@ def test_train_logs_to_mlflow_and_resumes_exactly(ray_module, data, places):
     np.testing.assert_allclose([resumed[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)], atol=1e-6)
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint(ray_module, data, places, capsys):
+    where, client, runs = places
+    args = ["--data", str(data), *SMALL, *where, "--name", "corrupt", "--set", "cadence.sample_every=0"]
+    assert main([*args, "--max-steps", "4"]) == 0
+    run_id = run_id_of(client, "corrupt")
+    original = history(client, run_id, "loss")
+    older, newest = sorted(p for p in (runs / "corrupt").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    model = newest / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "6", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{newest}: model.safetensors is truncated" in err and f"newest intact checkpoint {older}" in err
+    assert "WorkerGroupError" not in err and "SafetensorError" not in err  # not retried: no worker ever failed
+    resumed = [m for m in client.get_metric_history(run_id, "loss") if m.step in (3, 4)][2:]  # the second pass
+    np.testing.assert_allclose([m.value for m in resumed], [original[3], original[4]], atol=1e-6)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 def test_worker_killed_mid_run_restarts_from_checkpoint(ray_module, data, places):
     import ray
     from ray.util.state import list_actors

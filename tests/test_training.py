@@ -43,7 +43,9 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
     first.save(tmp_path, {"config": first.config.to_dict()})
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["step"] == 3 and state["rng"] == {"seed": 0, "step": 3}
-    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "manifest.json"
+    }
 
     resumed = make_trainer()
     resumed.load(tmp_path)

@@ -31,6 +31,7 @@ from dctdiff.core.generation import generate_images
 from dctdiff.core.uvit import load_official_checkpoint
 from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
 from dctdiff.core.samplers import SAMPLERS
+from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
 
 
@@ -49,17 +50,14 @@ class SamplingSpec:
 
 
 def newest_checkpoint(path: str) -> str:
-    """A checkpoint folder itself, or the newest ``checkpoint_*`` folder of a run folder (paths or URIs)."""
-    if storage.exists(storage.join(path, "state.json")):
+    """A checkpoint folder itself, or the newest intact ``checkpoint_*`` folder of a run folder (paths or URIs;
+    a corrupt newer one is skipped with a warning). Raises CorruptCheckpointError if none is intact."""
+    if storage.exists(storage.join(path, STATE)) or storage.exists(storage.join(path, MANIFEST)):
         return path
-    folders = sorted(
-        e.relative.split("/")[0]
-        for e in (storage.list_files(path) if storage.is_dir(path) else [])
-        if e.relative.count("/") == 1 and e.relative.startswith("checkpoint_") and e.relative.endswith("/state.json")
-    )
-    if not folders:
+    chosen = newest_intact(checkpoint_folders(path))
+    if chosen is None:
         raise FileNotFoundError(f"{path} is neither a checkpoint folder (state.json) nor a run folder with checkpoints")
-    return storage.join(path, folders[-1])
+    return chosen
 
 
 def load_sampler(spec: SamplingSpec, device: torch.device):

@@ -8,6 +8,7 @@ and ends its trials' runs. ``launch`` only logs into the run it is given.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
 from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
+from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
 from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
@@ -61,6 +63,8 @@ class RunPlan:
     run_file: str  # <storage>/<name>/dctdiff_run.json
     info: DatasetInfo
     previous_run_id: str | None  # the MLflow run of the checkpoints being resumed, if any
+    resume_from: str | None = None  # the newest intact checkpoint of the resumed run (None: start at step 0)
+    planned_checkpoints: tuple[str, ...] = ()  # the run's checkpoint folder names when resume_from was chosen
 
 
 def _newest_run(storage_root: str) -> str:
@@ -110,6 +114,9 @@ def _previous_run_id(run_file: str, config: TrainConfig, resume: bool, name: str
 def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: bool = False) -> RunPlan:
     """Check the data, the run name and the resume state; nothing starts.
 
+    A resumed run continues from its newest intact checkpoint (a corrupt newer one is skipped with a
+    warning); CorruptCheckpointError if it has checkpoints and none is intact.
+
     ``continue_existing``: resume the run if it exists, else start it (a Tune trial that Tuner.restore
     restarts); otherwise ``options.resume`` decides, and a mismatch is an error.
     """
@@ -132,7 +139,11 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
     run_file = storage.join(root, name, RUN_FILE)
     resume = storage.exists(run_file) if continue_existing else options.resume
     previous = _previous_run_id(run_file, config, resume, name, root)
-    return RunPlan(config, options, name, run_file, info, previous)
+    folders = checkpoint_folders(storage.join(root, name)) if resume else []
+    return RunPlan(
+        config, options, name, run_file, info, previous, newest_intact(folders),
+        tuple(posixpath.basename(folder) for folder in folders),
+    )  # fmt: skip
 
 
 def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()):
@@ -167,7 +178,10 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     if materialize:
         dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
-    settings = LoopSettings(config.to_dict(), info, threads, run, fid_reference, options.log_level)
+    settings = LoopSettings(
+        config.to_dict(), info, threads, run, fid_reference, options.log_level, plan.resume_from,
+        plan.planned_checkpoints,
+    )  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings,

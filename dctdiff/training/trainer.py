@@ -1,30 +1,26 @@
 """The training step and its state, independent of Ray: model + EMA + AdamW + warm-up schedule,
-counter-based per-sample randomness, and checkpoints as safetensors + JSON (no pickles)."""
+counter-based per-sample randomness, and checkpoints as safetensors + JSON (no pickles), with checksums
+(``dctdiff.training.checkpoints``)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
 
-from dctdiff.infra import storage
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec
+from dctdiff.training import checkpoints
 from dctdiff.training.config import TrainConfig
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
-
-CHECKPOINT_VERSION = 1
-
 
 def build_codec(config: TrainConfig, eta: float) -> Codec:
     """The codec the config asks for (DCT with ``eta``, or the pixel baseline)."""
@@ -202,22 +198,16 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save(self, directory: str | Path, extra: dict[str, Any]) -> None:
-        """Write model.safetensors, ema.safetensors, optimizer.safetensors and state.json to ``directory``.
-
-        ``extra`` (resolved config, stats, ...) goes into state.json. Files are written under temporary
-        names and renamed, so a crash never leaves a half-written file behind.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def save(self, directory: str, extra: dict[str, Any]) -> None:
+        """Write the model, EMA, optimiser and state.json (with ``extra``: resolved config, stats, ...) as a
+        self-verifying checkpoint (``checkpoints.write_checkpoint``)."""
         optimizer_state = self.optimizer.state_dict()
         tensors = {
-            f"{index}.{name}": value.detach().cpu().contiguous()
+            f"{index}.{name}": value
             for index, state in optimizer_state["state"].items()
             for name, value in state.items()
         }
         state = {
-            "version": CHECKPOINT_VERSION,
             "step": self.step,
             # Randomness is counter-based (sample_seed): (seed, step) is the whole RNG state.
             "rng": {"seed": self.config.cadence.seed, "step": self.step},
@@ -226,22 +216,23 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             **extra,
         }
-        for name, weights in (("model", self.model.state_dict()), ("ema", self.ema.state_dict()), ("optimizer", tensors)):
-            with storage.atomic_path(str(directory / f"{name}.safetensors")) as (_, path):
-                save_file(_contiguous(weights), path)
-        storage.write_json(str(directory / "state.json"), state)
+        weights = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": tensors}
+        checkpoints.write_checkpoint(str(directory), {k: _contiguous(v) for k, v in weights.items()}, state)
 
-    def load(self, directory: str | Path) -> dict[str, Any]:
-        """Restore everything ``save`` wrote; returns state.json."""
-        directory = Path(directory)
-        state = json.loads((directory / "state.json").read_text())
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{directory} is a checkpoint of version {state.get('version')}, expected {CHECKPOINT_VERSION}")
-        self.model.load_state_dict(load_file(directory / "model.safetensors", device=str(self.device)))
-        self.ema.load_state_dict(load_file(directory / "ema.safetensors", device=str(self.device)))
-        tensors = load_file(directory / "optimizer.safetensors", device=str(self.device))
+    def load(self, directory: str) -> dict[str, Any]:
+        """Restore everything ``save`` wrote, after verifying every file; returns state.json.
+
+        Raises CorruptCheckpointError for a partial or altered checkpoint.
+        """
+        directory = str(directory)
+        files = checkpoints.read_checkpoint_files(
+            directory, [*(f"{name}.safetensors" for name in checkpoints.TENSOR_FILES), checkpoints.STATE]
+        )
+        state = checkpoints.read_state(files[checkpoints.STATE], directory)
+        self.model.load_state_dict(load_tensors(files["model.safetensors"]))
+        self.ema.load_state_dict(load_tensors(files["ema.safetensors"]))
         optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
+        for key, value in load_tensors(files["optimizer.safetensors"]).items():
             index, name = key.split(".", 1)
             optimizer_state.setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": state["optimizer_param_groups"]})
@@ -256,14 +247,16 @@ def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[UViT, TrainConfig, dict]:
-    """The EMA network of one of our checkpoints (a folder path or URI), with its resolved config and state.json."""
-    from safetensors.torch import load as load_safetensors_bytes
+    """The EMA network of one of our checkpoints (a folder path or URI), with its resolved config and state.json.
 
+    Raises CorruptCheckpointError if state.json or ema.safetensors does not match the manifest.
+    """
     from dctdiff.training.config import config_from_dict
 
-    state = storage.read_json(storage.join(str(checkpoint), "state.json"))
+    files = checkpoints.read_checkpoint_files(str(checkpoint), [checkpoints.STATE, "ema.safetensors"])
+    state = checkpoints.read_state(files[checkpoints.STATE], str(checkpoint))
     config = config_from_dict(state["config"])
     codec = build_codec(config, state["eta"])
     model = build_model(config, codec)
-    model.load_state_dict(load_safetensors_bytes(storage.read_bytes(storage.join(str(checkpoint), "ema.safetensors"))))
+    model.load_state_dict(load_tensors(files["ema.safetensors"]))
     return model.to(device).eval(), config, state

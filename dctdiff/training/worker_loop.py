@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +33,19 @@ class LoopSettings:
     run: RunHandle | None
     fid_reference: str | None
     log_level: str = "INFO"
+    resume_from: str | None = None  # the checkpoint the driver verified and chose (None: start at step 0)
+    planned_checkpoints: tuple[str, ...] = ()  # folder names that existed when the driver chose resume_from
+
+
+def starting_checkpoint(settings: LoopSettings):
+    """The ray.train.Checkpoint to restore: the newest one reported since this fit started (Ray Train restarted
+    the workers after a failure), else the one the driver chose (it may skip a corrupt newest checkpoint)."""
+    import ray.train
+
+    reported = ray.train.get_checkpoint()
+    if reported is not None and posixpath.basename(reported.path.rstrip("/")) not in settings.planned_checkpoints:
+        return reported
+    return ray.train.Checkpoint(settings.resume_from) if settings.resume_from else None
 
 
 def batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None) -> Batch:
@@ -75,7 +89,7 @@ def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
 
 
 def train_loop_per_worker(settings: LoopSettings) -> None:
-    """Ray Train worker: restore the newest checkpoint if any, train to max_steps, report and log."""
+    """Ray Train worker: restore the starting checkpoint if any, train to max_steps, report and log."""
     import ray.train
     import ray.train.torch
 
@@ -90,7 +104,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     torch.manual_seed(config.cadence.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
     source = source_codec(config, info.resolution, info.block_size)
     trainer = Trainer(config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model)
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = starting_checkpoint(settings)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
