@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FEATURE_DIM, FIDStats, compute_fid_stats, fid_from_stats, load_stats, save_stats
+from dctdiff.evaluation.fid import FEATURE_DIM, FIDStats, fid_from_stats, load_fid_stats, save_fid_stats
 from dctdiff.evaluation.image_sets import ImageSetError, PreparedImages, open_image_set
 from dctdiff.core.image_metrics import mse, psnr_from_mse
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.evaluation.reconstruction import ReconstructionRow, choose_keep, reconstruction_analysis, reconstructions
+from dctdiff.evaluation.reconstruction import ReconstructionRow, choose_keep, reconstructions
+from tests.fid_reference import compute_fid_stats, reconstruction_analysis
 from dctdiff.data.sources import FASHION_MNIST_DIR
 from tests.image_checks import assert_equal_up_to_rounding
 from tests.prepared import write_prepared
@@ -79,7 +80,7 @@ def test_npz_sets_images_and_statistics(tmp_path):
     with pytest.raises(ImageSetError, match="not at resolution 32"):
         open_image_set(str(tmp_path / "images.npz"), resolution=32)
     stats = FIDStats(np.arange(FEATURE_DIM, dtype=np.float64), np.eye(FEATURE_DIM))
-    save_stats(tmp_path / "stats.npz", stats)
+    save_fid_stats(tmp_path / "stats.npz", stats)
     loaded = open_image_set(str(tmp_path / "stats.npz"))
     assert isinstance(loaded, FIDStats)
     np.testing.assert_array_equal(loaded.mu, stats.mu)
@@ -172,7 +173,7 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "prep"), "--save-stats", str(tmp_path / "ref.npz"),
             "--mlflow-uri", tracking_uri, "--batch-size", "10"]
     assert main(argv) == 0
-    ref = load_stats(tmp_path / "ref.npz")
+    ref = load_fid_stats(tmp_path / "ref.npz")
     np.testing.assert_allclose(ref.mu, reference.mu, rtol=1e-5, atol=1e-7)
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])

@@ -14,16 +14,16 @@ from dctdiff.evaluation.fid import (
     FEATURE_DIM,
     FeatureMoments,
     FIDStats,
-    compute_fid_stats,
     extract_features,
     fid_from_stats,
     frechet_distance,
     load_inception,
-    load_stats,
-    save_stats,
+    load_fid_stats,
+    save_fid_stats,
 )
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.sources import FASHION_MNIST_DIR
+from tests.fid_reference import compute_fid_stats
 
 N_IMAGES = 12  # per set: the CPU Inception runs at ~10 images/s on 2 cores
 
@@ -154,18 +154,18 @@ def test_fid_is_zero_against_itself_and_grows_with_noise(inception, photos, data
 def test_stats_file_round_trip_and_bad_width(tmp_path):
     rng = np.random.default_rng(5)
     stats = FIDStats(rng.normal(size=FEATURE_DIM), np.eye(FEATURE_DIM) * 2)
-    save_stats(tmp_path / "ref.npz", stats)
+    save_fid_stats(tmp_path / "ref.npz", stats)
     with np.load(tmp_path / "ref.npz") as data:  # pytorch-fid reads exactly these keys
         assert sorted(data.files) == ["mu", "sigma"]
-    loaded = load_stats(tmp_path / "ref.npz")
+    loaded = load_fid_stats(tmp_path / "ref.npz")
     np.testing.assert_array_equal(loaded.mu, stats.mu)
     np.testing.assert_array_equal(loaded.sigma, stats.sigma)
     np.savez(tmp_path / "narrow.npz", mu=np.zeros(64), sigma=np.eye(64))
     with pytest.raises(ValueError, match=r"width mu \[64\].*needs mu \[2048\]"):
-        load_stats(tmp_path / "narrow.npz")
+        load_fid_stats(tmp_path / "narrow.npz")
     np.savez(tmp_path / "other.npz", mean=np.zeros(3))
     with pytest.raises(ValueError, match="missing"):
-        load_stats(tmp_path / "other.npz")
+        load_fid_stats(tmp_path / "other.npz")
 
 
 def test_bad_weights_give_clear_errors(tmp_path):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dctdiff.evaluation.fid import compute_fid_stats, fid_from_stats
+from dctdiff.evaluation.fid import fid_from_stats, load_fid_stats
+from tests.fid_reference import compute_fid_stats
 from dctdiff.core.generation import generate_images
 from dctdiff.evaluation.image_sets import PreparedImages
-from dctdiff.training.training_fid import ensure_reference_stats, load_reference, reference_uri
+from dctdiff.training.training_fid import ensure_reference_stats, reference_uri
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
 from dctdiff.commands.train_command import parse_args
@@ -41,7 +42,7 @@ def test_periodic_fid_matches_a_recomputation_from_the_checkpoint(ray_session, t
 
     # reference: the Ray Data job's statistics equal those of the training images measured in this process
     expected_reference = compute_fid_stats(PreparedImages(str(data)).load())
-    reference = load_reference(reference_uri(str(data)))
+    reference = load_fid_stats(reference_uri(str(data)))
     np.testing.assert_allclose(reference.mu, expected_reference.mu, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(reference.sigma, expected_reference.sigma, rtol=1e-5, atol=1e-5)
 
@@ -63,10 +64,10 @@ def test_periodic_fid_matches_a_recomputation_from_the_checkpoint(ray_session, t
 def test_reference_statistics_are_recomputed_when_the_data_changes(ray_session, tmp_path):
     data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=1), shards=1)
     uri = ensure_reference_stats(str(data), 8)
-    first = load_reference(uri)
+    first = load_fid_stats(uri)
     written = Path(uri).stat().st_mtime_ns
     assert ensure_reference_stats(str(data), 8) == uri and Path(uri).stat().st_mtime_ns == written  # cached
     data = write_prepared(tmp_path / "data", photo_crops(12, 32, seed=1), shards=1)  # same folder, more images
-    again = load_reference(ensure_reference_stats(str(data), 12))
+    again = load_fid_stats(ensure_reference_stats(str(data), 12))
     assert not np.allclose(again.mu, first.mu)
     np.testing.assert_allclose(again.mu, compute_fid_stats(PreparedImages(str(data)).load()).mu, rtol=1e-5, atol=1e-5)

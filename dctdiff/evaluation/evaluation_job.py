@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_stats
+from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_fid_stats
 from dctdiff.evaluation.feature_job import dataset_moments, image_set_stats
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
 from dctdiff.infra.ray_cluster import init_ray
@@ -116,7 +116,7 @@ def run_fid(
     computed = iter(image_set_stats(to_compute, weights, batch_size, actors) if to_compute else [])
     stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
     if save_stats_to:
-        save_stats(save_stats_to, stats[-1])
+        save_fid_stats(save_stats_to, stats[-1])
         print(f"statistics of {specs[-1]} written to {save_stats_to}")
     if len(specs) == 1:
         return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import NamedTuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from dctdiff.infra import storage
 
@@ -195,33 +193,6 @@ class FeatureMoments:
         return FIDStats(mu, (sigma + sigma.T) / 2)
 
 
-def _batches(images: ImageArray | Iterable[ImageArray], batch_size: int) -> Iterable[ImageArray]:
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        return (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
-    return images
-
-
-def compute_fid_stats(
-    images: ImageArray | Iterable[ImageArray],
-    weights: str | Path | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 50,
-    progress: bool = False,
-) -> FIDStats:
-    """FID statistics (mu, sigma) of uint8 images [N, H, W, 3], or of an iterable of such batches.
-
-    In-process (no Ray): for the trainer's periodic FID, sweeps and small evaluations.
-    """
-    model = load_inception(weights, device)
-    moments = FeatureMoments.empty()
-    total = images.shape[0] if isinstance(images, (np.ndarray, torch.Tensor)) else None
-    with tqdm(total=total, desc="Inception features", unit="img", disable=not progress) as bar:
-        for batch in _batches(images, batch_size):
-            moments.update(extract_features(batch, model, batch_size))
-            bar.update(len(batch))
-    return moments.stats()
-
-
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     """Square root of a symmetric positive semi-definite matrix (negative round-off eigenvalues -> 0)."""
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
@@ -250,18 +221,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_stats(a: FIDStats, b: FIDStats) -> float:
-    """FID between two sets given their statistics (``compute_fid_stats`` or ``load_stats``)."""
+    """FID between two sets given their statistics (``FeatureMoments.stats`` or ``load_fid_stats``)."""
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
-def save_stats(path: str | Path, stats: FIDStats) -> None:
+def save_fid_stats(path: str | Path, stats: FIDStats) -> None:
     """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format (a path or URI, atomically)."""
     buffer = io.BytesIO()
     np.savez(buffer, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma))
     storage.write_bytes(str(path), buffer.getvalue())
 
 
-def load_stats(path: str | Path, dim: int = FEATURE_DIM) -> FIDStats:
+def load_fid_stats(path: str | Path, dim: int = FEATURE_DIM) -> FIDStats:
     """Read ``mu`` [dim], ``sigma`` [dim, dim] from a pytorch-fid ``.npz``; clear errors for anything else."""
     with np.load(io.BytesIO(storage.read_bytes(str(path)))) as data:
         missing = {"mu", "sigma"} - set(data.files)
@@ -279,7 +250,7 @@ def checked_stats(mu: np.ndarray, sigma: np.ndarray, name: str, dim: int = FEATU
         raise ValueError(
             f"{name} holds statistics of width mu {list(mu.shape)}, sigma {list(sigma.shape)}; FID with the "
             f"Inception-v3 pool3 features needs mu [{dim}] and sigma [{dim}, {dim}] (recompute them with "
-            "`python -m dctdiff.evaluation.evaluation_job fid SET --save-stats OUT.npz`)"
+            "`dctdiff evaluate fid SET --save-stats OUT.npz`)"
         )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"{name} holds non-finite statistics")

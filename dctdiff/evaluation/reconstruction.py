@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FeatureMoments, extract_features, fid_from_stats, load_inception
+from dctdiff.evaluation.fid import FeatureMoments, fid_from_stats
 from dctdiff.core.image_metrics import mse, psnr_from_mse
 
 DEFAULT_GAMMA = 0.5
@@ -77,23 +77,6 @@ def summarize(moments: dict[int, FeatureMoments], mean_mse: dict[int, float]) ->
 def choose_keep(rows: Sequence[ReconstructionRow], gamma: float = DEFAULT_GAMMA) -> int | None:
     """The smallest keep with rFID < gamma (paper's rule), or None when no keep reaches it."""
     return min((row.keep for row in rows if row.rfid < gamma), default=None)
-
-
-def reconstruction_analysis(
-    images: np.ndarray, block_size: int, weights: str | None = None, batch_size: int = 50
-) -> list[ReconstructionRow]:
-    """In-process analysis of uint8 images [N, H, W, 3] (no Ray)."""
-    model = load_inception(weights)
-    moments: dict[int, FeatureMoments] = {}
-    squared: dict[int, float] = {}
-    for start in range(0, len(images), batch_size):
-        rows = reconstruction_batch({"image": images[start : start + batch_size]}, block_size)
-        features = extract_features(rows["image"], model, batch_size)
-        for keep in np.unique(rows["keep"]):
-            selected = rows["keep"] == keep
-            moments.setdefault(int(keep), FeatureMoments.empty()).update(features[selected])
-            squared[int(keep)] = squared.get(int(keep), 0.0) + float(rows["mse"][selected].sum())
-    return summarize(moments, {keep: total / len(images) for keep, total in squared.items()})
 
 
 def write_csv(rows: Sequence[ReconstructionRow], path: str | Path) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from dctdiff.infra import storage
 from dctdiff.core.codec import Codec
-from dctdiff.evaluation.fid import FeatureMoments, FIDStats, checked_stats, extract_features, fid_from_stats, load_inception
+from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, fid_from_stats, load_inception
 from dctdiff.core.generation import generate_images
 from dctdiff.core.uvit import UViT
 from dctdiff.core.noise_schedule import VPSchedule
@@ -56,12 +56,6 @@ def ensure_reference_stats(data_uri: str, rows: int) -> str:
     np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows)
     storage.write_bytes(uri, buffer.getvalue())
     return uri
-
-
-def load_reference(uri: str) -> FIDStats:
-    """The statistics ``ensure_reference_stats`` wrote (any pytorch-fid ``.npz`` works too)."""
-    with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
-        return checked_stats(data["mu"], data["sigma"], uri)
 
 
 def _all_reduce(moments: FeatureMoments, device: torch.device | str) -> FeatureMoments:

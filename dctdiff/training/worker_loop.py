@@ -18,7 +18,8 @@ from dctdiff.training.config import TrainConfig, config_from_dict
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, source_codec
-from dctdiff.training.training_fid import load_reference, sample_fid
+from dctdiff.evaluation.fid import load_fid_stats
+from dctdiff.training.training_fid import sample_fid
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
     logger = RankZeroLogger(settings.run, rank)
-    reference = load_reference(settings.fid_reference) if settings.fid_reference else None
+    reference = load_fid_stats(settings.fid_reference) if settings.fid_reference else None
 
     cadence = config.cadence
     per_worker = config.optim.batch_size // world
