@@ -1,0 +1,123 @@
+"""Metrics for small studies against independent computations: KID (Bińkowski et al. 2018), improved
+precision and recall (Kynkäänniemi et al. 2019), the radial power spectrum and the block-DCT energy;
+the `evaluate spectrum` subcommand and the KID/precision/recall of `evaluate fid` end to end."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import numpy as np
+import pytest
+
+from dctdiff.core.codec import dct_matrix, zigzag_order
+from dctdiff.evaluation.kid import kernel_inception_distance, mmd2_unbiased
+from dctdiff.evaluation.precision_recall import precision_recall
+from dctdiff.evaluation.spectrum import PLANES, radial_power, spectral_stats
+
+
+# KID -------------------------------------------------------------------------------------------------
+
+
+def slow_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 of Gretton et al. (2012, eq. 3) as a plain double loop over pairs."""
+    def k(a, b):
+        return (sum(float(p) * float(q) for p, q in zip(a, b)) / len(a) + 1.0) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2.0 * xy
+
+
+def test_mmd2_unbiased_equals_the_double_loop():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(9, 5)), rng.normal(0.3, 1.2, size=(7, 5))
+    assert mmd2_unbiased(x, y) == pytest.approx(slow_mmd2_unbiased(x, y), abs=1e-10)
+
+
+def test_kid_of_two_samples_of_one_gaussian_is_zero_within_its_error():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    kid = kernel_inception_distance(x, y, subsets=50)
+    assert kid.subset_size == 200 and kid.std_error > 0
+    assert abs(kid.mean) < 2 * kid.std_error
+    shifted = kernel_inception_distance(x, y + 0.5, subsets=50)
+    assert shifted.mean > 10 * shifted.std_error  # shifted means: clearly positive
+    # The estimate is unbiased: the average over many independent pairs of small sets is ~0.
+    small = [mmd2_unbiased(rng.normal(size=(10, 16)), rng.normal(size=(10, 16))) for _ in range(400)]
+    assert abs(np.mean(small)) < 3 * np.std(small) / np.sqrt(len(small))
+
+
+def test_kid_rejects_sets_too_small_for_subsets():
+    with pytest.raises(ValueError, match="at least 4 images"):
+        kernel_inception_distance(np.zeros((3, 4)), np.zeros((10, 4)))
+
+
+# Precision and recall --------------------------------------------------------------------------------
+
+
+def slow_precision_recall(real: np.ndarray, generated: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkäänniemi et al. (2019, eqs. 1-2) one sample at a time with exact distances."""
+    def radius(points, i):
+        return sorted(np.linalg.norm(points[i] - points[j]) for j in range(len(points)) if j != i)[k - 1]
+
+    def inside(manifold, query):
+        radii = [radius(manifold, i) for i in range(len(manifold))]
+        return [any(np.linalg.norm(q - p) <= r for p, r in zip(manifold, radii)) for q in query]
+
+    return float(np.mean(inside(real, generated))), float(np.mean(inside(generated, real)))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_precision_recall_equal_the_plain_implementation(k):
+    rng = np.random.default_rng(2)
+    real, generated = rng.normal(size=(40, 6)), rng.normal(0.4, 0.8, size=(30, 6))
+    result = precision_recall(real, generated, k=k, batch_size=7)  # batches that do not divide the sets
+    assert (result.precision, result.recall) == pytest.approx(slow_precision_recall(real, generated, k), abs=1e-12)
+
+
+def test_precision_recall_of_known_gaussians():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(500, 8))
+    itself = precision_recall(real, real)
+    assert itself.precision == 1.0 and itself.recall == 1.0
+    same = precision_recall(real, rng.normal(size=(500, 8)))
+    assert same.precision > 0.85 and same.recall > 0.85
+    shifted = precision_recall(real, rng.normal(size=(500, 8)) + 1.5)
+    assert shifted.precision < 0.5 and shifted.recall < 0.5
+    collapsed = precision_recall(real, 0.3 * rng.normal(size=(500, 8)))  # inside the real manifold, less diverse
+    assert collapsed.precision > 0.95 and collapsed.recall < 0.5
+
+
+# Spectra ---------------------------------------------------------------------------------------------
+
+
+def grey(values: np.ndarray) -> np.ndarray:
+    """Grey uint8 RGB images [N, H, W, 3] from luma values [N, H, W] (rounded)."""
+    return np.repeat(np.clip(np.rint(values), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize(("u", "v"), [(3, 0), (0, 5), (4, 3), (6, 6)])
+def test_radial_spectrum_of_a_sinusoid_peaks_at_its_frequency(u, v):
+    size = 32
+    rows, cols = np.mgrid[:size, :size]
+    wave = 128 + 100 * np.cos(2 * np.pi * (u * rows + v * cols) / size + 0.3)
+    power = radial_power(grey(wave[None]))[0]  # [16], bin r - 1 holds radius r
+    assert power.argmax() + 1 == round(np.hypot(u, v))
+    assert power.max() > 1000 * np.median(power)  # only uint8 rounding noise elsewhere
+
+
+@pytest.mark.parametrize(("block_size", "row", "col"), [(2, 0, 1), (2, 1, 1), (4, 0, 2), (4, 2, 0), (4, 2, 2)])
+def test_dct_energy_of_a_basis_function_sits_in_its_coefficient(block_size, row, col):
+    """An image tiled with one B x B DCT basis function (amplitude 40: integer pixels for these
+    frequencies) has all its energy in that luma coefficient: 40^2 in every Y block, nothing else."""
+    d = dct_matrix(block_size)
+    basis = np.outer(d[row], d[col])  # [B, B], orthonormal DCT-II basis function
+    image = 128 + 40 * np.tile(basis, (8 // block_size * 2, 8 // block_size * 2))  # [16, 16]
+    assert np.allclose(image, np.rint(image))
+    stats = spectral_stats([grey(image[None])], block_size)
+    expected = np.zeros((len(PLANES), block_size**2))
+    expected[0, list(zigzag_order(block_size)).index(row * block_size + col)] = 40.0**2
+    np.testing.assert_allclose(stats.energy, expected, atol=1e-9)
