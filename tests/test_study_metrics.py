@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from dctdiff.core.codec import dct_matrix, zigzag_order
 from dctdiff.evaluation.kid import kernel_inception_distance, mmd2_unbiased
@@ -121,3 +122,113 @@ def test_dct_energy_of_a_basis_function_sits_in_its_coefficient(block_size, row,
     expected = np.zeros((len(PLANES), block_size**2))
     expected[0, list(zigzag_order(block_size)).index(row * block_size + col)] = 40.0**2
     np.testing.assert_allclose(stats.energy, expected, atol=1e-9)
+
+
+def test_kid_kernel_cache_gives_the_per_subset_computation(monkeypatch):
+    from dctdiff.evaluation import kid
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(60, 12)), rng.normal(0.2, 1.0, size=(50, 12))
+    cached = kid.kernel_inception_distance(x, y, subsets=20, seed=3)
+    monkeypatch.setattr(kid, "KERNEL_CACHE_FEATURES", 0)
+    assert kid.kernel_inception_distance(x, y, subsets=20, seed=3) == pytest.approx(cached, rel=1e-12)
+
+
+# The evaluate subcommands ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tracking_uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def box_blur(images: np.ndarray) -> np.ndarray:
+    """3 x 3 box blur (wrap-around) of uint8 images [N, H, W, 3]: less high-frequency power."""
+    shifted = [np.roll(images.astype(np.float64), (dy, dx), axis=(1, 2)) for dy, dx in itertools.product((-1, 0, 1), repeat=2)]
+    return np.rint(np.mean(shifted, axis=0)).astype(np.uint8)
+
+
+def test_spectrum_subcommand_writes_tables_plot_and_logs(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from dctdiff.commands.evaluate_command import main
+    from dctdiff.data.bundled_photos import photo_crops
+
+    np.savez(tmp_path / "blurred.npz", images=box_blur(photo_crops(8, 32)))
+    common = ["--resolution", "32", "--block-size", "4", "--mlflow-uri", tracking_uri]
+    assert main(["spectrum", "photos:8", "photos:8", "--output", str(tmp_path / "self"), "--no-mlflow", *common]) == 0
+    with open(tmp_path / "self" / "spectrum.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 16 and all(float(r["ratio"]) == 1.0 for r in rows)  # a set against itself
+
+    assert main(["spectrum", str(tmp_path / "blurred.npz"), "photos:8", "--output", str(tmp_path / "out"), *common]) == 0
+    with open(tmp_path / "out" / "dct_energy.csv") as handle:
+        energy = list(csv.DictReader(handle))
+    assert [(r["plane"], int(r["zigzag"])) for r in energy] == [(p, z) for p in PLANES for z in range(16)]
+    assert (tmp_path / "out" / "spectrum.png").stat().st_size > 1000
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
+    metrics = run.data.metrics
+    assert metrics["spectrum_distance"] > 0.1
+    assert metrics["spectrum_ratio_high"] < metrics["spectrum_ratio_low"] and metrics["spectrum_ratio_high"] < 0.5
+    assert metrics["dct_energy_ratio_Y_high"] < 0.5
+    assert run.data.tags["spectrum.block_size"] == "4"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "spectrum")}
+    assert artifacts == {"spectrum/spectrum.csv", "spectrum/dct_energy.csv", "spectrum/spectrum.png"}
+
+
+def test_spectrum_subcommand_bad_inputs(tmp_path, capsys):
+    from dctdiff.commands.evaluate_command import main
+    from dctdiff.data.bundled_photos import photo_crops
+
+    np.savez(tmp_path / "small.npz", images=photo_crops(2, 16))
+    np.savez(tmp_path / "large.npz", images=photo_crops(2, 32))
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    cases = [
+        (["spectrum", str(tmp_path / "small.npz"), str(tmp_path / "large.npz")], "of one size"),
+        (["spectrum", str(tmp_path / "stats.npz"), "photos:2", "--resolution", "32"], "needs images"),
+        (["spectrum", "photos:2", "photos:2", "--resolution", "32", "--block-size", "3"], "block size"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--no-mlflow", "--output", str(tmp_path / "out")]) == 2, argv
+        assert message in capsys.readouterr().err.splitlines()[-1], argv
+
+
+class FakeInception(torch.nn.Module):
+    """A fast stand-in with the FID Inception's interface: [N, 3, 299, 299] -> [N, 2048] (fixed random
+    projection of an 8 x 8 average pool, then ReLU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.projection = torch.nn.Linear(3 * 8 * 8, 2048)
+        torch.nn.init.normal_(self.projection.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.projection(torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)))
+
+
+@pytest.mark.slow
+def test_fid_subcommand_reports_kid_precision_recall(ray_session, tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from dctdiff.commands.evaluate_command import main
+    from dctdiff.data.bundled_photos import photo_crops
+    from dctdiff.evaluation.feature_metrics import feature_metrics
+    from dctdiff.evaluation.fid import extract_features, load_inception
+
+    weights = tmp_path / "fake_inception.pt"
+    torch.jit.script(FakeInception()).save(str(weights))
+    samples, reference = box_blur(photo_crops(10, 32, seed=1)), photo_crops(12, 32, seed=2)
+    np.savez(tmp_path / "samples.npz", images=samples)
+    np.savez(tmp_path / "reference.npz", images=reference)
+    model = load_inception(weights, "cpu")
+    expected = feature_metrics(extract_features(samples, model), extract_features(reference, model))
+
+    argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "reference.npz"), "--weights", str(weights),
+            "--batch-size", "3", "--mlflow-uri", tracking_uri, "--metric", "fid_ema"]
+    assert main(argv) == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
+    for name, value in expected.items():  # the Ray job keeps the dataset order: the same KID subsets
+        assert run.data.metrics[f"fid_ema_{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert 0 <= expected["precision"] <= 1 and expected["kid_std_error"] > 0

@@ -19,6 +19,7 @@ import numpy as np
 
 DEFAULT_SUBSETS = 100
 DEFAULT_SUBSET_SIZE = 1000
+KERNEL_CACHE_FEATURES = 5000  # up to this many features in all, the kernel matrices are computed once (<= 200 MB)
 
 
 class KIDResult(NamedTuple):
@@ -40,15 +41,19 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (np.asarray(x @ y.T, dtype=np.float64) / x.shape[1] + 1.0) ** 3
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 of features x [m, d] and y [n, d] under ``polynomial_kernel`` (m, n >= 2)."""
-    m, n = x.shape[0], y.shape[0]
+def mmd2_from_kernels(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    """Unbiased MMD^2 from the kernel matrices k_xx [m, m], k_yy [n, n], k_xy [m, n] (m, n >= 2)."""
+    m, n = k_xy.shape
     if m < 2 or n < 2:
         raise ValueError(f"the unbiased MMD needs at least 2 features per set, got {m} and {n}")
-    k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
     within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
     return float(within_x + within_y - 2.0 * k_xy.mean())
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of features x [m, d] and y [n, d] under ``polynomial_kernel``."""
+    return mmd2_from_kernels(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y))
 
 
 def kernel_inception_distance(
@@ -62,7 +67,8 @@ def kernel_inception_distance(
 
     ``subset_size`` defaults to min(1000, m // 2, n // 2): the paper's 1000 where the sets allow, and
     at most half of each set, so that subsets differ on both sides and their spread is an error bar.
-    The estimate is unbiased at any subset size; only its variance depends on it.
+    The estimate is unbiased at any subset size; only its variance depends on it. Small sets (up to
+    ``KERNEL_CACHE_FEATURES`` features in all) compute the kernel matrices once and index them per subset.
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
@@ -76,9 +82,13 @@ def kernel_inception_distance(
             "features); KID needs at least 4 images per set"
         )
     rng = np.random.default_rng(seed)
-    estimates = np.array([
-        mmd2_unbiased(x[rng.choice(x.shape[0], size, replace=False)], y[rng.choice(y.shape[0], size, replace=False)])
-        for _ in range(subsets)
-    ])  # [subsets]
+    draws = [(rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))
+             for _ in range(subsets)]
+    if x.shape[0] + y.shape[0] <= KERNEL_CACHE_FEATURES:
+        k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+        estimates = [mmd2_from_kernels(k_xx[np.ix_(i, i)], k_yy[np.ix_(j, j)], k_xy[np.ix_(i, j)]) for i, j in draws]
+    else:
+        estimates = [mmd2_unbiased(x[i], y[j]) for i, j in draws]
+    estimates = np.array(estimates)  # [subsets]
     spread = float(estimates.std(ddof=1)) if subsets > 1 else float("nan")
     return KIDResult(float(estimates.mean()), spread, subsets, size)
