@@ -144,7 +144,8 @@ def tracking_uri(tmp_path):
 
 def box_blur(images: np.ndarray) -> np.ndarray:
     """3 x 3 box blur (wrap-around) of uint8 images [N, H, W, 3]: less high-frequency power."""
-    shifted = [np.roll(images.astype(np.float64), (dy, dx), axis=(1, 2)) for dy, dx in itertools.product((-1, 0, 1), repeat=2)]
+    offsets = itertools.product((-1, 0, 1), repeat=2)
+    shifted = [np.roll(images.astype(np.float64), (dy, dx), axis=(1, 2)) for dy, dx in offsets]
     return np.rint(np.mean(shifted, axis=0)).astype(np.uint8)
 
 
@@ -161,7 +162,8 @@ def test_spectrum_subcommand_writes_tables_plot_and_logs(tmp_path, tracking_uri)
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16 and all(float(r["ratio"]) == 1.0 for r in rows)  # a set against itself
 
-    assert main(["spectrum", str(tmp_path / "blurred.npz"), "photos:8", "--output", str(tmp_path / "out"), *common]) == 0
+    blurred = str(tmp_path / "blurred.npz")
+    assert main(["spectrum", blurred, "photos:8", "--output", str(tmp_path / "out"), *common]) == 0
     with open(tmp_path / "out" / "dct_energy.csv") as handle:
         energy = list(csv.DictReader(handle))
     assert [(r["plane"], int(r["zigzag"])) for r in energy] == [(p, z) for p in PLANES for z in range(16)]

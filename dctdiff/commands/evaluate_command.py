@@ -11,10 +11,10 @@ An image set is a folder of images, a `dctdiff prepare` output (decoded with all
 of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format), a prepare
 source read directly (cifar10:PATH, fashion-mnist[:PATH], parquet:PATH; train split) or photos:N (crops
 of the bundled photos; needs --resolution). `fid A B` is the FID of A against reference B; --save-stats
-writes B's statistics (A's when B is left out); KID and precision/recall need images on both sides.
-`spectrum A B` compares the radially averaged luma power spectrum and the block-DCT energy per
-frequency of A with those of B (CSV tables and a plot in --output). Results go to a new MLflow run in --experiment, or into
-the run --run-id (e.g. the training run) without changing its status.
+writes B's statistics (A's when B is left out); with images on both sides it adds KID and improved
+precision/recall. `spectrum A B` compares the radially averaged luma power spectrum and the block-DCT
+energy per frequency of A with those of B (CSV tables and a plot in --output). Results go to a new
+MLflow run in --experiment, or into the run --run-id (e.g. the training run) without changing its status.
 """
 
 from __future__ import annotations

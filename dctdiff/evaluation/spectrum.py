@@ -50,11 +50,13 @@ def radial_power(images: np.ndarray) -> np.ndarray:
     y = luma(images)  # [N, H, W]
     height, width = y.shape[1:]
     power = np.abs(np.fft.fft2(y - y.mean(axis=(1, 2), keepdims=True))) ** 2 / (height * width)  # [N, H, W]
-    bins = radial_bins(height, width).ravel()
+    bins = radial_bins(height, width).ravel()  # [H W], values 0..0.71 max(H, W)
+    width_bins = max(height, width) + 1
+    counts = np.bincount(bins, minlength=width_bins)  # [max(H, W) + 1]
+    per_image = (bins[None, :] + width_bins * np.arange(len(y))[:, None]).ravel()  # one bin range per image
+    sums = np.bincount(per_image, weights=power.ravel(), minlength=len(y) * width_bins).reshape(len(y), width_bins)
     radii = min(height, width) // 2
-    counts = np.bincount(bins, minlength=radii + 1)[1 : radii + 1]  # [R]
-    sums = np.stack([np.bincount(bins, weights=p, minlength=radii + 1)[1 : radii + 1] for p in power.reshape(len(y), -1)])
-    return sums / counts  # [N, R]
+    return sums[:, 1 : radii + 1] / counts[1 : radii + 1]  # [N, R]
 
 
 def dct_energy(images: np.ndarray, codec: DCTCodec) -> np.ndarray:
@@ -81,7 +83,8 @@ def spectral_stats(batches: Iterable[np.ndarray], block_size: int) -> SpectralSt
     power_sum, energy_sum, count, codec = None, None, 0, None
     for batch in batches:
         if codec is None:
-            codec = DCTCodec(batch.shape[1:3], block_size, keep=block_size**2, dtype=torch.float64)  # validates the sizes
+            # float64 analysis; the codec validates the image size against the block size
+            codec = DCTCodec(batch.shape[1:3], block_size, keep=block_size**2, dtype=torch.float64)
         power, energy = radial_power(batch).sum(axis=0), dct_energy(batch, codec)
         power_sum = power if power_sum is None else power_sum + power
         energy_sum = energy if energy_sum is None else energy_sum + energy
@@ -92,7 +95,8 @@ def spectral_stats(batches: Iterable[np.ndarray], block_size: int) -> SpectralSt
     tokens = height * width // (2 * block_size) ** 2
     blocks_per_image = tokens * np.array([4, 1, 1])  # a token holds 4 Y blocks, 1 Cb and 1 Cr block (4:2:0)
     frequencies = np.arange(1, min(height, width) // 2 + 1) / max(height, width)
-    return SpectralStats(frequencies, power_sum / count, energy_sum / (count * blocks_per_image[:, None]), block_size, count)
+    energy = energy_sum / (count * blocks_per_image[:, None])
+    return SpectralStats(frequencies, power_sum / count, energy, block_size, count)
 
 
 def log_ratio(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
