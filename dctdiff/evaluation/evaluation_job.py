@@ -16,6 +16,7 @@ left out) for later runs. Results go to MLflow: a new run in ``--experiment``, o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import numpy as np
 
 from dctdiff.core.codec import DCTCodec
 from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_fid_stats
-from dctdiff.evaluation.feature_job import dataset_moments, image_set_stats
+from dctdiff.evaluation.feature_job import dataset_moments, image_set_features
+from dctdiff.evaluation.feature_metrics import MIN_IMAGES, feature_metrics
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
 from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.evaluation.reconstruction import (
@@ -42,6 +44,8 @@ from dctdiff.infra.mlflow_tracking import create_run, redact, resolve_tracking_u
 
 DEFAULT_EXPERIMENT = "dctdiff-evaluate"
 RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes B*B + 1 images)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,11 @@ def run_fid(
     metric: str = "fid",
     step: int = 0,
 ) -> float | None:
-    """FID of ``specs[0]`` against ``specs[1]`` (None with one set: then its statistics are only saved)."""
+    """FID of ``specs[0]`` against ``specs[1]`` (None with one set: then its statistics are only saved).
+
+    When both are image sets, KID, its standard error and improved precision/recall are computed from
+    the same features and logged beside FID (``related_metric``); statistics files hold moments only.
+    """
     if not 1 <= len(specs) <= 2:
         raise ValueError(f"fid takes one or two image sets, got {len(specs)}")
     if len(specs) == 1 and not save_stats_to:
@@ -113,7 +121,9 @@ def run_fid(
     to_compute = [s for s in opened if isinstance(s, ImageSet)]
     if to_compute:
         init_ray()
-    computed = iter(image_set_stats(to_compute, weights, batch_size, actors) if to_compute else [])
+    with_features = len(to_compute) == 2 and min(s.count for s in to_compute) >= MIN_IMAGES
+    groups = image_set_features(to_compute, weights, batch_size, actors, with_features) if to_compute else []
+    computed = iter([group.moments.stats() for group in groups])
     stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
     if save_stats_to:
         save_fid_stats(save_stats_to, stats[-1])
@@ -122,14 +132,27 @@ def run_fid(
         return None
     fid = fid_from_stats(stats[0], stats[1])
     print(f"FID {fid:.4f}  ({_describe(opened[0], specs[0])} vs {_describe(opened[1], specs[1])})")
+    related = feature_metrics(groups[0].features(), groups[1].features()) if with_features else {}
+    if related:
+        logger.info("KID %.5f +- %.5f, precision %.4f, recall %.4f", related["kid"], related["kid_std_error"],
+                    related["precision"], related["recall"])
+    else:
+        logger.info("no KID, precision, recall: they need two image sets of at least %d images each (a statistics "
+                    "file holds moments only)", MIN_IMAGES)
     if tracking is not None:
         tags = {f"{metric}.set": specs[0], f"{metric}.reference": specs[1]}
         for name, opened_set in zip(("set", "reference"), opened):
             if isinstance(opened_set, ImageSet):
                 tags[f"{metric}.images.{name}"] = str(opened_set.count)
-        run_id = log_to_mlflow(tracking, "fid", [(metric, fid, step)], tags)
+        logged = [(metric, fid, step)] + [(related_metric(metric, name), v, step) for name, v in related.items()]
+        run_id = log_to_mlflow(tracking, "fid", logged, tags)
         print(f"logged {metric} to MLflow run {run_id}")
     return fid
+
+
+def related_metric(metric: str, name: str) -> str:
+    """MLflow name of the metric ``name`` (kid, precision...) logged beside the FID metric ``metric``."""
+    return name if metric == "fid" else f"{metric}_{name}"
 
 
 def _describe(opened: ImageSet | FIDStats, spec: str) -> str:

@@ -1,5 +1,6 @@
 """Inception feature extraction as a Ray Data job: one FID network per actor (a GPU each when the
-cluster has GPUs), feature moments merged in the driver, optionally per group (e.g. per ``keep``)."""
+cluster has GPUs), feature moments merged in the driver, optionally per group (e.g. per ``keep``), and
+optionally the features themselves (for KID and precision/recall: float32 [N, 2048], 8 KiB per image)."""
 
 from __future__ import annotations
 
@@ -62,10 +63,18 @@ def dataset_features(ds: Any, weights: str | None = None, batch_size: int = 50, 
 
 @dataclass
 class GroupFeatures:
-    """Feature moments of one group of images, plus the sums of per-image scalar columns."""
+    """Feature moments of one group of images, the sums of per-image scalar columns, and the feature
+    batches when kept (``dataset_moments(keep_features=True)``)."""
 
     moments: FeatureMoments = field(default_factory=FeatureMoments.empty)
     sums: dict[str, float] = field(default_factory=dict)
+    batches: list[np.ndarray] = field(default_factory=list)
+
+    def features(self) -> np.ndarray:
+        """The kept features of the group, float32 [n, 2048], in dataset order."""
+        if not self.batches:
+            raise ValueError("no features were kept: call dataset_moments(..., keep_features=True)")
+        return np.concatenate(self.batches)
 
     def mean(self, column: str) -> float:
         """Mean of a per-image column over the group."""
@@ -81,15 +90,19 @@ def dataset_moments(
     batch_size: int = 50,
     actors: int | None = None,
     progress: bool = True,
+    keep_features: bool = False,
 ) -> dict[Any, GroupFeatures]:
     """Inception feature moments of the images of ``ds`` per value of its column ``group`` (one group,
     key None, without it), and the sums of the per-image columns ``mean_columns``.
 
     Runs the feature job and merges batches in the driver as they stream in (memory: one [2048, 2048]
-    float64 matrix per group, whatever the number of images).
+    float64 matrix per group, whatever the number of images). ``keep_features`` also keeps the features
+    (8 KiB per image), in dataset order, so that subset-based metrics do not depend on scheduling.
     """
     groups: dict[Any, GroupFeatures] = {}
     features = dataset_features(ds, weights, batch_size, actors)
+    if keep_features:
+        features.context.execution_options.preserve_order = True
     with tqdm(total=total, desc="Inception features", unit="img", disable=not progress) as bar:
         for batch in features.iter_batches(batch_size=None, batch_format="numpy"):
             keys = batch[group] if group else np.zeros(len(batch["features"]), dtype=np.int8)
@@ -97,22 +110,37 @@ def dataset_moments(
                 rows = keys == key
                 entry = groups.setdefault(key.item() if group else None, GroupFeatures())
                 entry.moments.update(batch["features"][rows])
+                if keep_features:
+                    entry.batches.append(batch["features"][rows].astype(np.float32))
                 for column in mean_columns:
                     entry.sums[column] = entry.sums.get(column, 0.0) + float(batch[column][rows].sum())
             bar.update(len(keys))
     return groups
 
 
-def image_set_stats(
-    sets: Sequence[ImageSet], weights: str | None = None, batch_size: int = 50, actors: int | None = None
-) -> list[FIDStats]:
-    """FID statistics of several image sets in one Ray Data job (the sets tagged by a ``set`` column)."""
+def image_set_features(
+    sets: Sequence[ImageSet],
+    weights: str | None = None,
+    batch_size: int = 50,
+    actors: int | None = None,
+    keep_features: bool = False,
+) -> list[GroupFeatures]:
+    """Feature moments (and the features, with ``keep_features``) of several image sets in one Ray Data
+    job (the sets tagged by a ``set`` column)."""
     datasets = [
         s.to_dataset().add_column("set", lambda batch, i=i: np.full(len(batch["image"]), i), batch_format="numpy")
         for i, s in enumerate(sets)
     ]
     union = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     groups = dataset_moments(
-        union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors
+        union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors,
+        keep_features=keep_features,
     )
-    return [groups[i].moments.stats() for i in range(len(sets))]
+    return [groups[i] for i in range(len(sets))]
+
+
+def image_set_stats(
+    sets: Sequence[ImageSet], weights: str | None = None, batch_size: int = 50, actors: int | None = None
+) -> list[FIDStats]:
+    """FID statistics of several image sets in one Ray Data job."""
+    return [group.moments.stats() for group in image_set_features(sets, weights, batch_size, actors)]

@@ -9,6 +9,10 @@ with every frequency kept, and cached beside them as ``fid_stats.npz`` (pytorch-
 plus the number of images, so a re-prepared dataset is noticed). During training the sample seeds
 ``0..n-1`` are split over the Ray Train workers and their Inception feature moments summed, so the
 FID of a step does not depend on the worker count.
+
+KID and precision/recall (``dctdiff.evaluation.feature_metrics``) are not measured here: they need the
+reference's features themselves, which the cached statistics (moments only) do not hold; gathering the
+samples' features over ranks would be cheap (8 KiB per image). `dctdiff evaluate fid` reports them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,28 @@
+"""The metrics beside FID that need the Inception features themselves, not only their moments: KID
+(``kid``) and improved precision and recall (``precision_recall``), of samples against a reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dctdiff.evaluation.fid import default_device
+from dctdiff.evaluation.kid import kernel_inception_distance
+from dctdiff.evaluation.precision_recall import DEFAULT_K, precision_recall
+
+MIN_IMAGES = 4  # KID subsets of at least 2 from each set, k-NN radii with k < n
+
+
+def feature_metrics(samples: np.ndarray, reference: np.ndarray, k: int = DEFAULT_K) -> dict[str, float]:
+    """kid, kid_std_error, precision and recall of sample features [m, d] against reference features [n, d]
+    (precision: samples inside the reference manifold; recall: reference inside the samples' manifold).
+
+    Precision/recall cost O((m + n)^2 d): on the GPU when there is one; on CPU, thousands of images.
+    """
+    if min(len(samples), len(reference)) < max(MIN_IMAGES, k + 1):
+        raise ValueError(
+            f"KID and precision/recall need at least {max(MIN_IMAGES, k + 1)} images per set, "
+            f"got {len(samples)} and {len(reference)}"
+        )
+    kid = kernel_inception_distance(samples, reference)
+    quality = precision_recall(reference, samples, k=k, device=default_device())
+    return {"kid": kid.mean, "kid_std_error": kid.std_error, "precision": quality.precision, "recall": quality.recall}
