@@ -2,8 +2,7 @@
 1..B*B, reconstruct real images through the codec, decode(encode(x)), measure rFID against the
 originals and PSNR, and take the smallest keep whose rFID is below gamma (default 0.5).
 
-``reconstruction_batch`` is the per-batch step of the Ray job (`dctdiff evaluate`); the in-process
-``reconstruction_analysis`` serves the demo and small sets.
+``reconstruction_batch`` is the per-batch step of the Ray job (`dctdiff evaluate reconstruction`).
 """
 
 from __future__ import annotations
