@@ -38,7 +38,7 @@ from dctdiff.evaluation.reconstruction import (
     summarize,
     write_csv,
 )
-from dctdiff.infra.mlflow_tracking import get_or_create_experiment, redact, resolve_tracking_uri
+from dctdiff.infra.mlflow_tracking import create_run, redact, resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "dctdiff-evaluate"
 RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes B*B + 1 images)
@@ -78,8 +78,7 @@ def log_to_mlflow(
         except MlflowException:
             raise ValueError(f"--run-id {tracking.run_id} is not a run in the MLflow store {redact(uri)}") from None
     else:
-        experiment_id = get_or_create_experiment(uri, tracking.experiment)
-        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        run_id = create_run(uri, tracking.experiment, run_name, {}, job="evaluate")
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,

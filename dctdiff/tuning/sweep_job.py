@@ -219,7 +219,7 @@ def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
     params.update({f"sweep.{k}": v for k, v in asdict(plan.resources).items()})
     params.update({f"space.{k}": v for k, v in plan.space.items()})
     tags = {SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
-    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params)
+    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params, job="sweep")
     client = MlflowClient(plan.tracking_uri)
     client.log_text(run_id, yaml.safe_dump({"description": study_description, "space": plan.space}), "space.yaml")
     client.log_text(run_id, plan.base_config().to_yaml(), "base_config.yaml")
