@@ -131,7 +131,8 @@ def test_training_run_is_complete_in_mlflow(ray_module, tmp_path, monkeypatch):
     # step-indexed sample grids
     assert image_steps([a.path for a in client.list_artifacts(run.info.run_id, "images")]) == [3, 6]
     # the final EMA model loads and generates the checkpoint's EMA images
-    ema, config, _ = load_ema_model(str(sorted((tmp_path / "runs" / "full").glob("checkpoint_*"))[-1]))
+    checkpoint = max(p for p in (tmp_path / "runs" / "full").glob("checkpoint_*") if p.is_dir())  # the newest: step 6
+    ema, config, _ = load_ema_model(str(checkpoint))
     assert int(params["model.parameters"]) == sum(p.numel() for p in ema.parameters())
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     codec = build_codec(config, stats_eta)

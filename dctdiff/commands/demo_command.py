@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     banner("5/5 evaluate: FID against the training crops, reconstruction table")
     tracking = Tracking(uri=tracking_uri, run_id=run_id)
     fid = run_fid([str(out / "samples" / "images.npz"), str(data)], tracking=tracking,
-                           limit=args.fid_reference)  # fmt: skip
+                  limit=args.fid_reference, step=int(result.metrics["step"]))  # fmt: skip  # at the training step
     rows, chosen = run_reconstruction(str(data), block_size=request.config.data.block_size, tracking=tracking,
                                                limit=args.reconstruction_images, output=str(out / "reconstruction"))  # fmt: skip
 

@@ -31,3 +31,12 @@ def configure_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.propagate = False
+    quiet_ray_train()
+
+
+def quiet_ray_train() -> None:
+    """Ray Train V2 logs each ``ray.train.report`` at INFO ("Reporting training result ..."), under a logger
+    named after its file; keep only its warnings (in a process that runs Ray Train)."""
+    module = sys.modules.get("ray.train.v2._internal.execution.context")
+    if module is not None:
+        logging.getLogger(module.__file__).setLevel(logging.WARNING)
