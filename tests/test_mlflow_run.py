@@ -138,3 +138,13 @@ def test_training_run_is_complete_in_mlflow(ray_module, tmp_path, monkeypatch):
     codec = build_codec(config, stats_eta)
     expected = generate_images(ema, codec, build_noise_schedule(config), [0, 5], config.cadence.sampler, 3).numpy()
     np.testing.assert_array_equal(model.predict({"seed": [0, 5]}, params={"nfe": 3}), expected)
+
+
+def test_review_hint_opens_the_runs_view_of_the_runs_experiment(tmp_path):
+    from dctdiff.infra.mlflow_tracking import review_hint, ui_command
+
+    run = new_run(tmp_path)
+    experiment_id = MlflowClient(run.tracking_uri).get_experiment_by_name("test").experiment_id
+    hint = review_hint(run.tracking_uri, run.run_id)
+    assert ui_command(run.tracking_uri) in hint
+    assert hint.endswith(f"http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning")

@@ -86,6 +86,23 @@ def ui_command(tracking_uri: str) -> str:
     )
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``ui_command``'s server listens
+
+
+def ui_link(tracking_uri: str, run_id: str) -> str:
+    """The MLflow UI page of the experiment holding ``run_id``, in the runs view (MLflow 3 opens
+    experiments in its GenAI view without ``workflowType=machine_learning``)."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{UI_ADDRESS}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def review_hint(tracking_uri: str, run_id: str) -> str:
+    """Two lines for a person: the command that serves the store, and the link to open then."""
+    return f"review it with:\n  {ui_command(tracking_uri)}\n  then open {ui_link(tracking_uri, run_id)}"
+
+
 def redact(text: str) -> str:
     """``text`` with the password of every ``scheme://user:password@host`` URI and the values of secret
     query parameters (``?password=``, ``token``, ``key``, ``secret``, ...) replaced by ``***``.

@@ -30,7 +30,7 @@ from dctdiff.training.config import ConfigError, TrainConfig, build_config, conf
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
-from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, ui_command
+from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
 from dctdiff.tuning.sweep_report import (
     PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
@@ -369,7 +369,7 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
         log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
     client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
-    log.info("results: %s\nreview in MLflow: %s", results_uri, ui_command(plan.tracking_uri))
+    log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
         log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
     return SweepOutcome(rows, interrupted, results_uri, best_uri)
