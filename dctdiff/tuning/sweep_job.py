@@ -165,7 +165,8 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
         log_level=plan.log_level,
     )  # fmt: skip
     trial_plan = plan_run(trial_config(plan, values), options, continue_existing=True)
-    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}"}
+    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}",
+            "mlflow.source.name": "dctdiff sweep"}  # fmt: skip
     run, _ = open_run(trial_plan, TrackingOptions(plan.tracking_uri, plan.experiment), tags)  # ended by ChildRunCloser
     launch(trial_plan, run, callbacks=(TuneReportCallback(),))
 
