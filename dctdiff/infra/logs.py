@@ -40,3 +40,11 @@ def quiet_ray_train() -> None:
     module = sys.modules.get("ray.train.v2._internal.execution.context")
     if module is not None:
         logging.getLogger(module.__file__).setLevel(logging.WARNING)
+
+
+class DropProgressBarNotice(logging.Filter):
+    """Drops Ray Data's "Progress bars disabled" notice: the jobs turn the bars off on purpose
+    (ray_data_logging.yaml installs it on Ray Data's console handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
