@@ -236,9 +236,15 @@ def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_pat
     assert (tmp_path / "out" / "reconstruction.png").stat().st_size > 1000
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
-    history = client.get_metric_history(run.info.run_id, "rfid")
-    assert sorted((m.step, m.value) for m in history) == [(r.keep, pytest.approx(r.rfid)) for r in rows]
+    for row in rows:  # one key per keep, off the step axis
+        history = client.get_metric_history(run.info.run_id, f"rfid_keep_{row.keep}")
+        assert [(m.step, m.value) for m in history] == [(0, pytest.approx(row.rfid))]
+        assert run.data.metrics[f"psnr_keep_{row.keep}"] == pytest.approx(row.psnr)
+    assert "rfid" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reconstruction")}
-    assert artifacts == {"reconstruction/reconstruction.csv", "reconstruction/reconstruction.png"}
+    assert artifacts == {"reconstruction/reconstruction.csv", "reconstruction/reconstruction.png", "reconstruction/table.json"}
+    logged = client.load_table(run.info.experiment_id, "reconstruction/table.json", [run.info.run_id])
+    assert logged["keep"].tolist() == [1, 2, 3, 4] and logged["rfid"].tolist() == pytest.approx([r.rfid for r in rows])
+    assert run.data.tags["mlflow.source.name"] == "dctdiff evaluate" and run.data.tags["mlflow.user"]
     if chosen is not None:
         assert run.data.metrics["chosen_keep"] == chosen

@@ -27,7 +27,7 @@ from dctdiff.evaluation.evaluation_job import Tracking, run_fid, run_reconstruct
 from dctdiff.evaluation.image_grid import image_grid, save_png
 from dctdiff.evaluation.sampling_job import SamplingSpec, run as run_sampling
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.mlflow_tracking import resolve_tracking_uri, ui_command
+from dctdiff.infra.mlflow_tracking import resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import train
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     banner("5/5 evaluate: FID against the training crops, reconstruction table")
     tracking = Tracking(uri=tracking_uri, run_id=run_id)
     fid = run_fid([str(out / "samples" / "images.npz"), str(data)], tracking=tracking,
-                           limit=args.fid_reference)  # fmt: skip
+                  limit=args.fid_reference, step=int(result.metrics["step"]))  # fmt: skip  # at the training step
     rows, chosen = run_reconstruction(str(data), block_size=request.config.data.block_size, tracking=tracking,
                                                limit=args.reconstruction_images, output=str(out / "reconstruction"))  # fmt: skip
 
@@ -118,6 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("FID (%d samples vs %d training crops): %.2f", args.samples, args.fid_reference, fid)
     log.info("reconstruction: %s", ", ".join(f"keep {r.keep}: rFID {r.rfid:.2f} / {r.psnr:.1f} dB" for r in rows))
     log.info("MLflow run %s (%s) in %s", run_id, name, tracking_uri)
-    log.info("review it with:\n  %s\n  then open http://127.0.0.1:5000", ui_command(tracking_uri))
+    log.info("%s", review_hint(tracking_uri, run_id))
     log.info("total %.1f min", (time.perf_counter() - started) / 60)
     return 0

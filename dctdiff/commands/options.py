@@ -86,6 +86,16 @@ def add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check the settings, print what would run, and exit")
 
 
+def print_dry_run(job: str, settings: dict) -> int:
+    """``--dry-run``: the job's resolved settings as YAML on stdout (secrets redacted); nothing starts."""
+    import sys
+
+    import yaml
+
+    sys.stdout.write(redact(yaml.safe_dump({"job": job, **settings}, sort_keys=False)))
+    return 0
+
+
 def report_error(message: str, status: int = 2) -> int:
     """Log a job's one-line error (``error: ...`` on stderr) and return its exit status."""
     logging.getLogger("dctdiff").error("error: %s", redact(message))

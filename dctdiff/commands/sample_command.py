@@ -13,6 +13,7 @@ not depend on --workers or --batch-size. Writes OUTPUT/{seed:06d}.png and OUTPUT
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 from dctdiff.commands import options as flags
 from dctdiff.core.samplers import SAMPLERS
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="demo", help="codec settings for a published checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (published checkpoints)")
     flags.add_ray_flag(parser)
+    flags.add_dry_run_flag(parser)
     flags.add_logging_flags(parser)
     args = parser.parse_args(argv)
     configure_logging(flags.log_level(args))
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         labels = tuple(int(x) for x in args.labels.split(",") if x.strip())
         spec = SamplingSpec(args.checkpoint, args.preset, tuple(args.set), args.sampler, args.nfe, args.guidance_scale,
                             labels, args.batch_size)  # fmt: skip
+        if args.dry_run:
+            return flags.print_dry_run("sample", {**asdict(spec), "num": args.num, "output": args.output,
+                                                  "seed_start": args.seed_start, "workers": args.workers})  # fmt: skip
         run(spec, args.num, args.output, args.seed_start, args.workers, args.gpus_per_worker, args.address)
     except (ConfigError, ResourceError, FileNotFoundError, ValueError) as error:
         return flags.report_error(f"{error}")

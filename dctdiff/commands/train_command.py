@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from dctdiff.commands import options as flags
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, ui_command
+from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
 from dctdiff.training.launcher import LaunchOptions, train
@@ -97,5 +97,5 @@ def main(argv: list[str] | None = None) -> int:
         result.checkpoint.path if result.checkpoint else None,
     )  # fmt: skip
     tracking_uri = resolve_tracking_uri(request.tracking.uri)
-    log.info("MLflow run %s in %s\nreview it with: %s", run_id, redact(tracking_uri), ui_command(tracking_uri))
+    log.info("MLflow run %s in %s\n%s", run_id, redact(tracking_uri), review_hint(tracking_uri, run_id))
     return 0

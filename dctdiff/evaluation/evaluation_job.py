@@ -82,7 +82,7 @@ def log_to_mlflow(
         except MlflowException:
             raise ValueError(f"--run-id {tracking.run_id} is not a run in the MLflow store {redact(uri)}") from None
     else:
-        run_id = create_run(uri, tracking.experiment, run_name, tags={})
+        run_id = create_run(uri, tracking.experiment, run_name, {}, job="evaluate")
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -159,6 +159,19 @@ def _describe(opened: ImageSet | FIDStats, spec: str) -> str:
     return opened.describe() if isinstance(opened, ImageSet) else f"{spec} (statistics)"
 
 
+def reconstruction_metrics(rows: Sequence[ReconstructionRow]) -> list[tuple[str, float, int]]:
+    """``rfid_keep_K`` and ``psnr_keep_K`` per kept-frequency count, at step 0 (keep is not a step)."""
+    return [(f"{name}_keep_{row.keep}", value, 0) for row in rows for name, value in (("rfid", row.rfid), ("psnr", row.psnr))]
+
+
+def log_reconstruction_table(tracking: Tracking, run_id: str, rows: Sequence[ReconstructionRow]) -> None:
+    """The rows as the MLflow table ``reconstruction/table.json`` (keep, rFID, PSNR)."""
+    from mlflow.tracking import MlflowClient
+
+    table = {"keep": [r.keep for r in rows], "rfid": [r.rfid for r in rows], "psnr": [r.psnr for r in rows]}
+    MlflowClient(resolve_tracking_uri(tracking.uri)).log_table(run_id, data=table, artifact_file="reconstruction/table.json")
+
+
 def run_reconstruction(
     source: str,
     block_size: int,
@@ -209,11 +222,12 @@ def run_reconstruction(
     print(f"chosen keep (smallest with rFID < {gamma}): {chosen if chosen is not None else 'none'}")
     print(f"wrote {csv_path} and {png_path}")
     if tracking is not None:
-        metrics = [(name, value, row.keep) for row in rows for name, value in (("rfid", row.rfid), ("psnr", row.psnr))]
+        metrics = reconstruction_metrics(rows)
         if chosen is not None:
             metrics.append(("chosen_keep", chosen, 0))
         tags = {"reconstruction.source": source, "reconstruction.block_size": str(block_size),
                 "reconstruction.gamma": str(gamma), "reconstruction.images": str(image_set.count)}
         run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, [csv_path, png_path], "reconstruction")
+        log_reconstruction_table(tracking, run_id, rows)
         print(f"logged to MLflow run {run_id}")
     return rows, chosen

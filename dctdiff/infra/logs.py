@@ -31,3 +31,20 @@ def configure_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.propagate = False
+    quiet_ray_train()
+
+
+def quiet_ray_train() -> None:
+    """Ray Train V2 logs each ``ray.train.report`` at INFO ("Reporting training result ..."), under a logger
+    named after its file; keep only its warnings (in a process that runs Ray Train)."""
+    module = sys.modules.get("ray.train.v2._internal.execution.context")
+    if module is not None:
+        logging.getLogger(module.__file__).setLevel(logging.WARNING)
+
+
+class DropProgressBarNotice(logging.Filter):
+    """Drops Ray Data's "Progress bars disabled" notice: the jobs turn the bars off on purpose
+    (ray_data_logging.yaml installs it on Ray Data's console handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import http.client
 import logging
 import os
 import re
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -82,6 +84,23 @@ def ui_command(tracking_uri: str) -> str:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 --host 127.0.0.1 "
         f"--backend-store-uri {tracking_uri}"
     )
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``ui_command``'s server listens
+
+
+def ui_link(tracking_uri: str, run_id: str) -> str:
+    """The MLflow UI page of the experiment holding ``run_id``, in the runs view (MLflow 3 opens
+    experiments in its GenAI view without ``workflowType=machine_learning``)."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{UI_ADDRESS}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def review_hint(tracking_uri: str, run_id: str) -> str:
+    """Two lines for a person: the command that serves the store, and the link to open then."""
+    return f"review it with:\n  {ui_command(tracking_uri)}\n  then open {ui_link(tracking_uri, run_id)}"
 
 
 def redact(text: str) -> str:
@@ -192,10 +211,46 @@ def open_tracking(uri: str | None = None, timeout_s: float = 5.0) -> str:
     return resolved
 
 
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in the git work tree holding ``folder``, or None (no git, not a checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def _user() -> str:
+    """The login name, or "unknown" where the system has none for this process (some containers)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def source_tags(job: str) -> dict[str, str]:
+    """MLflow's source tags of a run made by ``dctdiff <job>``: name, type JOB, user, and the git commit
+    of the installed package when it is a git checkout."""
+    tags = {"mlflow.source.name": f"dctdiff {job}", "mlflow.source.type": "JOB", "mlflow.user": _user()}
+    commit = git_commit(Path(__file__).resolve().parent)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def create_run(
-    tracking_uri: str, experiment: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None
+    tracking_uri: str,
+    experiment: str,
+    name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any] | None = None,
+    job: str = "train",
 ) -> str:
-    """Create a RUNNING run named ``name`` in ``experiment`` with ``tags`` and ``params``; returns its id.
+    """Create a RUNNING run named ``name`` in ``experiment`` with the source tags of ``dctdiff <job>``,
+    ``tags`` and ``params``; returns its id.
 
     Every job (train, sweep, evaluate) creates its runs here, and whoever calls this ends the run.
     """
@@ -203,7 +258,8 @@ def create_run(
 
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(tracking_uri, experiment)
-    run_id = client.create_run(experiment_id, tags={"mlflow.runName": name, **tags}).info.run_id
+    run_tags = {"mlflow.runName": name, **source_tags(job), **tags}
+    run_id = client.create_run(experiment_id, tags=run_tags).info.run_id
     if params:
         log_params(tracking_uri, run_id, params)
     return run_id

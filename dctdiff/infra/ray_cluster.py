@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -10,6 +11,12 @@ LOOPBACK = "127.0.0.1"
 def keep_ray_on_loopback() -> None:
     """Make Ray processes started from here advertise and listen on 127.0.0.1 only (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def quiet_ray_data() -> None:
+    """Ray Data logs to Ray's log folder, and to the console only from WARNING up (ray_data_logging.yaml);
+    the driver's environment reaches the local Ray's workers. A RAY_DATA_LOGGING_CONFIG already set wins."""
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
@@ -22,6 +29,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     import ray
 
     keep_ray_on_loopback()
+    quiet_ray_data()
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = address or os.environ.get("RAY_ADDRESS")

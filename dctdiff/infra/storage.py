@@ -10,6 +10,7 @@ when it completes, so it is written in place. Temporary files are named ``.NAME.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import os
@@ -31,12 +32,32 @@ def _has_scheme(uri: str) -> bool:
     return bool(sep) and head.isidentifier()
 
 
+# Schemes pyarrow lacks, served by the fsspec filesystem of an optional package (scheme -> package).
+FSSPEC_SCHEMES = {"hf": "huggingface_hub"}
+
+
+def _fsspec_filesystem(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
+    """``uri`` through fsspec (wrapped for pyarrow); ValueError naming the package to install when missing."""
+    package = FSSPEC_SCHEMES[scheme]
+    try:
+        import fsspec
+
+        importlib.import_module(package)
+    except ImportError:
+        raise ValueError(f"cannot open {uri!r}: {scheme}:// needs {package}; install it (pip install {package})") from None
+    fs, path = fsspec.core.url_to_fs(uri)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``uri`` -> (filesystem, path inside it). Plain paths may be relative to the working directory."""
     if not uri:
         raise ValueError("empty storage path: give a local folder or a URI such as s3://bucket/prefix")
     if not _has_scheme(uri):
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    scheme = uri.partition("://")[0].lower()
+    if scheme in FSSPEC_SCHEMES:
+        return _fsspec_filesystem(uri, scheme)
     try:
         return pafs.FileSystem.from_uri(uri)
     except ValueError as error:  # pyarrow.ArrowInvalid is a ValueError

@@ -160,6 +160,16 @@ class TrainConfig:
         """The pixel codec's patch size (data.patch_size, default data.block_size)."""
         return self.data.patch_size or self.data.block_size
 
+    def resolved(self, eta: float) -> "TrainConfig":
+        """This config with no null left: ``eta`` (the one used), the size's architecture, the patch size."""
+        m = self.model
+        size = MODEL_SIZES[m.size]
+        model = dataclasses.replace(
+            m, **{k: getattr(m, k) or size[k] for k in ("embed_dim", "depth", "num_heads")}
+        )  # fmt: skip
+        data = dataclasses.replace(self.data, eta=eta, patch_size=self.patch_size)
+        return dataclasses.replace(self, data=data, model=model)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -20,6 +20,7 @@ from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
 from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
+from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
@@ -202,12 +203,8 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=execution),
     )
-    return trainer.fit()
-
-
-def training_params(plan: RunPlan) -> dict[str, Any]:
-    """The run's MLflow params: every resolved config value and the data it trains on."""
-    return {**plan.config.flat(), "data.eta_used": plan.info.eta, "data.rows": plan.info.rows}
+    with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
+        return trainer.fit()
 
 
 def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | None = None) -> tuple[RunHandle, str]:
@@ -222,10 +219,11 @@ def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | No
         return RunHandle(tracking_uri, plan.previous_run_id), previous
     run_id = create_run(
         tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), **(tags or {})},
-        training_params(plan),
+        run_params(plan.config, plan.info, plan.options.resources.gpus_per_worker),
     )  # fmt: skip
-    client.log_text(run_id, plan.config.to_yaml(), "config.yaml")
+    client.log_text(run_id, plan.config.resolved(plan.info.eta).to_yaml(), "config.yaml")
     client.log_dict(run_id, plan.info.stats, "stats.json")
+    log_dataset_input(tracking_uri, run_id, plan.options.data, plan.info)
     return RunHandle(tracking_uri, run_id), "RUNNING"
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
+
+import numpy as np
 
 from dctdiff.core.generation import generate_images
 from dctdiff.evaluation.image_grid import image_grid
 from dctdiff.training.trainer import Trainer
+
+MODEL_NAME = "model"  # the run's MLflow model: runs:/RUN_ID/model
+GRID_MIN_PX = 256  # sample grids are enlarged to at least this width, to be readable in the MLflow UI
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class RunHandle:
 
 
 class RankZeroLogger:
-    """Logs metrics, sample grids and the final EMA weights; does nothing on ranks other than 0."""
+    """Logs metrics, sample grids and the final EMA model; does nothing on ranks other than 0."""
 
     def __init__(self, run: RunHandle | None, rank: int) -> None:
         self.active = run is not None and rank == 0
@@ -30,7 +37,7 @@ class RankZeroLogger:
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(run.tracking_uri)
-            self.run_id = run.run_id
+            self.tracking_uri, self.run_id = run.tracking_uri, run.run_id
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         """One batch of metrics at ``step`` (``band/x`` is logged as ``loss_x``)."""
@@ -43,7 +50,8 @@ class RankZeroLogger:
         self.client.log_batch(self.run_id, metrics=entries)
 
     def sample_grid(self, trainer: Trainer, step: int) -> None:
-        """Decode EMA samples (fixed seeds, so grids are comparable across steps) and log the PNG."""
+        """Decode EMA samples (fixed seeds, so grids are comparable across steps) and log the grid as the
+        step-indexed image ``samples``, enlarged to at least ``GRID_MIN_PX`` wide."""
         if not self.active:
             return
         cadence = trainer.config.cadence
@@ -52,16 +60,52 @@ class RankZeroLogger:
             cadence.sample_nfe, device=trainer.device,
         ).numpy()  # fmt: skip
         side = max(1, math.isqrt(len(images)))
-        rows = [images[i : i + side] for i in range(0, len(images), side)]
-        self.client.log_image(self.run_id, image_grid(rows), artifact_file=f"samples/step_{step:07d}.png")
+        grid = image_grid([images[i : i + side] for i in range(0, len(images), side)])
+        self.client.log_image(self.run_id, enlarge(grid, GRID_MIN_PX), key="samples", step=step)
 
-    def final_weights(self, trainer: Trainer) -> None:
-        """The EMA weights as ``model/ema.safetensors``."""
+    def final_model(self, trainer: Trainer, eta: float) -> None:
+        """The EMA network as the run's MLflow model ``model`` (models from code: safetensors + config.json
+        with the config resolved for ``eta``)."""
         if not self.active:
             return
+        import mlflow
         from safetensors.torch import save_file
 
+        mlflow.set_tracking_uri(self.tracking_uri)
         with tempfile.TemporaryDirectory() as directory:
-            path = Path(directory) / "ema.safetensors"
-            save_file({k: v.detach().cpu().contiguous() for k, v in trainer.ema.state_dict().items()}, str(path))
-            self.client.log_artifact(self.run_id, str(path), artifact_path="model")
+            weights, config = Path(directory) / "ema.safetensors", Path(directory) / "config.json"
+            save_file({k: v.detach().cpu().contiguous() for k, v in trainer.ema.state_dict().items()}, str(weights))
+            config.write_text(json.dumps({"config": trainer.config.resolved(eta).to_dict(), "eta": eta}))
+            experiment_id = self.client.get_run(self.run_id).info.experiment_id  # MLflow would use its default
+            model = self.client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=self.run_id)
+            mlflow.models.Model.log(
+                name=MODEL_NAME, artifact_path=None, flavor=mlflow.pyfunc, run_id=self.run_id, model_id=model.model_id,
+                python_model=find_spec("dctdiff.evaluation.mlflow_model").origin,
+                artifacts={"weights": str(weights), "config": str(config)},
+                signature=model_signature(trainer), pip_requirements=model_requirements(), step=trainer.step,
+            )  # fmt: skip
+
+
+def enlarge(image: np.ndarray, min_px: int) -> np.ndarray:
+    """``image`` [H, W, 3] repeated by the smallest integer factor that makes it at least ``min_px`` wide."""
+    factor = max(1, -(-min_px // image.shape[1]))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def model_signature(trainer: Trainer):
+    """Input: seeds (and labels); params: nfe and sampler; output: uint8 images [n, H, W, 3]."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    cadence, resolution = trainer.config.cadence, trainer.config.data.resolution
+    columns = [ColSpec("long", "seed"), ColSpec("long", "label", required=False)]
+    params = ParamSchema([ParamSpec("nfe", "long", cadence.sample_nfe), ParamSpec("sampler", "string", cadence.sampler)])
+    output = Schema([TensorSpec(np.dtype(np.uint8), (-1, resolution, resolution, 3))])
+    return ModelSignature(inputs=Schema(columns), outputs=output, params=params)
+
+
+def model_requirements() -> list[str]:
+    """What loading the model needs (pinned as installed); the ``dctdiff`` package itself comes on top."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "safetensors", "numpy", "einops", "mlflow")]

@@ -160,7 +160,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             report(trainer, metrics, save, rank, info)
             window, window_start = [], time.perf_counter()
     check_ranks_agree(trainer.model, world)
-    logger.final_weights(trainer)
+    logger.final_model(trainer, info.eta)
 
 
 def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, info: DatasetInfo) -> None:

@@ -30,7 +30,7 @@ from dctdiff.training.config import ConfigError, TrainConfig, build_config, conf
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
-from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, ui_command
+from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
 from dctdiff.tuning.sweep_report import (
     PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
@@ -165,7 +165,8 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
         log_level=plan.log_level,
     )  # fmt: skip
     trial_plan = plan_run(trial_config(plan, values), options, continue_existing=True)
-    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}"}
+    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}",
+            "mlflow.source.name": "dctdiff sweep"}  # fmt: skip
     run, _ = open_run(trial_plan, TrackingOptions(plan.tracking_uri, plan.experiment), tags)  # ended by ChildRunCloser
     launch(trial_plan, run, callbacks=(TuneReportCallback(),))
 
@@ -219,7 +220,7 @@ def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
     params.update({f"sweep.{k}": v for k, v in asdict(plan.resources).items()})
     params.update({f"space.{k}": v for k, v in plan.space.items()})
     tags = {SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
-    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params)
+    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params, job="sweep")
     client = MlflowClient(plan.tracking_uri)
     client.log_text(run_id, yaml.safe_dump({"description": study_description, "space": plan.space}), "space.yaml")
     client.log_text(run_id, plan.base_config().to_yaml(), "base_config.yaml")
@@ -369,7 +370,7 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
         log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
     client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
-    log.info("results: %s\nreview in MLflow: %s", results_uri, ui_command(plan.tracking_uri))
+    log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
         log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
     return SweepOutcome(rows, interrupted, results_uri, best_uri)
