@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
+
 
 from dctdiff.core.generation import generate_images
 from dctdiff.data.bundled_photos import photo_crops
