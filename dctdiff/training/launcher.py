@@ -18,6 +18,7 @@ from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, tor
 from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
+from dctdiff.training.step_metrics import FAILURE_FILE, clear_failure, raise_recorded_failure
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
@@ -167,7 +168,9 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     if materialize:
         dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
-    settings = LoopSettings(config.to_dict(), info, threads, run, fid_reference, options.log_level)
+    failure_file = storage.join(storage.normalize(options.storage), plan.name, FAILURE_FILE)
+    clear_failure(failure_file)
+    settings = LoopSettings(config.to_dict(), info, threads, run, fid_reference, options.log_level, failure_file)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=settings,
@@ -188,7 +191,9 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=execution),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    raise_recorded_failure(failure_file)  # a NaN/inf loss: the workers stopped together, without a retry
+    return result
 
 
 def training_params(plan: RunPlan) -> dict[str, Any]:
