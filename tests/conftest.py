@@ -10,6 +10,18 @@ from dctdiff.infra.ray_cluster import keep_ray_on_loopback
 keep_ray_on_loopback()
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``gpu`` run only where CUDA is available (they never decide a CPU build)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def _shared_ray():
     """The local Ray the tests share (2 CPUs, loopback only), started unless one is running (a test that
     needs its own cluster may have shut it down). Ray stops it at exit."""

@@ -12,13 +12,21 @@ from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, write_stats
 
 
-def write_prepared(folder: Path, images: np.ndarray, block_size: int = 2, labels=None, shards: int = 2) -> Path:
-    """images uint8 [N, R, R, 3] -> folder/coefficients/part-*.parquet + folder/stats.json."""
+def write_prepared(
+    folder: Path, images: np.ndarray, block_size: int = 2, labels=None, shards: int = 2, inf_row: int | None = None
+) -> Path:
+    """images uint8 [N, R, R, 3] -> folder/coefficients/part-*.parquet + folder/stats.json.
+
+    ``inf_row``: that row's first coefficient is written as inf (after the statistics are computed).
+    """
     resolution = images.shape[1]
     params = CodecParams(resolution=resolution, block_size=block_size)
     coefficients = DCTCodec(resolution, block_size, block_size**2, dtype=__import__("torch").float64).analyze(images).numpy()
     labels = np.zeros(len(images), np.int32) - 1 if labels is None else np.asarray(labels, np.int32)
     ids = [f"img-{i:05d}" for i in range(len(images))]
+    histogram = coefficient_histogram(coefficients, block_size)
+    if inf_row is not None:
+        coefficients[inf_row, 0, 0, 0] = np.inf
     (folder / COEFFICIENT_DIR).mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(np.array_split(np.arange(len(images)), shards)):
         write_shard(
@@ -26,5 +34,5 @@ def write_prepared(folder: Path, images: np.ndarray, block_size: int = 2, labels
             [ids[i] for i in part], labels[part], coefficients[part], params,
         )  # fmt: skip
     counts = {"read": len(images), "written": len(images), "rejected": 0}
-    write_stats(str(folder / "stats.json"), compute_stats(coefficient_histogram(coefficients, block_size), block_size, counts, params.to_dict()))
+    write_stats(str(folder / "stats.json"), compute_stats(histogram, block_size, counts, params.to_dict()))
     return folder

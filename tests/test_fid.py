@@ -186,3 +186,12 @@ def test_extract_features_rejects_bad_images(inception):
         extract_features(np.zeros((2, 32, 32, 3), np.float32), inception)
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         extract_features(np.zeros((2, 3, 32, 32), np.uint8), inception)
+
+
+def test_bf16_features_stay_close_to_fp32(inception, photos):
+    """The GPU default (bf16 autocast) run through CPU autocast: features within ~8% of fp32."""
+    exact = extract_features(photos[:4], inception, batch_size=4, precision="fp32")
+    assert np.array_equal(exact, extract_features(photos[:4], inception, batch_size=4))  # CPU default: fp32
+    bf16 = extract_features(photos[:4], inception, batch_size=4, precision="bf16")
+    assert bf16.dtype == np.float32
+    assert np.abs(bf16 - exact).mean() / np.abs(exact).mean() < 0.08  # measured 5.1% (CPU autocast)

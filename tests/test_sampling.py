@@ -159,3 +159,20 @@ def test_x0_bound_keeps_samples_inside_the_data_range(sampler):
     assert bounded.abs().max() <= 1.0 + slack
     with pytest.raises(ValueError, match="x0_bound must be > 0"):
         sample(eps_fn, SHAPE, seeds, SCHEDULE, nfe=2, x0_bound=0.0)
+
+
+def test_bf16_sampling_stays_close_to_fp32():
+    """The GPU default (bf16 autocast of the network) on CPU autocast: the same images up to a few levels."""
+    from dctdiff.core.codec import DCTCodec
+    from dctdiff.core.generation import generate_images
+
+    torch.manual_seed(0)
+    codec = DCTCodec(16, 2, 4, 242.0)
+    model = build_uvit("tiny", token_dim=codec.token_dim, num_tokens=codec.num_tokens, embed_dim=32, depth=2, num_heads=2, token_grid=codec.grid)
+    images = {
+        precision: generate_images(model, codec, SCHEDULE, range(4), nfe=5, precision=precision).float()
+        for precision in ("fp32", "bf16", "auto")
+    }
+    assert torch.equal(images["auto"], images["fp32"])  # CPU default: fp32
+    difference = (images["bf16"] - images["fp32"]).abs()
+    assert 0 < difference.mean() < 2.0 and difference.max() <= 32

@@ -11,7 +11,9 @@ import torch
 from dctdiff.core.codec import DCTCodec
 from dctdiff.training.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, draw_step
+from dctdiff.training.randomness import draw_step
+from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 
 ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
 
@@ -36,10 +38,10 @@ def batches():
 
 def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches):
     straight = make_trainer()
-    expected = [straight.train_step(b)["loss"] for b in batches * 2]
+    expected = [straight.train_step(b).value("loss") for b in batches * 2]
 
     first = make_trainer()
-    losses = [first.train_step(b)["loss"] for b in batches]
+    losses = [first.train_step(b).value("loss") for b in batches]
     first.save(tmp_path, {"config": first.config.to_dict()})
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["step"] == 3 and state["rng"] == {"seed": 0, "step": 3}
@@ -49,7 +51,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
 
     resumed = make_trainer()
     resumed.load(tmp_path)
-    losses += [resumed.train_step(b)["loss"] for b in batches]
+    losses += [resumed.train_step(b).value("loss") for b in batches]
     np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-6)
     for a, b in zip(resumed.ema.parameters(), straight.ema.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -81,7 +83,7 @@ def test_per_sample_randomness_makes_the_batch_split_irrelevant(batches):
 
 def test_recipe_warmup_weight_decay_and_ema(batches):
     trainer = make_trainer()
-    lrs = [trainer.train_step(b)["lr"] for b in batches]
+    lrs = [trainer.train_step(b).lr for b in batches]
     np.testing.assert_allclose(lrs, [1e-3 * 2 / 3, 1e-3, 1e-3])  # linear warm-up over 3 steps, then flat
     groups = trainer.optimizer.param_groups
     assert groups[0]["weight_decay"] == 0.03 and groups[1]["weight_decay"] == 0.0
@@ -100,11 +102,27 @@ def test_ema_follows_the_closed_form():
         torch.testing.assert_close(ema, 0.9 * old + 0.1 * new)
 
 
-def test_nan_loss_stops_with_the_step_number(batches):
-    trainer = make_trainer()
-    bad = Batch(torch.full_like(batches[0].tokens, float("nan")), None, batches[0].ids)
-    with pytest.raises(FloatingPointError, match="at step 1"):
-        trainer.train_step(bad)
+def test_nan_loss_stops_at_the_logging_step_naming_the_step_and_the_sample(batches):
+    trainer, window = make_trainer(), MetricWindow()
+    window.add(trainer.train_step(batches[0]))
+    tokens = batches[1].tokens.clone()
+    tokens[2, 5, 0] = float("inf")  # one coefficient of one row
+    window.add(trainer.train_step(Batch(tokens, None, batches[1].ids)))
+    window.add(trainer.train_step(batches[2]))
+    with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at step 2 \(samples img-10\)") as error:
+        window.reduce(world=1)
+    assert error.value.step == 2
+
+
+def test_the_window_averages_the_steps_on_the_device(batches):
+    trainer, window = make_trainer(), MetricWindow()
+    results = [trainer.train_step(b) for b in batches]
+    for result in results:
+        window.add(result)
+    metrics = window.reduce(world=1)
+    assert len(window) == 0 and metrics["lr"] == results[-1].lr
+    for name in ("loss", "grad_norm", "band/dc"):
+        assert metrics[name] == pytest.approx(np.mean([r.value(name) for r in results]), rel=1e-6)
 
 
 def test_pixel_space_and_ebfr_switches():
@@ -149,3 +167,124 @@ def test_the_end_of_training_check_finds_ranks_with_different_weights(tmp_path, 
         assert all("different weights" in outcome[r] for r in (0, 1))
     else:
         assert outcome == {0: "agree", 1: "agree"}
+
+
+def _gradient_after_one_step(trainer: Trainer, batch: Batch) -> tuple[torch.Tensor, float]:
+    """The flat gradient of one train_step (the optimiser step is skipped) and its loss."""
+    trainer.optimizer.step = lambda: None
+    result = trainer.train_step(batch)
+    return torch.cat([p.grad.reshape(-1) for p in trainer.model.parameters()]), result.value("loss")
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_four_micro_batches_equal_one_batch_four_times_the_size(batches):
+    whole = Batch(torch.cat([b.tokens for b in batches[:2]]), None, [i for b in batches[:2] for i in b.ids])  # 16
+    reference = _gradient_after_one_step(make_trainer(**{"optim.grad_clip": 0}), whole)
+    accumulated = _gradient_after_one_step(make_trainer(**{"optim.grad_clip": 0, "optim.micro_batches": 4}), whole)
+    torch.testing.assert_close(accumulated[0], reference[0], rtol=1e-4, atol=1e-6)
+    assert accumulated[1] == pytest.approx(reference[1], rel=1e-6)
+    with pytest.raises(ValueError, match="divisible by optim.micro_batches = 4"):
+        make_trainer(**{"optim.micro_batches": 4}).train_step(Batch(whole.tokens[:6], None, whole.ids[:6]))
+    with pytest.raises(ValueError, match="optim.micro_batches must be >= 1 and divide optim.batch_size 64, got 3"):
+        make_trainer(**{"optim.micro_batches": 3})
+
+
+def test_micro_batches_skip_the_ddp_all_reduce_but_the_last(batches):
+    """DDP.no_sync wraps every micro-batch's backward except the last one's."""
+    calls: list[str] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args):
+            calls.append("forward")
+            return self.inner(*args)
+
+        def no_sync(self):
+            from contextlib import contextmanager
+
+            @contextmanager
+            def context():
+                calls.append("no_sync")
+                yield
+                calls.append("sync")
+
+            return context()
+
+    torch.manual_seed(0)
+    config = build_config("demo", overrides=["model.embed_dim=32", "optim.micro_batches=4"])
+    codec = build_codec(config, eta=242.0)
+    trainer = Trainer(config, codec, build_model(config, codec), ENTROPY, torch.device("cpu"), wrap=Recorder)
+    trainer.train_step(batches[0])
+    assert calls == ["no_sync", "forward", "sync"] * 3 + ["forward"]
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_activation_checkpointing_gives_the_same_gradients(batches):
+    plain = _gradient_after_one_step(make_trainer(**{"optim.grad_clip": 0}), batches[0])
+    checkpointed_trainer = make_trainer(**{"optim.grad_clip": 0, "model.grad_checkpoint": "true"})
+    assert checkpointed_trainer.model.config.grad_checkpoint
+    checkpointed = _gradient_after_one_step(checkpointed_trainer, batches[0])
+    torch.testing.assert_close(checkpointed[0], plain[0], rtol=1e-5, atol=1e-7)
+
+
+def _window_worker(rank: int, store_path: str, results) -> None:
+    """Two gloo ranks, three steps each; only rank 1 has a NaN loss, at step 2, for its sample r1-b."""
+    import torch.distributed as dist
+
+    from dctdiff.training.step_metrics import StepResult
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    window = MetricWindow()
+    for step in (1, 2, 3):
+        per_sample = torch.tensor([1.0, 2.0]) * (step + rank)
+        if rank == 1 and step == 2:
+            per_sample[1] = float("nan")
+        values = torch.stack([per_sample.mean(), torch.tensor(float(rank))])
+        window.add(StepResult(values, ("loss", "grad_norm"), per_sample, [f"r{rank}-a", f"r{rank}-b"], step, 0.1))
+    try:
+        results[rank] = window.reduce(2)
+    except NonFiniteLossError as error:
+        results[rank] = (str(error), error.step)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_both_ranks_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_window_worker, args=(str(tmp_path / "store"), results), nprocs=2)
+        outcome = dict(results)
+    assert outcome[0] == outcome[1]
+    message, step = outcome[0]
+    assert step == 2 and message.startswith("loss is nan at step 2 (samples r1-b)")
+
+
+@pytest.mark.slow
+def test_compiled_training_repeats_the_eager_losses(batches):
+    """model.compile=true (torch.compile of the network, inductor on the CPU): the same losses."""
+    eager, compiled = make_trainer(), make_trainer(**{"model.compile": "true"})
+    assert compiled.module is not compiled.model  # the compiled wrapper
+    expected = [eager.train_step(b).value("loss") for b in batches[:2]]
+    losses = [compiled.train_step(b).value("loss") for b in batches[:2]]
+    np.testing.assert_allclose(losses, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_cuda_step_makes_no_host_sync(batches):
+    """A train_step on CUDA queues its work without waiting for the device (sync debug mode errors)."""
+    torch.manual_seed(0)
+    config = build_config("demo", overrides=["model.embed_dim=32", "optim.warmup_steps=3"])
+    codec = build_codec(config, eta=242.0)
+    trainer = Trainer(config, codec, build_model(config, codec), ENTROPY, torch.device("cuda"))
+    trainer.train_step(batches[0])  # warm-up: lazy state creation may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = trainer.train_step(batches[1])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.values.is_cuda and np.isfinite(result.value("loss"))

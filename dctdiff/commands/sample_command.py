@@ -16,6 +16,7 @@ import argparse
 from dataclasses import asdict
 
 from dctdiff.commands import options as flags
+from dctdiff.core.precision import PRECISIONS
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.evaluation.sampling_job import SamplingSpec, run
 from dctdiff.infra.logs import configure_logging
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
     parser.add_argument("--labels", default="", help="comma-separated class labels, cycled over the images")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="network precision (auto: bf16 on GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network in every actor")
     parser.add_argument("--workers", type=flags.positive_int, default=1, help="sampling actors (one model each)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--preset", default="demo", help="codec settings for a published checkpoint")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = tuple(int(x) for x in args.labels.split(",") if x.strip())
         spec = SamplingSpec(args.checkpoint, args.preset, tuple(args.set), args.sampler, args.nfe, args.guidance_scale,
-                            labels, args.batch_size)  # fmt: skip
+                            labels, args.batch_size, args.precision, args.compile)  # fmt: skip
         if args.dry_run:
             return flags.print_dry_run("sample", {**asdict(spec), "num": args.num, "output": args.output,
                                                   "seed_start": args.seed_start, "workers": args.workers})  # fmt: skip

@@ -253,10 +253,13 @@ class DCTCodec(Codec):
         [-128, 128], docs/ARCHITECTURE.md, "Statistics"), divided by eta."""
         return 128.0 * self.block_size / self.eta
 
-    def _constant(self, name: str, value: np.ndarray, device: torch.device) -> torch.Tensor:
-        key = (name, device)
+    def _constant(
+        self, name: str, value: np.ndarray | list, device: torch.device, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """``value`` as a tensor on ``device`` (the codec's dtype unless given), built once per device."""
+        key = (name, device, dtype)
         if key not in self._cache:
-            self._cache[key] = torch.as_tensor(value, dtype=self.dtype, device=device)
+            self._cache[key] = torch.as_tensor(value, dtype=dtype or self.dtype, device=device)
         return self._cache[key]
 
     def _project(self, images: ImageBatch, name: str, matrix: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
@@ -320,9 +323,9 @@ class DCTCodec(Codec):
         _check_tokens(tokens, self.num_tokens, self.token_dim)
         n = tokens.shape[0]
         blocks = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, BLOCKS_PER_TOKEN, self.keep)
-        blocks = blocks[:, :, list(YCBCR_420_HFLIP)]
-        sign = torch.as_tensor(self._flip_sign, dtype=tokens.dtype, device=tokens.device)
-        return (blocks * sign).reshape(tokens.shape)
+        order = self._constant("hflip.order", list(YCBCR_420_HFLIP), tokens.device, torch.int64)  # [6]
+        sign = self._constant("hflip.sign", self._flip_sign, tokens.device, tokens.dtype)  # [6, keep]
+        return (blocks.index_select(2, order) * sign).reshape(tokens.shape)
 
 
 class PixelCodec(Codec):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from dctdiff.core.codec import Codec
+from dctdiff.core.precision import Precision, autocast
 from dctdiff.core.uvit import UViT
 from dctdiff.core.samplers import model_eps_fn, sample
 from dctdiff.core.noise_schedule import VPSchedule
@@ -26,10 +27,13 @@ def generate_images(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     progress: bool = False,
+    precision: Precision = "auto",
 ) -> torch.Tensor:
     """uint8 images [len(seeds), H, W, 3]; image i depends only on seeds[i] (and labels[i]).
 
-    Class-conditional models without ``labels`` get the null label (unconditional samples).
+    Class-conditional models without ``labels`` get the null label (unconditional samples). ``precision``:
+    the network's (``dctdiff.core.precision``; bf16 on CUDA by default); the sampler's own arithmetic stays
+    float32.
     """
     was_training = model.training
     model.eval()
@@ -40,7 +44,7 @@ def generate_images(
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start : start + batch_size])
         tokens = sample(
-            model_eps_fn(model),
+            _with_precision(model_eps_fn(model), device, precision),
             (codec.num_tokens, codec.token_dim),
             chunk,
             schedule,
@@ -56,3 +60,13 @@ def generate_images(
         out.append(codec.decode(tokens.float()).cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+def _with_precision(eps_fn, device: torch.device | str, precision: Precision):
+    """``eps_fn`` under the autocast of ``precision``, returning float32."""
+
+    def wrapped(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        with autocast(device, precision):
+            return eps_fn(x, t, labels).float()
+
+    return wrapped

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dctdiff.infra import storage
+from dctdiff.core.precision import Precision, autocast
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -126,16 +127,22 @@ def _as_nhwc_uint8(images: ImageArray) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract_features(images: ImageArray, model: InceptionFeatures, batch_size: int = 50) -> np.ndarray:
-    """uint8 images [N, H, W, 3] -> Inception pool3 features [N, 2048] float32 (numpy)."""
+def extract_features(
+    images: ImageArray, model: InceptionFeatures, batch_size: int = 50, precision: Precision = "auto"
+) -> np.ndarray:
+    """uint8 images [N, H, W, 3] -> Inception pool3 features [N, 2048] float32 (numpy).
+
+    ``precision``: bf16 autocast on CUDA by default ("fp32" forces float32; ``dctdiff.core.precision``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = _as_nhwc_uint8(images)
     device = _module_device(model)
-    features = [
-        model(images[start : start + batch_size].to(device).permute(0, 3, 1, 2)).cpu()  # [b, 2048]
-        for start in range(0, images.shape[0], batch_size)
-    ]
+    with autocast(device, precision):
+        features = [
+            model(images[start : start + batch_size].to(device).permute(0, 3, 1, 2)).float().cpu()  # [b, 2048]
+            for start in range(0, images.shape[0], batch_size)
+        ]
     if not features:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     return torch.cat(features).numpy()

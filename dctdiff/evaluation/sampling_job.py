@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from dctdiff.infra import storage
 from dctdiff.training.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
+from dctdiff.core.precision import Precision
 from dctdiff.core.uvit import load_official_checkpoint
 from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
 from dctdiff.core.samplers import SAMPLERS
@@ -47,6 +48,8 @@ class SamplingSpec:
     guidance_scale: float = 1.0
     labels: tuple[int, ...] = ()  # cycled over the seeds; empty: unconditional (or the null label)
     batch_size: int = 64
+    precision: Precision = "auto"  # the network's: bf16 on GPU, fp32 on CPU (dctdiff.core.precision)
+    compile: bool = False  # torch.compile the network in every actor
 
 
 def newest_checkpoint(path: str) -> str:
@@ -80,13 +83,16 @@ def load_sampler(spec: SamplingSpec, device: torch.device):
 
 
 class SampleActor:
-    """Holds one model; turns a batch of seeds into images."""
+    """Holds one model; turns a batch of seeds into images and writes them as ``output/{seed:06d}.png``."""
 
-    def __init__(self, spec: SamplingSpec, seed_start: int) -> None:
+    def __init__(self, spec: SamplingSpec, seed_start: int, output: str) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.spec = spec
         self.seed_start = seed_start
+        self.output = output
         self.model, self.codec, self.noise_schedule, _ = load_sampler(spec, self.device)
+        if spec.compile:
+            self.model = torch.compile(self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         seeds = batch["id"].astype(np.int64) + self.seed_start  # [n] image seeds
@@ -94,9 +100,18 @@ class SampleActor:
         images = generate_images(
             self.model, self.codec, self.noise_schedule, seeds.tolist(), self.spec.sampler, self.spec.nfe,
             labels=None if labels is None else labels.tolist(), guidance_scale=self.spec.guidance_scale,
-            device=self.device, batch_size=self.spec.batch_size,
+            device=self.device, batch_size=self.spec.batch_size, precision=self.spec.precision,
         )  # fmt: skip
+        for seed, image in zip(seeds.tolist(), images.numpy()):
+            write_png(storage.join(self.output, f"{seed:06d}.png"), image)
         return {"seed": seeds, "image": images.numpy(), "label": labels if labels is not None else np.full(len(seeds), -1)}
+
+
+def write_png(uri: str, image: np.ndarray) -> None:
+    """One uint8 image [H, W, 3] as a PNG file (path or URI)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    storage.write_bytes(uri, buffer.getvalue())
 
 
 def label_for(seeds: np.ndarray, labels: tuple[int, ...]) -> np.ndarray | None:
@@ -127,7 +142,7 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     seeds = ray.data.range(num, override_num_blocks=max(1, min(num, workers * 4)))
     images = seeds.map_batches(
         SampleActor,
-        fn_constructor_args=(spec, seed_start),
+        fn_constructor_args=(spec, seed_start, output),
         batch_size=spec.batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_gpus=gpus_per_worker,
@@ -140,12 +155,8 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
         for batch in images.iter_batches(batch_size=None, batch_format="numpy"):
             if result is None:
                 result = np.zeros((num, *batch["image"].shape[1:]), dtype=np.uint8)
-            for seed, image, label in zip(batch["seed"], batch["image"], batch["label"]):
-                result[seed - seed_start] = image
-                labels[seed - seed_start] = label
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format="PNG")
-                storage.write_bytes(storage.join(output, f"{seed:06d}.png"), buffer.getvalue())
+            result[batch["seed"] - seed_start] = batch["image"]  # the actors wrote the PNGs
+            labels[batch["seed"] - seed_start] = batch["label"]
             bar.update(len(batch["seed"]))
     elapsed = time.perf_counter() - start
     with tempfile.TemporaryFile() as handle:

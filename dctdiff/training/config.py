@@ -53,6 +53,10 @@ class ModelConfig:
     # Start of the learned position embedding: "sincos" (2-D sin-cos of the token grid; trains faster)
     # or "normal" (U-ViT's small random start). Both are learned afterwards.
     pos_embed_init: Literal["sincos", "normal"] = "sincos"
+    # Recompute each block's activations in the backward pass: less memory, ~30% more compute.
+    grad_checkpoint: bool = False
+    # torch.compile the network for training and sampling (minutes of compiling at the start).
+    compile: bool = False
 
 
 @dataclass
@@ -78,6 +82,8 @@ class OptimConfig:
     ema_decay: float = 0.9999
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # mixed precision on GPU; CPU always fp32
+    # Gradient accumulation: each worker's share of the batch runs in this many chunks, one optimiser step.
+    micro_batches: int = 1
 
 
 @dataclass
@@ -141,6 +147,10 @@ class TrainConfig:
             "diffusion.beta_min must be > 0 and below diffusion.beta_max",
         )
         _require(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
+        _require(
+            o.micro_batches >= 1 and o.batch_size % o.micro_batches == 0,
+            f"optim.micro_batches must be >= 1 and divide optim.batch_size {o.batch_size}, got {o.micro_batches}",
+        )
         _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}: set e.g. optim.lr=2e-4")
         _require(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")

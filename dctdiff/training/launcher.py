@@ -21,6 +21,7 @@ from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
+from dctdiff.training.step_metrics import FAILURE_FILE, clear_failure, raise_recorded_failure
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
@@ -179,9 +180,11 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     if materialize:
         dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
+    failure_file = storage.join(storage.normalize(options.storage), plan.name, FAILURE_FILE)
+    clear_failure(failure_file)
     settings = LoopSettings(
         config.to_dict(), info, threads, run, fid_reference, options.log_level, plan.resume_from,
-        plan.planned_checkpoints,
+        plan.planned_checkpoints, failure_file,
     )  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -204,7 +207,9 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
         dataset_config=ray.train.DataConfig(execution_options=execution),
     )
     with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
-        return trainer.fit()
+        result = trainer.fit()
+    raise_recorded_failure(failure_file)  # a NaN/inf loss: the workers stopped together, without a retry
+    return result
 
 
 def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | None = None) -> tuple[RunHandle, str]:

@@ -5,7 +5,6 @@ counter-based per-sample randomness, and checkpoints as safetensors + JSON (no p
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -21,6 +20,8 @@ from dctdiff.training.config import TrainConfig
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.training.randomness import draw_step
+from dctdiff.training.step_metrics import StepResult
 
 def build_codec(config: TrainConfig, eta: float) -> Codec:
     """The codec the config asks for (DCT with ``eta``, or the pixel baseline)."""
@@ -51,6 +52,7 @@ def build_model(config: TrainConfig, codec: Codec) -> UViT:
         qkv_bias=m.qkv_bias,
         pos_embed_init=m.pos_embed_init,
         token_grid=codec.grid,
+        grad_checkpoint=m.grad_checkpoint,
         **overrides,
     )
 
@@ -61,47 +63,14 @@ def build_noise_schedule(config: TrainConfig) -> VPSchedule:
     return VPSchedule(beta_min=d.beta_min, beta_max=d.beta_max, snr_scale=d.snr_scale)
 
 
-def sample_seed(seed: int, step: int, sample_id: str) -> int:
-    """A 63-bit seed for one training sample at one step.
-
-    All randomness of a sample (t, eps, flip, label drop) comes from this key, so a run's losses do
-    not depend on how the global batch is split over workers, and a resumed run repeats the
-    uninterrupted run exactly (the RNG "state" is just (seed, step)).
-    """
-    digest = hashlib.blake2b(f"{seed}:{step}:{sample_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 @dataclass
 class Batch:
-    """One worker's share of a global batch: clean tokens [n, L, D], labels [n] or None, ids."""
+    """One worker's share of a global batch: clean tokens [n, L, D] (any float dtype, any device; the
+    trainer converts them on its device), labels [n] or None, ids."""
 
     tokens: torch.Tensor
     labels: torch.Tensor | None
     ids: Sequence[str]
-
-
-@dataclass
-class StepDraws:
-    """Per-sample random draws of one step: t [n], eps [n, L, D], flip [n] bool, drop [n] uniform."""
-
-    t: torch.Tensor
-    eps: torch.Tensor
-    flip: torch.Tensor
-    drop: torch.Tensor
-
-
-def draw_step(seed: int, step: int, ids: Sequence[str], token_shape: tuple[int, int]) -> StepDraws:
-    """Counter-based draws for the samples ``ids`` at ``step`` (CPU, float32)."""
-    t, eps, uniforms = [], [], []
-    for sample_id in ids:
-        generator = torch.Generator().manual_seed(sample_seed(seed, step, sample_id))
-        u = torch.rand(3, generator=generator)  # t, flip, label drop
-        t.append(u[0])
-        uniforms.append(u[1:])
-        eps.append(torch.randn(token_shape, generator=generator))
-    u = torch.stack(uniforms)  # [n, 2]
-    return StepDraws(torch.stack(t), torch.stack(eps), u[:, 0] < 0.5, u[:, 1])
 
 
 class Trainer:
@@ -125,6 +94,8 @@ class Trainer:
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.module = wrap(self.model)
+        if config.model.compile:
+            self.module = torch.compile(self.module)
         self.noise_schedule = build_noise_schedule(config)
         use_ebfr = config.diffusion.ebfr and codec.layout is not None
         self.loss_fn = TokenLoss.for_codec(codec, entropy if use_ebfr else None)
@@ -132,10 +103,12 @@ class Trainer:
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             (no_decay if name in self.model.no_weight_decay() or param.ndim < 2 else decay).append(param)
+        cuda = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr,
             betas=(o.beta1, o.beta2),
+            fused=cuda or None,  # one kernel per step on CUDA (no host sync with the GradScaler either)
         )
         # Linear warm-up to the base learning rate, then constant (U-ViT / DCTdiff recipe).
         warmup = o.warmup_steps
@@ -143,58 +116,82 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.step = 0
-        cuda = device.type == "cuda"
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and o.precision == "fp16")
+        self._params = list(self.model.parameters())
+        self._ema_params = list(self.ema.parameters())
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One step on this worker's share of the global batch; returns loss metrics for logging.
+    def train_step(self, batch: Batch) -> StepResult:
+        """One step on this worker's share of the global batch, in ``optim.micro_batches`` chunks whose
+        gradients accumulate (DDP all-reduces only the last one's); never waits for the device.
 
-        Raises FloatingPointError on a NaN/inf loss (the optimiser step is skipped).
+        The metrics stay on the device (``MetricWindow`` reduces them and checks the loss is finite).
         """
         config = self.config
-        draws = draw_step(config.cadence.seed, self.step, batch.ids, tuple(batch.tokens.shape[1:]))
-        x0 = batch.tokens.to(self.device, torch.float32)  # [n, L, D]
-        if config.data.hflip:
-            flipped = self.codec.hflip_tokens(x0)
-            x0 = torch.where(draws.flip.to(self.device)[:, None, None], flipped, x0)
-        labels = batch.labels
-        if labels is not None:
-            labels = labels.to(self.device)
-            drop = draws.drop.to(self.device) < config.data.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.model.null_label_index), labels)
-        t = draws.t.to(self.device)
-        eps = draws.eps.to(self.device)
-        autocast = (
-            torch.autocast("cuda", dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
-        )
-        with autocast:
-            out = diffusion_loss(self.module, self.noise_schedule, x0, self.loss_fn, labels, t=t, eps=eps)
-        loss = out.per_sample.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {self.step + 1}; stopping (the last good checkpoint is kept)"
-            )
+        n, chunks = len(batch.ids), config.optim.micro_batches
+        if n % chunks:
+            raise ValueError(f"the per-worker batch {n} must be divisible by optim.micro_batches = {chunks}")
+        draws = draw_step(config.cadence.seed, self.step, batch.ids, self.codec_token_shape, self.device)
+        x0 = self._clean_tokens(batch.tokens, draws)  # [n, L, D] float32 on the device
+        labels = self._labels(batch.labels, draws)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        per_sample, bands = [], []
+        size = n // chunks
+        for index in range(chunks):
+            rows, last = slice(index * size, (index + 1) * size), index == chunks - 1
+            with nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync():
+                with self._autocast():
+                    out = diffusion_loss(
+                        self.module, self.noise_schedule, x0[rows], self.loss_fn,
+                        None if labels is None else labels[rows], t=draws.t[rows], eps=draws.eps[rows],
+                    )  # fmt: skip
+                self.scaler.scale(out.per_sample.sum() / n).backward()
+            per_sample.append(out.per_sample.detach())
+            bands.append(torch.stack(list(out.bands.values())))  # [bands]
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
+            self._params, config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
         )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.lr_schedule.step()
         self._update_ema()
         self.step += 1
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": self.lr_schedule.get_last_lr()[0]}
-        metrics.update({f"band/{name}": value.item() for name, value in out.bands.items()})
-        return metrics
+        losses = torch.cat(per_sample)  # [n]
+        values = torch.cat([losses.mean()[None], grad_norm.detach().float()[None], torch.stack(bands).mean(0)])  # [K]
+        names = ("loss", "grad_norm", *(f"band/{name}" for name in out.bands))
+        return StepResult(values, names, losses, list(batch.ids), self.step, self.lr_schedule.get_last_lr()[0])
+
+    @property
+    def codec_token_shape(self) -> tuple[int, int]:
+        """[L, D] of the trained tokens."""
+        return self.codec.num_tokens, self.codec.token_dim
+
+    def _clean_tokens(self, tokens: torch.Tensor, draws) -> torch.Tensor:
+        """Tokens -> float32 on the device, mirrored where the draws say so (data.hflip)."""
+        x0 = tokens.to(self.device, non_blocking=True).to(torch.float32)  # [n, L, D]
+        if not self.config.data.hflip:
+            return x0
+        return torch.where(draws.flip[:, None, None], self.codec.hflip_tokens(x0), x0)
+
+    def _labels(self, labels: torch.Tensor | None, draws) -> torch.Tensor | None:
+        """Labels on the device, replaced by the null label with probability data.label_dropout (CFG)."""
+        if labels is None:
+            return None
+        labels = labels.to(self.device, non_blocking=True)
+        drop = draws.drop < self.config.data.label_dropout
+        return torch.where(drop, torch.full_like(labels, self.model.null_label_index), labels)
+
+    def _autocast(self):
+        """Mixed precision on CUDA (optim.precision); nothing on the CPU."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.config.optim.ema_decay
-        for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
-            ema_param.lerp_(param.detach(), 1.0 - decay)
+        """ema <- decay * ema + (1 - decay) * model, one foreach kernel over all parameters."""
+        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.config.optim.ema_decay)
 
     # --- checkpoints ---------------------------------------------------------------------------
 

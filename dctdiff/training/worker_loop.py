@@ -17,6 +17,7 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.training.config import TrainConfig, config_from_dict
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
+from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError, record_failure
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, source_codec
 from dctdiff.evaluation.fid import load_fid_stats
 from dctdiff.training.training_fid import sample_fid
@@ -36,6 +37,7 @@ class LoopSettings:
     log_level: str = "INFO"
     resume_from: str | None = None  # the checkpoint the driver verified and chose (None: start at step 0)
     planned_checkpoints: tuple[str, ...] = ()  # folder names that existed when the driver chose resume_from
+    failure_file: str | None = None  # where rank 0 records a NonFiniteLossError for the driver
 
 
 def starting_checkpoint(settings: LoopSettings):
@@ -49,35 +51,31 @@ def starting_checkpoint(settings: LoopSettings):
     return ray.train.Checkpoint(settings.resume_from) if settings.resume_from else None
 
 
-def batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None) -> Batch:
-    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained.
+def batch_from_rows(
+    rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None, device: torch.device
+) -> Batch:
+    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained, on ``device``.
 
-    ``source`` is None when the shards are in the trained codec's space; otherwise it is the codec the
-    shards were written with (the pixel baseline decodes them to images first).
+    ``source`` is None when the shards are in the trained codec's space: their float16 coefficients travel
+    to the device as they are (pinned, non-blocking on CUDA) and become tokens there. Otherwise ``source``
+    is the codec the shards were written with (the pixel baseline decodes them to images on the host).
     """
     coefficients = torch.from_numpy(np.array(rows["coefficients"]))  # [n, L, 6, B^2] (a writable copy)
     if source is None:
-        tokens = codec.tokens_from_coefficients(coefficients)  # keep m, divide by eta (load time)
+        if device.type == "cuda":
+            coefficients = coefficients.pin_memory()
+        tokens = codec.tokens_from_coefficients(coefficients.to(device, non_blocking=True))  # keep m, / eta
     else:
         tokens = codec.encode(source.decode(source.tokens_from_coefficients(coefficients)))
     labels = torch.from_numpy(rows["label"].astype(np.int64)) if config.data.class_conditional else None
     return Batch(tokens, labels, [str(i) for i in rows["id"]])
 
 
-def reduce_mean(values: dict[str, float], world_size: int) -> dict[str, float]:
-    """Average scalar metrics over workers (each saw its share of the global batch)."""
-    if world_size == 1:
-        return values
-    import torch.distributed as dist
-
-    keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return {k: v / world_size for k, v in zip(keys, tensor.tolist())}
-
-
 def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
-    """Raise if the DDP ranks ended with different weights (their gradients were not synchronised)."""
+    """Raise if the DDP ranks ended with different weights (their gradients were not synchronised).
+
+    The fingerprint stays on the model's device: the process group (gloo or nccl) serves it.
+    """
     if world_size == 1:
         return
     import torch.distributed as dist
@@ -116,7 +114,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     per_worker = config.optim.batch_size // world
     steps_per_epoch = (info.rows // world) // per_worker
     shard = ray.train.get_dataset_shard("train")
-    window: list[dict[str, float]] = []
+    window = MetricWindow()
     window_start = time.perf_counter()
     while trainer.step < cadence.max_steps:
         epoch, skip = divmod(trainer.step, steps_per_epoch)
@@ -132,7 +130,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
                 continue
             if index >= steps_per_epoch or trainer.step >= cadence.max_steps:
                 break
-            window.append(trainer.train_step(batch_from_rows(rows, config, codec, source)))
+            window.add(trainer.train_step(batch_from_rows(rows, config, codec, source, device)))
             step = trainer.step
             last = step == cadence.max_steps
             save = step % cadence.checkpoint_every == 0 or last
@@ -141,9 +139,13 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             if step % cadence.log_every and not (save or grid or fid):
                 continue
             elapsed = time.perf_counter() - window_start
-            metrics = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            metrics = reduce_mean(metrics, world)
-            metrics.update(step=step, epoch=epoch, images_per_s=len(window) * config.optim.batch_size / elapsed)
+            steps = len(window)
+            try:
+                metrics = window.reduce(world)  # the step's one collective and host sync
+            except NonFiniteLossError as error:  # every rank is here at the same step
+                report_failure(error, step, rank, settings.failure_file)
+                return
+            metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
             if fid:  # every rank samples its share of the seeds (a collective)
                 metrics["fid"] = sample_fid(
                     trainer.ema, codec, trainer.noise_schedule, reference, cadence.fid_samples, cadence.sampler,
@@ -158,9 +160,22 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             if grid:
                 logger.sample_grid(trainer, step)
             report(trainer, metrics, save, rank, info)
-            window, window_start = [], time.perf_counter()
+            window_start = time.perf_counter()
     check_ranks_agree(trainer.model, world)
     logger.final_model(trainer, info.eta)
+
+
+def report_failure(error: NonFiniteLossError, step: int, rank: int, failure_file: str | None) -> None:
+    """End this worker's loop after a deterministic failure without raising, so that Ray Train does not
+    retry it (a retry would meet the same NaN): rank 0 records it for the driver to raise
+    (``raise_recorded_failure``); every rank reports (a collective) without a checkpoint, so the last
+    good checkpoint stays the newest."""
+    import ray.train
+
+    log.error("%s", error)
+    if rank == 0 and failure_file is not None:
+        record_failure(failure_file, error)
+    ray.train.report({"step": step, "failed_step": error.step})
 
 
 def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, info: DatasetInfo) -> None:
