@@ -26,5 +26,7 @@ def write_prepared(folder: Path, images: np.ndarray, block_size: int = 2, labels
             [ids[i] for i in part], labels[part], coefficients[part], params,
         )  # fmt: skip
     counts = {"read": len(images), "written": len(images), "rejected": 0}
-    write_stats(str(folder / "stats.json"), compute_stats(coefficient_histogram(coefficients, block_size), block_size, counts, params.to_dict()))
+    layout = params.token_layout
+    stats = compute_stats(coefficient_histogram(coefficients, layout), layout, counts, params.to_dict())
+    write_stats(str(folder / "stats.json"), stats)
     return folder

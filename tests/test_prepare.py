@@ -15,11 +15,13 @@ from dctdiff.core.codec import DCTCodec
 from dctdiff.data.image_decoding import FitSpec, fit
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.preparation import PrepareConfig, run_prepare
-from dctdiff.data.shards import read_codec_params, read_shard, shard_files
+from dctdiff.data.shards import read_codec_params, read_pixels, read_shard, shard_files
 from dctdiff.data.sources import FASHION_MNIST_DIR
-from dctdiff.data.statistics import PLANES, in_stats_sample, load_stats
+from dctdiff.core.token_layout import PLANES
+from dctdiff.data.statistics import in_stats_sample, load_stats
 from dctdiff.commands.prepare_command import main
 from tests.prepare_data import BAD_FILES, BOMB_SIDE, CIFAR10_NAMES, write_cifar10, write_image_folder
+from tests.test_grey_codec import reference_grey_tokens
 from tests.test_stats import reference_stats
 
 pytestmark = pytest.mark.slow
@@ -213,17 +215,25 @@ def test_fashion_mnist_rows(ray_session, tmp_path):
 
     config = PrepareConfig(
         source="fashion-mnist", output=str(tmp_path / "fm"), resolution=32, block_size=2, split="test", limit=200,
-        progress=False,
+        progress=False, store_pixels=True,
     )
     report = run_prepare(config)
     assert report["images"]["written"] == 200
     raw = gzip.decompress(Path(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz").read_bytes())
     grey = np.frombuffer(raw[16 : 16 + 200 * 784], np.uint8).reshape(200, 28, 28)
-    padded = np.zeros((200, 32, 32, 3), np.uint8)
-    padded[:, 2:30, 2:30] = grey[..., None]
+    padded = np.zeros((200, 32, 32), np.uint8)
+    padded[:, 2:30, 2:30] = grey
     rows = read_rows(tmp_path / "fm")
-    for k, exact in enumerate(analyze(padded)):
-        assert_float16_of(rows[f"test/{k:05d}"][1], exact)
+    # --colour auto picks grey for this single-channel source: Y only, [L, 4, B*B] rows (per-block scipy DCT).
+    params = read_codec_params(str(tmp_path / "fm"))
+    assert params.colour == "grey" and params.shape == (64, 4, 4)
+    assert json.loads((tmp_path / "fm" / "prepare.json").read_text())["codec"]["colour"] == "grey"
+    exact = reference_grey_tokens(padded[..., None].repeat(3, axis=-1), 2, 4).reshape(200, 64, 4, 4)
+    for k in range(200):
+        assert_float16_of(rows[f"test/{k:05d}"][1], exact[k])
+    assert set(load_stats(str(tmp_path / "fm")).entropy) == {"Y"}
+    stored = np.concatenate([read_pixels(uri) for uri in shard_files(str(tmp_path / "fm"))])
+    np.testing.assert_array_equal(stored, padded[..., None])  # [N, 32, 32, 1], in row order
 
 
 @pytest.mark.parametrize(
