@@ -257,3 +257,37 @@ def test_bad_source_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--source", "imagenet:/data", "--output", str(tmp_path / "o"), "--preset", "cifar10"])
     assert "use folder:PATH, cifar10:PATH" in capsys.readouterr().err
+
+
+def test_pixel_tokens_of_a_prepared_set_equal_pixel_codec_encode(ray_session, folder, tmp_path):
+    """--store-pixels keeps the source pixels beside the coefficients (same ids, same rows); the pixel
+    baseline's tokens built from them, through the launcher's column selection and the worker loop's
+    batch_from_rows, equal PixelCodec.encode of the source images exactly (full chroma, no DCT round trip)."""
+    import ray.data
+
+    from dctdiff.core.codec import PixelCodec
+    from dctdiff.training.config import build_config
+    from dctdiff.training.dataset_info import load_dataset_info
+    from dctdiff.training.trainer import build_codec
+    from dctdiff.training.worker_loop import batch_from_rows
+
+    root, expected = folder
+    output = tmp_path / "with-pixels"
+    run_prepare(folder_config(root, output, store_pixels=True))
+    params = read_codec_params(str(output))
+    assert params.colour == "ycbcr420" and params.pixels  # auto: a folder source is ycbcr420
+    config = build_config("demo", overrides=["data.space=pixel", "data.patch_size=4"])
+    info = load_dataset_info(str(output), config)
+    assert info.column == "pixels" and info.colour == "ycbcr420"
+    codec = build_codec(config, info.eta, info.colour)
+    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", info.column])
+    reference = PixelCodec(RESOLUTION, 4)
+    seen = 0
+    for rows in dataset.iter_batches(batch_size=5, batch_format="numpy"):
+        batch = batch_from_rows(rows, config, codec, info.column)
+        sources = np.stack([fit(Image.fromarray(expected[i]), FitSpec(RESOLUTION)) for i in batch.ids])
+        assert torch.equal(batch.tokens, reference.encode(sources))
+        seen += len(batch.ids)
+    assert seen == len(expected)
+    dct_only = read_rows(output)  # the coefficients are unchanged by --store-pixels
+    assert sorted(dct_only) == sorted(expected)

@@ -15,7 +15,8 @@ import os
 from dctdiff.commands import options as flags
 from dctdiff.infra.logs import configure_logging
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
-from dctdiff.data.preparation import AUTO_COLOUR, PREPARE_COLOURS, PrepareConfig, run_prepare
+from dctdiff.core.token_layout import AUTO_COLOUR
+from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
 from dctdiff.data.dataset_presets import DATA_PRESETS, data_preset
 from dctdiff.data.shards import DTYPES
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dctdiff.core.token_layout import DEFAULT_COLOUR, TokenLayout, check_token_resolution
+from dctdiff.core.token_layout import DEFAULT_COLOUR, TokenLayout, check_colour, check_token_resolution
 
 ImageBatch = Union[np.ndarray, torch.Tensor]
 
@@ -106,6 +106,11 @@ def _as_pixel_tensor(
 
 def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.round().clamp_(0, 255).to(torch.uint8)
+
+
+def colour_channels(colour: str) -> int:
+    """Pixel channels of a colour mode: 1 for grey (its luma), else 3 (RGB)."""
+    return 1 if check_colour(colour) == "grey" else 3
 
 
 def pixel_channels(images: ImageBatch, channels: int) -> ImageBatch:

@@ -22,6 +22,7 @@ GREY_HFLIP = (1, 0, 3, 2)
 # The colour modes of the DCT codec (docs/ARCHITECTURE.md, "Codec"): name -> (blocks, hflip order).
 COLOUR_MODES = {"ycbcr420": (YCBCR_420_BLOCKS, YCBCR_420_HFLIP), "grey": (GREY_BLOCKS, GREY_HFLIP)}
 DEFAULT_COLOUR = "ycbcr420"
+AUTO_COLOUR = "auto"  # prepare --colour and data.colour: the mode follows the data (docs/ARCHITECTURE.md, "Shards")
 
 
 def check_colour(colour: str) -> str:

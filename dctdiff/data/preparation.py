@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from dctdiff.core.token_layout import COLOUR_MODES, DEFAULT_COLOUR
+from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, DEFAULT_COLOUR
 from dctdiff.infra import storage
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
@@ -45,7 +45,6 @@ OUTPUT_ENTRIES = (COEFFICIENT_DIR, PARTS_DIR, PLAN_FILE, "stats.json", "report.j
 SHARD_TARGET_BYTES = 64 * 2**20
 MAX_SHARD_ROWS = 2048
 ANALYZE_CHUNK_VALUES = 2**24  # pixel values per DCTCodec.analyze call (bounds the float32 copy)
-AUTO_COLOUR = "auto"
 PREPARE_COLOURS = (AUTO_COLOUR, *COLOUR_MODES)  # --colour
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dctdiff.core.codec import colour_channels
 from dctdiff.core.token_layout import COLOUR_MODES, DEFAULT_COLOUR, TokenLayout, check_colour, check_token_resolution
 from dctdiff.infra import storage
 
@@ -77,7 +78,7 @@ class CodecParams:
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
         """Per-row shape of the ``pixels`` column [R, R, C]: C = 1 for grey, else 3."""
-        return (self.resolution, self.resolution, 1 if self.colour == "grey" else 3)
+        return (self.resolution, self.resolution, colour_channels(self.colour))
 
     @property
     def row_bytes(self) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dctdiff.core.token_layout import check_token_resolution
+from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_resolution
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
 from dctdiff.core.samplers import SAMPLERS
@@ -31,6 +31,8 @@ class DataConfig:
     keep: int = 4
     # eta: divisor of the DCT coefficients; null takes it from the prepare output's stats.json.
     eta: float | None = None
+    # Colour mode (ycbcr420 or grey, docs/ARCHITECTURE.md, "Codec"); null or auto takes the shards' mode.
+    colour: str | None = None
     # Pixel baseline patch size; null means block_size (U-ViT's CIFAR-10 baseline uses 2).
     patch_size: int | None = None
     hflip: bool = True
@@ -120,6 +122,10 @@ class TrainConfig:
             f"data.keep must be in 1..data.block_size**2 = 1..{d.block_size**2}, got {d.keep}",
         )
         _require(d.eta is None or d.eta > 0, f"data.eta must be > 0 (or null to read stats.json), got {d.eta}")
+        _require(
+            d.colour in (None, AUTO_COLOUR, *COLOUR_MODES),
+            f"data.colour must be one of {', '.join(COLOUR_MODES)} (or null/auto: the shards' mode), got {d.colour!r}",
+        )
         patch = self.patch_size
         _require(
             d.resolution % patch == 0, f"data.patch_size {patch} must divide data.resolution {d.resolution}"
@@ -154,6 +160,11 @@ class TrainConfig:
         for name in ("sample_every", "fid_every", "sample_count", "fid_samples"):
             _require(getattr(s, name) >= 0, f"cadence.{name} must be >= 0 (0 turns it off), got {getattr(s, name)}")
         return self
+
+    @property
+    def colour(self) -> str | None:
+        """The colour mode data.colour fixes, or None where the shards decide (null or auto)."""
+        return None if self.data.colour == AUTO_COLOUR else self.data.colour
 
     @property
     def patch_size(self) -> int:

@@ -163,7 +163,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the workers print training progress
     context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
-    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
+    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", info.column])
     if materialize:
         dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
@@ -193,7 +193,8 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
 
 def training_params(plan: RunPlan) -> dict[str, Any]:
     """The run's MLflow params: every resolved config value and the data it trains on."""
-    return {**plan.config.flat(), "data.eta_used": plan.info.eta, "data.rows": plan.info.rows}
+    info = plan.info
+    return {**plan.config.flat(), "data.eta_used": info.eta, "data.colour_used": info.colour, "data.rows": info.rows}
 
 
 def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | None = None) -> tuple[RunHandle, str]:

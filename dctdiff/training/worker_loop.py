@@ -14,9 +14,10 @@ import torch
 from dctdiff.core.codec import Codec
 from dctdiff.infra.logs import configure_logging
 from dctdiff.training.config import TrainConfig, config_from_dict
+from dctdiff.data.shards import PIXEL_COLUMN
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, source_codec
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 from dctdiff.training.training_fid import load_reference, sample_fid
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,14 @@ class LoopSettings:
     log_level: str = "INFO"
 
 
-def batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None) -> Batch:
-    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained.
-
-    ``source`` is None when the shards are in the trained codec's space; otherwise it is the codec the
-    shards were written with (the pixel baseline decodes them to images first).
-    """
-    coefficients = torch.from_numpy(np.array(rows["coefficients"]))  # [n, L, 6, B^2] (a writable copy)
-    if source is None:
-        tokens = codec.tokens_from_coefficients(coefficients)  # keep m, divide by eta (load time)
+def batch_from_rows(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, column: str) -> Batch:
+    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained, from ``column``
+    (DatasetInfo.column): the coefficients, or for the pixel baseline the stored source pixels."""
+    values = torch.from_numpy(np.array(rows[column]))  # a writable copy
+    if column == PIXEL_COLUMN:
+        tokens = codec.encode(values)  # uint8 [n, R, R, C] -> [n, L, C P^2]: the source pixels, no DCT round trip
     else:
-        tokens = codec.encode(source.decode(source.tokens_from_coefficients(coefficients)))
+        tokens = codec.tokens_from_coefficients(values)  # [n, L, blocks, B^2]: keep m, divide by eta (load time)
     labels = torch.from_numpy(rows["label"].astype(np.int64)) if config.data.class_conditional else None
     return Batch(tokens, labels, [str(i) for i in rows["id"]])
 
@@ -86,9 +84,8 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(settings.threads)
     device = ray.train.torch.get_device()
-    codec = build_codec(config, info.eta)
+    codec = build_codec(config, info.eta, info.colour)
     torch.manual_seed(config.cadence.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
-    source = source_codec(config, info.resolution, info.block_size)
     trainer = Trainer(config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -117,7 +114,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
                 continue
             if index >= steps_per_epoch or trainer.step >= cadence.max_steps:
                 break
-            window.append(trainer.train_step(batch_from_rows(rows, config, codec, source)))
+            window.append(trainer.train_step(batch_from_rows(rows, config, codec, info.column)))
             step = trainer.step
             last = step == cadence.max_steps
             save = step % cadence.checkpoint_every == 0 or last
@@ -156,5 +153,6 @@ def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, i
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
-        trainer.save(directory, {"config": trainer.config.to_dict(), "eta": info.eta, "stats": info.stats})
+        extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
+        trainer.save(directory, extra)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
