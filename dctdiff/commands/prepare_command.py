@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--store-pixels", action="store_true",
-        help="also store the source pixels (for `dctdiff train --set data.space=pixel`)",
+        help="also store the source pixels (for `dctdiff train --space pixel`)",
     )  # fmt: skip
     parser.add_argument("--stats-sample", type=float, default=1.0, help="fraction of images feeding stats.json")
     parser.add_argument("--upscale", action="store_true", help="enlarge images smaller than R, do not reject them")
