@@ -106,7 +106,7 @@ def plain_loop(folder: Path, size: int, block: int, rows: int, output: Path) -> 
         chunk = files[first : first + rows]
         pixels = [prepare_encoded(path.read_bytes(), spec) for path in chunk]
         coefficients = analyze_images(params, pixels)
-        coefficient_histogram(coefficients, block)
+        coefficient_histogram(coefficients, params.token_layout)
         ids = [str(path) for path in chunk]
         write_shard(str(output / f"part-{index:06d}.parquet"), ids, np.full(len(ids), -1), coefficients, params)
 
@@ -144,7 +144,7 @@ def main() -> None:
             folder = work / f"images{size}"
             folder.mkdir()
             files = write_folder(folder, args.images, size)
-            rows = args.shard_rows or PrepareConfig("photos", "-", size, args.block_size).rows_per_shard()
+            rows = args.shard_rows or PrepareConfig("photos", "-", size, args.block_size).rows_per_shard(CodecParams(size, args.block_size))
             rates, cpus = [0.0] * 3, [float("inf")] * 3
             for round_ in range(args.rounds):  # interleaved rounds, best of each: robust to background load
                 out = work / f"round{round_}-{size}"

@@ -101,6 +101,15 @@ def test_prepared_set_decodes_the_stored_coefficients(tmp_path):
     assert open_image_set(str(tmp_path / "prep"), limit=4).count == 4
 
 
+def test_grey_prepared_sets_decode_in_their_mode_or_give_their_stored_pixels(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1), dtype=np.uint8).repeat(3, axis=-1)
+    write_prepared(tmp_path / "grey", grey, colour="grey")
+    decoded = open_image_set(str(tmp_path / "grey")).load()  # from float16 Y coefficients: R = G = B
+    assert (decoded == decoded[..., :1]).all() and np.abs(decoded.astype(int) - grey).max() <= 1
+    write_prepared(tmp_path / "pixels", grey, colour="grey", store_pixels=True)
+    np.testing.assert_array_equal(open_image_set(str(tmp_path / "pixels")).load(), grey)
+
+
 def test_photos_and_source_sets(tmp_path):
     with pytest.raises(ImageSetError, match="needs a resolution"):
         open_image_set("photos:4")

@@ -48,7 +48,7 @@ def test_final_model_loads_from_code_generates_and_registers(tmp_path):
     import mlflow
 
     trainer, run = tiny_trainer(), new_run(tmp_path)
-    RankZeroLogger(run, 0).final_model(trainer, eta=242.0)
+    RankZeroLogger(run, 0).final_model(trainer, eta=242.0, colour="ycbcr420")
     model = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
     images = model.predict({"seed": [3, 1]}, params={"nfe": 3})
     expected = generate_images(trainer.ema, trainer.codec, build_noise_schedule(trainer.config), [3, 1],

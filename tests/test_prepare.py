@@ -15,11 +15,13 @@ from dctdiff.core.codec import DCTCodec
 from dctdiff.data.image_decoding import FitSpec, fit
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.preparation import PrepareConfig, run_prepare
-from dctdiff.data.shards import read_codec_params, read_shard, shard_files
+from dctdiff.data.shards import read_codec_params, read_pixels, read_shard, shard_files
 from dctdiff.data.sources import FASHION_MNIST_DIR
-from dctdiff.data.statistics import PLANES, in_stats_sample, load_stats
+from dctdiff.core.token_layout import PLANES
+from dctdiff.data.statistics import in_stats_sample, load_stats
 from dctdiff.commands.prepare_command import main
 from tests.prepare_data import BAD_FILES, BOMB_SIDE, CIFAR10_NAMES, write_cifar10, write_image_folder
+from tests.test_grey_codec import reference_grey_tokens
 from tests.test_stats import reference_stats
 
 pytestmark = pytest.mark.slow
@@ -213,17 +215,25 @@ def test_fashion_mnist_rows(ray_session, tmp_path):
 
     config = PrepareConfig(
         source="fashion-mnist", output=str(tmp_path / "fm"), resolution=32, block_size=2, split="test", limit=200,
-        progress=False,
+        progress=False, store_pixels=True,
     )
     report = run_prepare(config)
     assert report["images"]["written"] == 200
     raw = gzip.decompress(Path(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz").read_bytes())
     grey = np.frombuffer(raw[16 : 16 + 200 * 784], np.uint8).reshape(200, 28, 28)
-    padded = np.zeros((200, 32, 32, 3), np.uint8)
-    padded[:, 2:30, 2:30] = grey[..., None]
+    padded = np.zeros((200, 32, 32), np.uint8)
+    padded[:, 2:30, 2:30] = grey
     rows = read_rows(tmp_path / "fm")
-    for k, exact in enumerate(analyze(padded)):
-        assert_float16_of(rows[f"test/{k:05d}"][1], exact)
+    # --colour auto picks grey for this single-channel source: Y only, [L, 4, B*B] rows (per-block scipy DCT).
+    params = read_codec_params(str(tmp_path / "fm"))
+    assert params.colour == "grey" and params.shape == (64, 4, 4)
+    assert json.loads((tmp_path / "fm" / "prepare.json").read_text())["codec"]["colour"] == "grey"
+    exact = reference_grey_tokens(padded[..., None].repeat(3, axis=-1), 2, 4).reshape(200, 64, 4, 4)
+    for k in range(200):
+        assert_float16_of(rows[f"test/{k:05d}"][1], exact[k])
+    assert set(load_stats(str(tmp_path / "fm")).entropy) == {"Y"}
+    stored = np.concatenate([read_pixels(uri) for uri in shard_files(str(tmp_path / "fm"))])
+    np.testing.assert_array_equal(stored, padded[..., None])  # [N, 32, 32, 1], in row order
 
 
 @pytest.mark.parametrize(
@@ -247,3 +257,37 @@ def test_bad_source_fails_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--source", "imagenet:/data", "--output", str(tmp_path / "o"), "--preset", "cifar10"])
     assert "use folder:PATH, cifar10:PATH" in capsys.readouterr().err
+
+
+def test_pixel_tokens_of_a_prepared_set_equal_pixel_codec_encode(ray_session, folder, tmp_path):
+    """--store-pixels keeps the source pixels beside the coefficients (same ids, same rows); the pixel
+    baseline's tokens built from them, through the launcher's column selection and the worker loop's
+    batch_from_rows, equal PixelCodec.encode of the source images exactly (full chroma, no DCT round trip)."""
+    import ray.data
+
+    from dctdiff.core.codec import PixelCodec
+    from dctdiff.training.config import build_config
+    from dctdiff.training.dataset_info import load_dataset_info
+    from dctdiff.training.trainer import build_codec
+    from dctdiff.training.worker_loop import batch_from_rows
+
+    root, expected = folder
+    output = tmp_path / "with-pixels"
+    run_prepare(folder_config(root, output, store_pixels=True))
+    params = read_codec_params(str(output))
+    assert params.colour == "ycbcr420" and params.pixels  # auto: a folder source is ycbcr420
+    config = build_config("demo", overrides=["data.space=pixel", "data.patch_size=4"])
+    info = load_dataset_info(str(output), config)
+    assert info.column == "pixels" and info.colour == "ycbcr420"
+    codec = build_codec(config, info.eta, info.colour)
+    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", info.column])
+    reference = PixelCodec(RESOLUTION, 4)
+    seen = 0
+    for rows in dataset.iter_batches(batch_size=5, batch_format="numpy"):
+        batch = batch_from_rows(rows, config, codec, info.column)
+        sources = np.stack([fit(Image.fromarray(expected[i]), FitSpec(RESOLUTION)) for i in batch.ids])
+        assert torch.equal(batch.tokens, reference.encode(sources))
+        seen += len(batch.ids)
+    assert seen == len(expected)
+    dct_only = read_rows(output)  # the coefficients are unchanged by --store-pixels
+    assert sorted(dct_only) == sorted(expected)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dctdiff.core.codec import DCTCodec
+from dctdiff.core.token_layout import PLANES, TokenLayout
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.statistics import (
-    PLANES,
     TAU,
     band_entropy,
     coefficient_histogram,
@@ -62,7 +62,8 @@ def dataset(n: int, size: int, block: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("block,size", [(2, 32), (4, 32), (8, 64)])
 def test_stats_match_direct_numpy(block, size):
     coefficients = dataset(60, size, block, seed=block)
-    stats = compute_stats(coefficient_histogram(coefficients, block), block, {"written": 60}, {"block_size": block})
+    layout = TokenLayout(block**2)
+    stats = compute_stats(coefficient_histogram(coefficients, layout), layout, {"written": 60}, {"block_size": block})
     eta, entropy = reference_stats(coefficients)
     assert stats.eta == pytest.approx(eta, rel=0.005)
     for plane in PLANES:
@@ -84,8 +85,9 @@ def test_coefficients_stay_inside_the_fixed_range():
 def test_histogram_counts_each_value_at_its_float16_cell_and_merges_by_sum():
     block = 2
     coefficients = dataset(20, 32, block, seed=1)
-    whole = coefficient_histogram(coefficients, block)
-    merged = coefficient_histogram(coefficients[:7], block) + coefficient_histogram(coefficients[7:], block)
+    layout = TokenLayout(block**2)
+    whole = coefficient_histogram(coefficients, layout)
+    merged = coefficient_histogram(coefficients[:7], layout) + coefficient_histogram(coefficients[7:], layout)
     np.testing.assert_array_equal(whole, merged)
     cell_of = {(value, np.signbit(value)): k for k, value in enumerate(grid_values(block))}  # -0 and +0 apart
     cb_dc = coefficients[:, :, 4, 0].ravel().astype(np.float16).astype(np.float64)
@@ -125,7 +127,8 @@ def test_uniform_values_have_log2_bins_entropy():
 def test_stats_json_round_trip(tmp_path):
     block = 2
     coefficients = dataset(10, 16, block, seed=2)
-    stats = compute_stats(coefficient_histogram(coefficients, block), block, {"read": 10}, {"resolution": 16})
+    layout = TokenLayout(block**2)
+    stats = compute_stats(coefficient_histogram(coefficients, layout), layout, {"read": 10}, {"resolution": 16})
     write_stats(str(tmp_path / "stats.json"), stats)
     assert load_stats(str(tmp_path)) == stats == load_stats(str(tmp_path / "stats.json"))
     document = json.loads((tmp_path / "stats.json").read_text())
@@ -139,7 +142,7 @@ def test_stats_json_round_trip(tmp_path):
 
 def test_no_coefficients_is_an_error():
     with pytest.raises(ValueError, match="no image"):
-        compute_stats(np.zeros((3, 4, histogram_bins(2)), np.int64), 2, {}, {})
+        compute_stats(np.zeros((3, 4, histogram_bins(2)), np.int64), TokenLayout(4), {}, {})
 
 
 def test_stats_sample_is_a_deterministic_fraction():
@@ -160,7 +163,7 @@ def test_grey_images_have_exactly_zero_chroma_and_zero_chroma_entropy():
         coefficients = DCTCodec(32, block_size, block_size**2).analyze(grey).numpy()  # [N, L, 6, B^2]
         assert np.array_equal(coefficients[:, :, 4:], np.zeros_like(coefficients[:, :, 4:]))
     coefficients = DCTCodec(32, 2, 4).analyze(grey).numpy()
-    stats = compute_stats(coefficient_histogram(coefficients, 2), 2, counts={}, codec={})
+    stats = compute_stats(coefficient_histogram(coefficients, TokenLayout(4)), TokenLayout(4), counts={}, codec={})
     assert stats.entropy["Cb"] == [0.0] * 4 and stats.entropy["Cr"] == [0.0] * 4
     assert all(h > 0 for h in stats.entropy["Y"])
 
@@ -175,3 +178,20 @@ def test_rounding_noise_of_either_sign_around_zero_adds_no_entropy():
     counts[np.searchsorted(values, [-50.0, -10.0, 10.0, 50.0])] = 20  # real spread: -10 and 10 inside the band
     low, high = histogram_quantiles(counts, values, [100 - TAU, TAU])
     assert band_entropy(counts, values, low, high, eta=240.0) > 0.5
+
+
+def test_grey_stats_have_only_y_and_match_the_colour_codec_luma():
+    """Grey mode: histograms and stats.json entropies for Y only, equal to the Y plane of the 4:2:0 statistics
+    of the same grey images (the Y blocks are the same coefficients)."""
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (30, 16, 16, 1), dtype=np.uint8).repeat(3, axis=-1)
+    layout = TokenLayout.for_colour("grey", 4)
+    coefficients = DCTCodec(16, 2, 4, colour="grey").analyze(grey).numpy()  # [N, L, 4, 4]
+    histogram = coefficient_histogram(coefficients, layout)
+    assert histogram.shape == (1, 4, histogram_bins(2))
+    assert (histogram[0].sum(axis=1) == coefficients[:, :, :, 0].size).all()
+    stats = compute_stats(histogram, layout, {}, {})
+    assert set(stats.entropy) == set(stats.band) == {"Y"}
+    colour = DCTCodec(16, 2, 4).analyze(grey).numpy()
+    full = compute_stats(coefficient_histogram(colour, TokenLayout(4)), TokenLayout(4), {}, {})
+    assert stats.eta == full.eta and stats.entropy["Y"] == full.entropy["Y"]

@@ -15,7 +15,8 @@ import os
 from dctdiff.commands import options as flags
 from dctdiff.infra.logs import configure_logging
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.core.token_layout import AUTO_COLOUR
+from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
 from dctdiff.data.dataset_presets import DATA_PRESETS, data_preset
 from dctdiff.data.shards import DTYPES
 
@@ -33,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, help="image side R (instead of --preset)")
     parser.add_argument("--block-size", type=int, help="DCT block size B (instead of --preset)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="coefficient dtype")
+    parser.add_argument(
+        "--colour", choices=PREPARE_COLOURS, default=AUTO_COLOUR,
+        help="ycbcr420 (Y x4, Cb, Cr per token) or grey (Y only); auto: grey for single-channel sources "
+        "(fashion-mnist), else ycbcr420",
+    )  # fmt: skip
+    parser.add_argument(
+        "--store-pixels", action="store_true",
+        help="also store the source pixels (for `dctdiff train --space pixel`)",
+    )  # fmt: skip
     parser.add_argument("--stats-sample", type=float, default=1.0, help="fraction of images feeding stats.json")
     parser.add_argument("--upscale", action="store_true", help="enlarge images smaller than R, do not reject them")
     parser.add_argument(
@@ -73,7 +83,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             dtype=args.dtype, crop_box=crop_box, stats_sample=args.stats_sample, upscale=args.upscale,
             max_pixels=args.max_pixels, limit=args.limit, seed=args.seed, split=args.split,
             unlabeled=args.unlabeled, dedupe=args.dedupe, shard_rows=args.shard_rows, overwrite=args.overwrite,
-            progress=not args.no_progress,
+            progress=not args.no_progress, colour=args.colour, store_pixels=args.store_pixels,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -3,7 +3,8 @@
 DCTCodec follows the paper (Ning et al. 2025, §3) and docs/ARCHITECTURE.md, "Codec": RGB -> YCbCr (JPEG full range),
 4:2:0 chroma, B x B orthonormal block DCT-II, JPEG zigzag order, keep the first ``keep`` frequencies of
 each block, divide by eta. One token covers a 2B x 2B pixel region and holds the four Y blocks and
-the Cb and Cr blocks of that region: token dim 6 * keep.
+the Cb and Cr blocks of that region: token dim 6 * keep. The grey colour mode keeps only the four Y
+blocks (token dim 4 * keep) and decodes to R = G = B = Y.
 
 Encoding is affine per 2B x 2B x 3 pixel patch, so it is computed as patchify + one matrix product
 with a matrix built once from the definitions (the per-block reference lives in the tests).
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dctdiff.core.token_layout import YCBCR_420_BLOCKS, YCBCR_420_HFLIP, TokenLayout, check_token_resolution
+from dctdiff.core.token_layout import DEFAULT_COLOUR, TokenLayout, check_colour, check_token_resolution
 
 ImageBatch = Union[np.ndarray, torch.Tensor]
 
@@ -41,7 +42,8 @@ YCBCR_TO_RGB = np.array(
     ]
 )
 LEVEL_SHIFT = 128.0
-BLOCKS_PER_TOKEN = len(YCBCR_420_BLOCKS)
+LUMA_BLOCKS = 4  # the Y blocks come first in every colour mode's token
+PIXEL_CHANNELS = (1, 3)  # PixelCodec: grey or RGB
 
 
 def zigzag_order(block_size: int) -> np.ndarray:
@@ -76,18 +78,20 @@ def _resolution_pair(resolution: int | tuple[int, int]) -> tuple[int, int]:
     raise ValueError(f"resolution must be an int or a (height, width) pair, got {resolution!r}")
 
 
-def _as_pixel_tensor(images: ImageBatch, resolution: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """Validate a uint8 (or float in [0, 255]) image batch [N, H, W, 3] and return it as ``dtype``."""
+def _as_pixel_tensor(
+    images: ImageBatch, resolution: tuple[int, int], dtype: torch.dtype, channels: int = 3
+) -> torch.Tensor:
+    """Validate a uint8 (or float in [0, 255]) image batch [N, H, W, channels] and return it as ``dtype``."""
     if isinstance(images, np.ndarray):
         # A view with negative strides (e.g. x[:, :, ::-1]) is copied: torch cannot wrap it.
         images = torch.from_numpy(images.copy() if min(images.strides, default=0) < 0 else np.ascontiguousarray(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
-    expected = (*resolution, 3)
+    expected = (*resolution, channels)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(
-            f"images must have shape [N, {expected[0]}, {expected[1]}, 3] (N x H x W x RGB), "
-            f"got {list(images.shape)}"
+            f"images must have shape [N, {expected[0]}, {expected[1]}, {channels}] (N x H x W x "
+            f"{'RGB' if channels == 3 else 'channels'}), got {list(images.shape)}"
         )
     if images.dtype == torch.uint8:
         return images.to(dtype)
@@ -102,6 +106,25 @@ def _as_pixel_tensor(images: ImageBatch, resolution: tuple[int, int], dtype: tor
 
 def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.round().clamp_(0, 255).to(torch.uint8)
+
+
+def colour_channels(colour: str) -> int:
+    """Pixel channels of a colour mode: 1 for grey (its luma), else 3 (RGB)."""
+    return 1 if check_colour(colour) == "grey" else 3
+
+
+def pixel_channels(images: ImageBatch, channels: int) -> ImageBatch:
+    """uint8 images [N, H, W, 3] -> uint8 [N, H, W, channels] (images with ``channels`` channels pass unchanged).
+
+    One channel is the rounded luma Y of the codec's colour transform (the grey level of a grey image).
+    """
+    if channels not in PIXEL_CHANNELS:
+        raise ValueError(f"channels must be one of {PIXEL_CHANNELS}, got {channels!r}")
+    if int(images.shape[-1]) == channels:
+        return images
+    rgb = _as_pixel_tensor(images, tuple(images.shape[1:3]), torch.float64)  # [N, H, W, 3]
+    luma = torch.as_tensor(RGB_TO_YCBCR[0], dtype=torch.float64)
+    return _to_uint8(rgb @ luma)[..., None]  # [N, H, W, 1]
 
 
 @dataclass(frozen=True)
@@ -208,6 +231,8 @@ class DCTCodec(Codec):
         keep: number of zigzag-ordered frequencies kept per block, 1..B*B (paper: B*B - m*).
         eta: scale divisor of every kept coefficient (paper's entropy-consistent scaling).
         dtype: torch float dtype of the computation and of the tokens (float32 or float64).
+        colour: a colour mode of COLOUR_MODES: "ycbcr420" (Y x4, Cb, Cr per token) or "grey" (Y x4; the
+            input is still RGB, its luma is coded, and decoding gives R = G = B = Y).
     """
 
     def __init__(
@@ -217,6 +242,7 @@ class DCTCodec(Codec):
         keep: int,
         eta: float = 1.0,
         dtype: torch.dtype = torch.float32,
+        colour: str = DEFAULT_COLOUR,
     ) -> None:
         height, width = _resolution_pair(resolution)
         check_token_resolution(height, width, block_size)
@@ -231,10 +257,13 @@ class DCTCodec(Codec):
         self.keep = int(keep)
         self.eta = float(eta)
         self.dtype = dtype
-        self.layout = TokenLayout(self.keep)
+        self.layout = TokenLayout.for_colour(colour, self.keep)
+        self.colour = colour
         self._grid = _TokenGrid(height, width, 2 * self.block_size)
         self._chroma_grid = _TokenGrid(height // 2, width // 2, self.block_size)
         analysis, bias = _analysis_matrix(self.block_size)  # [12 B^2, 6, B^2], [6, B^2], on (R-G, G, B-G) patches
+        blocks = self.layout.blocks_per_token  # grey: the four Y blocks only
+        analysis, bias = analysis[:, :blocks], bias[:blocks]
         self._analysis = (analysis.reshape(analysis.shape[0], -1), bias.reshape(-1))
         kept_analysis = analysis[:, :, : self.keep] / self.eta
         self._encode = (kept_analysis.reshape(analysis.shape[0], -1), (bias[:, : self.keep] / self.eta).reshape(-1))
@@ -244,7 +273,7 @@ class DCTCodec(Codec):
 
     @property
     def token_dim(self) -> int:
-        """6 * keep."""
+        """blocks per token (6, grey 4) * keep."""
         return self.layout.token_dim
 
     @property
@@ -274,35 +303,37 @@ class DCTCodec(Codec):
         )
 
     def encode(self, images: ImageBatch) -> torch.Tensor:
-        """uint8 images [N, H, W, 3] -> tokens [N, L, 6 * keep] (kept coefficients / eta)."""
+        """uint8 images [N, H, W, 3] -> tokens [N, L, blocks * keep] (kept coefficients / eta)."""
         return self._project(images, "encode", self._encode)
 
     def analyze(self, images: ImageBatch) -> torch.Tensor:
-        """uint8 images [N, H, W, 3] -> all coefficients [N, L, 6, B*B], zigzag order, not scaled."""
+        """uint8 images [N, H, W, 3] -> all coefficients [N, L, blocks, B*B], zigzag order, not scaled."""
         coefficients = self._project(images, "analysis", self._analysis)
-        return coefficients.reshape(coefficients.shape[0], coefficients.shape[1], BLOCKS_PER_TOKEN, -1)
+        return coefficients.reshape(coefficients.shape[0], coefficients.shape[1], self.layout.blocks_per_token, -1)
 
     def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Coefficients [N, L, 6, B*B] (as ``analyze`` returns) -> tokens [N, L, 6 * keep]."""
+        """Coefficients [N, L, blocks, B*B] (as ``analyze`` returns) -> tokens [N, L, blocks * keep]."""
         coefficients = torch.as_tensor(coefficients)
-        expected = (self.num_tokens, BLOCKS_PER_TOKEN, self.block_size**2)
+        expected = (self.num_tokens, self.layout.blocks_per_token, self.block_size**2)
         if coefficients.ndim != 4 or tuple(coefficients.shape[1:]) != expected:
             raise ValueError(f"coefficients must have shape [N, {', '.join(map(str, expected))}], got {list(coefficients.shape)}")
         kept = coefficients[..., : self.keep].to(self.dtype) / self.eta
         return kept.reshape(coefficients.shape[0], self.num_tokens, self.token_dim)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens [N, L, 6 * keep] -> uint8 images [N, H, W, 3]; exact inverse of ``encode`` up to the
-        dropped frequencies and the chroma subsampling."""
+        """Tokens [N, L, blocks * keep] -> uint8 images [N, H, W, 3]; exact inverse of ``encode`` up to the
+        dropped frequencies and the chroma subsampling (grey: R = G = B = Y)."""
         _check_tokens(tokens, self.num_tokens, self.token_dim)
         tokens = tokens.to(self.dtype)
         n, device = tokens.shape[0], tokens.device
-        blocks = tokens.reshape(n, self.num_tokens, BLOCKS_PER_TOKEN, self.keep)
+        blocks = tokens.reshape(n, self.num_tokens, self.layout.blocks_per_token, self.keep)
         luma_weight = self._constant("luma", self._luma_synthesis, device)  # [4 keep, 4 B^2]
-        chroma_weight = self._constant("chroma", self._chroma_synthesis, device)  # [keep, B^2]
-        luma = blocks[:, :, :4].reshape(n, self.num_tokens, -1) @ luma_weight  # [N, L, 4 B^2]
+        luma = blocks[:, :, :LUMA_BLOCKS].reshape(n, self.num_tokens, -1) @ luma_weight  # [N, L, 4 B^2]
         y = self._grid.unpatchify(luma, 1)[..., 0]  # [N, H, W]
-        chroma = blocks[:, :, 4:] @ chroma_weight  # [N, L, 2, B^2]
+        if self.layout.planes == ("Y",):
+            return _to_uint8(y + LEVEL_SHIFT)[..., None].expand(-1, -1, -1, 3).contiguous()  # [N, H, W, 3], R = G = B
+        chroma_weight = self._constant("chroma", self._chroma_synthesis, device)  # [keep, B^2]
+        chroma = blocks[:, :, LUMA_BLOCKS:] @ chroma_weight  # [N, L, 2, B^2]
         chroma = chroma.permute(0, 1, 3, 2).reshape(n, self.num_tokens, -1)  # [N, L, B^2 * 2]
         cbcr = self._chroma_grid.unpatchify(chroma, 2)  # [N, H/2, W/2, 2]
         # Chroma 4:2:0 -> 4:4:4: bilinear x2, half-pixel centres, edges replicated (align_corners=False).
@@ -316,27 +347,32 @@ class DCTCodec(Codec):
     def hflip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Exact horizontal flip in token space: ``hflip_tokens(encode(x)) == encode(x[:, :, ::-1])``.
 
-        Mirror the token grid's columns, swap the left/right Y blocks (0<->1, 2<->3) and negate every
+        Mirror the token grid's columns, swap the left/right Y blocks (0<->1, 2<->3; ``layout.hflip_order``) and negate every
         coefficient with an odd horizontal frequency (DCT-II basis cos(pi (2i+1) v / 2B) is odd under
         i -> B-1-i exactly when v is odd).
         """
         _check_tokens(tokens, self.num_tokens, self.token_dim)
         n = tokens.shape[0]
-        blocks = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, BLOCKS_PER_TOKEN, self.keep)
-        order = self._constant("hflip.order", list(YCBCR_420_HFLIP), tokens.device, torch.int64)  # [6]
-        sign = self._constant("hflip.sign", self._flip_sign, tokens.device, tokens.dtype)  # [6, keep]
+        blocks = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, self.layout.blocks_per_token, self.keep)
+        order = self._constant("hflip.order", list(self.layout.hflip_order), tokens.device, torch.int64)  # [blocks]
+        sign = self._constant("hflip.sign", self._flip_sign, tokens.device, tokens.dtype)  # [keep]
         return (blocks.index_select(2, order) * sign).reshape(tokens.shape)
 
 
 class PixelCodec(Codec):
-    """The pixel-space baseline (paper's UViT): P x P patches, RGB scaled to [-1, 1], token dim 3 P^2.
+    """The pixel-space baseline (paper's UViT): P x P patches, pixels scaled to [-1, 1], token dim C P^2.
 
-    Same interface as DCTCodec; ``analyze`` returns the raw pixel patches [N, L, P*P*3] (0..255)
-    so the shards/training code path is shared.
+    Same interface as DCTCodec; ``analyze`` returns the raw pixel patches [N, L, P*P*C] (0..255).
+    ``channels`` C is 3 (RGB) or 1 (grey: the luma of RGB input, see ``pixel_channels``; decoding
+    replicates it to R = G = B). Images may also be given with C channels already.
     """
 
     def __init__(
-        self, resolution: int | tuple[int, int], patch_size: int, dtype: torch.dtype = torch.float32
+        self,
+        resolution: int | tuple[int, int],
+        patch_size: int,
+        dtype: torch.dtype = torch.float32,
+        channels: int = 3,
     ) -> None:
         height, width = _resolution_pair(resolution)
         if not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
@@ -346,15 +382,19 @@ class PixelCodec(Codec):
                 raise ValueError(f"image {name} {size} must be a positive multiple of patch_size = {patch_size}")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if channels not in PIXEL_CHANNELS:
+            raise ValueError(f"channels must be one of {PIXEL_CHANNELS}, got {channels!r}")
         self.resolution = (height, width)
         self.patch_size = int(patch_size)
+        self.channels = int(channels)
         self.dtype = dtype
         self.layout = None
         self._grid = _TokenGrid(height, width, self.patch_size)
 
     @property
     def token_dim(self) -> int:
-        return 3 * self.patch_size**2
+        """C P^2."""
+        return self.channels * self.patch_size**2
 
     @property
     def token_bound(self) -> float:
@@ -362,11 +402,12 @@ class PixelCodec(Codec):
         return 1.0
 
     def analyze(self, images: ImageBatch) -> torch.Tensor:
-        """uint8 images [N, H, W, 3] -> pixel patches [N, L, P*P*3], values 0..255, row-major (p1 p2 c)."""
-        return self._grid.patchify(_as_pixel_tensor(images, self.resolution, self.dtype))
+        """uint8 images [N, H, W, 3 or C] -> pixel patches [N, L, P*P*C], values 0..255, row-major (p1 p2 c)."""
+        pixels = pixel_channels(images, self.channels)  # [N, H, W, C] uint8
+        return self._grid.patchify(_as_pixel_tensor(pixels, self.resolution, self.dtype, self.channels))
 
     def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pixel patches [N, L, 3 P^2] (0..255) -> tokens in [-1, 1]."""
+        """Pixel patches [N, L, C P^2] (0..255) -> tokens in [-1, 1]."""
         coefficients = torch.as_tensor(coefficients)
         if coefficients.ndim != 3 or tuple(coefficients.shape[1:]) != (self.num_tokens, self.token_dim):
             raise ValueError(
@@ -375,19 +416,20 @@ class PixelCodec(Codec):
         return coefficients.to(self.dtype) / 127.5 - 1.0
 
     def encode(self, images: ImageBatch) -> torch.Tensor:
-        """uint8 images [N, H, W, 3] -> tokens [N, L, 3 P^2] in [-1, 1]."""
+        """uint8 images [N, H, W, 3 or C] -> tokens [N, L, C P^2] in [-1, 1]."""
         return self.tokens_from_coefficients(self.analyze(images))
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens [N, L, 3 P^2] -> uint8 images [N, H, W, 3]."""
+        """Tokens [N, L, C P^2] -> uint8 images [N, H, W, 3] (one channel: R = G = B)."""
         _check_tokens(tokens, self.num_tokens, self.token_dim)
-        return _to_uint8(self._grid.unpatchify((tokens.to(self.dtype) + 1.0) * 127.5, 3))
+        pixels = _to_uint8(self._grid.unpatchify((tokens.to(self.dtype) + 1.0) * 127.5, self.channels))
+        return pixels.expand(-1, -1, -1, 3).contiguous()  # [N, H, W, 3]
 
     def hflip_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Horizontal flip in token space: mirror the grid and each patch's columns."""
         _check_tokens(tokens, self.num_tokens, self.token_dim)
         n, p = tokens.shape[0], self.patch_size
-        flipped = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, p, p, 3).flip(3)
+        flipped = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, p, p, self.channels).flip(3)
         return flipped.reshape(tokens.shape)
 
 

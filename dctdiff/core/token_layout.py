@@ -16,6 +16,20 @@ PLANES = ("Y", "Cb", "Cr")
 YCBCR_420_BLOCKS = ("Y", "Y", "Y", "Y", "Cb", "Cr")
 # Horizontal flip inside a token: the left and right Y blocks trade places; chroma blocks stay.
 YCBCR_420_HFLIP = (1, 0, 3, 2, 4, 5)
+# Grey mode: the four Y blocks of a 2B x 2B region (same order), no chroma; the flip swaps them the same way.
+GREY_BLOCKS = ("Y", "Y", "Y", "Y")
+GREY_HFLIP = (1, 0, 3, 2)
+# The colour modes of the DCT codec (docs/ARCHITECTURE.md, "Codec"): name -> (blocks, hflip order).
+COLOUR_MODES = {"ycbcr420": (YCBCR_420_BLOCKS, YCBCR_420_HFLIP), "grey": (GREY_BLOCKS, GREY_HFLIP)}
+DEFAULT_COLOUR = "ycbcr420"
+AUTO_COLOUR = "auto"  # prepare --colour and data.colour: the mode follows the data (docs/ARCHITECTURE.md, "Shards")
+
+
+def check_colour(colour: str) -> str:
+    """Return ``colour`` if it names a colour mode, else raise ValueError listing them."""
+    if colour not in COLOUR_MODES:
+        raise ValueError(f"colour must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
+    return colour
 
 
 def check_token_resolution(height: int, width: int, block_size: int) -> None:
@@ -40,17 +54,32 @@ class TokenLayout:
     keep: int
     blocks: tuple[str, ...] = YCBCR_420_BLOCKS
 
+    @classmethod
+    def for_colour(cls, colour: str, keep: int) -> "TokenLayout":
+        """The layout of a colour mode (a key of COLOUR_MODES)."""
+        return cls(keep, COLOUR_MODES[check_colour(colour)][0])
+
     def __post_init__(self) -> None:
         if not isinstance(self.keep, (int, np.integer)) or self.keep < 1:
             raise ValueError(f"keep must be a positive int, got {self.keep!r}")
-        unknown = set(self.blocks) - set(PLANES)
-        if unknown:
-            raise ValueError(f"blocks must name planes of {PLANES}, got {sorted(unknown)}")
+        known = {name: blocks for name, (blocks, _) in COLOUR_MODES.items()}
+        if tuple(self.blocks) not in known.values():
+            raise ValueError(f"blocks must be those of a colour mode {known}, got {self.blocks!r}")
 
     @property
     def blocks_per_token(self) -> int:
-        """Blocks in one token (6 for YCbCr 4:2:0)."""
+        """Blocks in one token (6 for YCbCr 4:2:0, 4 for grey)."""
         return len(self.blocks)
+
+    @property
+    def colour(self) -> str:
+        """The colour mode whose blocks these are."""
+        return next(name for name, (blocks, _) in COLOUR_MODES.items() if blocks == self.blocks)
+
+    @property
+    def hflip_order(self) -> tuple[int, ...]:
+        """Block permutation of a horizontal flip inside a token (left and right Y blocks swap)."""
+        return COLOUR_MODES[self.colour][1]
 
     @property
     def token_dim(self) -> int:

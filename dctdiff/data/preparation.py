@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, DEFAULT_COLOUR
 from dctdiff.infra import storage
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
@@ -44,6 +45,7 @@ OUTPUT_ENTRIES = (COEFFICIENT_DIR, PARTS_DIR, PLAN_FILE, "stats.json", "report.j
 SHARD_TARGET_BYTES = 64 * 2**20
 MAX_SHARD_ROWS = 2048
 ANALYZE_CHUNK_VALUES = 2**24  # pixel values per DCTCodec.analyze call (bounds the float32 copy)
+PREPARE_COLOURS = (AUTO_COLOUR, *COLOUR_MODES)  # --colour
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class PrepareConfig:
     shard_rows: int | None = None
     overwrite: bool = False
     progress: bool = True
+    colour: str = AUTO_COLOUR
+    store_pixels: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stats_sample <= 1.0:
@@ -79,25 +83,33 @@ class PrepareConfig:
             raise ValueError(f"--shard-rows must be >= 1, got {self.shard_rows}")
         if self.split not in (None, "train", "test"):
             raise ValueError(f"--split must be train or test, got {self.split!r}")
+        if self.colour not in PREPARE_COLOURS:
+            raise ValueError(f"--colour must be one of {', '.join(PREPARE_COLOURS)}, got {self.colour!r}")
         # CodecParams and FitSpec check resolution, block size, dtype and pixel limit on construction.
-        self.codec, self.fit  # noqa: B018
+        self.codec(DEFAULT_COLOUR), self.fit  # noqa: B018
 
-    @property
-    def codec(self) -> CodecParams:
-        """The shard codec parameters of this run."""
-        return CodecParams(self.resolution, self.block_size, self.dtype)
+    def colour_for(self, source: ImageSource) -> str:
+        """The colour mode: ``colour``, or for auto grey when the source reports single-channel images
+        (Fashion-MNIST), else ycbcr420 (a folder's images are not all read before the run)."""
+        if self.colour != AUTO_COLOUR:
+            return self.colour
+        return "grey" if source.single_channel() else DEFAULT_COLOUR
+
+    def codec(self, colour: str) -> CodecParams:
+        """The shard codec parameters of this run in colour mode ``colour``."""
+        return CodecParams(self.resolution, self.block_size, self.dtype, colour, self.store_pixels)
 
     @property
     def fit(self) -> FitSpec:
         """How each image is brought to the resolution."""
         return FitSpec(self.resolution, self.upscale, self.max_pixels, self.crop_box)
 
-    def rows_per_shard(self) -> int:
-        """``shard_rows``, else about 64 MiB of coefficients per shard, at most 2048 rows (small enough to
+    def rows_per_shard(self, codec: CodecParams) -> int:
+        """``shard_rows``, else about 64 MiB of rows per shard, at most 2048 rows (small enough to
         keep every worker busy until the end, large enough that per-task overhead stays small)."""
         if self.shard_rows is not None:
             return self.shard_rows
-        return max(1, min(MAX_SHARD_ROWS, SHARD_TARGET_BYTES // self.codec.row_bytes))
+        return max(1, min(MAX_SHARD_ROWS, SHARD_TARGET_BYTES // codec.row_bytes))
 
 
 @dataclass(frozen=True)
@@ -143,20 +155,30 @@ def _digest(payload: Payload) -> np.ndarray:
 
 
 def analyze_images(params: CodecParams, pixels: list[np.ndarray]) -> np.ndarray:
-    """uint8 images [R, R, 3] -> coefficients [N, L, 6, B*B] in the shard dtype (DCTCodec.analyze),
+    """uint8 images [R, R, 3] -> coefficients [N, L, blocks, B*B] in the shard dtype (DCTCodec.analyze),
     in chunks that bound the float32 copy."""
     import torch
 
     from dctdiff.core.codec import DCTCodec
 
     torch.set_num_threads(1)
-    codec = DCTCodec(params.resolution, params.block_size, keep=params.block_size**2)
+    codec = DCTCodec(params.resolution, params.block_size, keep=params.block_size**2, colour=params.colour)
     out = np.empty((len(pixels), *params.shape), dtype=params.dtype)
     chunk = max(1, ANALYZE_CHUNK_VALUES // pixels[0].size) if pixels else 1
     for start in range(0, len(pixels), chunk):
         batch = np.stack(pixels[start : start + chunk])  # [n, R, R, 3]
         out[start : start + len(batch)] = codec.analyze(batch).numpy()
     return out
+
+
+def stored_pixels(params: CodecParams, pixels: list[np.ndarray]) -> np.ndarray | None:
+    """The ``pixels`` column of uint8 images [R, R, 3]: uint8 [N, R, R, C] (grey: C = 1, the luma
+    PixelCodec codes), or None unless ``params.pixels`` (``--store-pixels``)."""
+    if not params.pixels:
+        return None
+    from dctdiff.core.codec import pixel_channels
+
+    return np.asarray(pixel_channels(np.stack(pixels), params.pixel_shape[2]))
 
 
 def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
@@ -182,13 +204,14 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
         labels.append(loaded.label)
         pixels.append(image)
     coefficients = analyze_images(job.codec, pixels)
+    stored = stored_pixels(job.codec, pixels) if ids else None
     del pixels
     in_stats = np.array([in_stats_sample(i, job.stats_sample, job.seed) for i in ids], dtype=bool)
-    histogram = coefficient_histogram(coefficients[in_stats], job.codec.block_size)
+    histogram = coefficient_histogram(coefficients[in_stats], job.codec.token_layout)
     size = 0
     if ids:
         shard = storage.join(job.output, COEFFICIENT_DIR, part_name(index) + ".parquet")
-        size = write_shard(shard, ids, np.array(labels, np.int32), coefficients, job.codec)
+        size = write_shard(shard, ids, np.array(labels, np.int32), coefficients, job.codec, stored)
     summary = {
         "partition": index,
         "read": len(items),
@@ -230,11 +253,13 @@ def _fingerprint(items: list[Item]) -> str:
     return hashlib.sha256("\n".join(f"{item.id}\t{item.ref}" for item in items).encode()).hexdigest()
 
 
-def _plan_document(config: PrepareConfig, source: ImageSource, items: list[Item], rows: int) -> dict[str, Any]:
+def _plan_document(
+    config: PrepareConfig, codec: CodecParams, source: ImageSource, items: list[Item], rows: int
+) -> dict[str, Any]:
     options = {k: v for k, v in asdict(config).items() if k not in ("source", "output", "overwrite", "progress")}
     options["crop_box"] = list(config.crop_box) if config.crop_box else None
     return {
-        "codec": config.codec.to_dict(),
+        "codec": codec.to_dict(),
         "source": source.spec,
         "options": options,
         "images": len(items),
@@ -310,18 +335,19 @@ def _run_partitions(
 def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run (or resume) a preparation; returns the report (also written to OUT/report.json)."""
     started = time.perf_counter()
-    codec, fit = config.codec, config.fit  # validate before touching anything
+    fit = config.fit  # validate before touching anything
     source = open_source(
         config.source, resolution=config.resolution, split=config.split, seed=config.seed,
         limit=config.limit, unlabeled=config.unlabeled, dedupe=config.dedupe, exclude=(config.output,),
     )
+    codec = config.codec(config.colour_for(source))
     output = storage.normalize(config.output)
     previous = None if config.overwrite else _previous_plan(output, codec)  # before listing a big source
     items = source.items()[: config.limit]
     if not items:
         raise ValueError(f"{source.spec} holds no images")
-    rows = config.rows_per_shard()
-    plan = _plan_document(config, source, items, rows)
+    rows = config.rows_per_shard(codec)
+    plan = _plan_document(config, codec, source, items, rows)
     if previous is not None:
         _check_resumable(output, previous, plan)
     if config.overwrite:
@@ -372,7 +398,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Merge the partitions' side outputs into stats.json and report.json (``ids``: the planned items,
     in partition order); print the summary line."""
-    histogram = empty_histogram(codec.block_size)
+    histogram = empty_histogram(codec.token_layout)
     counts = {"read": 0, "written": 0, "rejected": 0, "in_stats": 0}
     rejections, nodes, shards, digests = [], set(), 0, []
     for index in range(plan["partitions"]):
@@ -413,6 +439,6 @@ def _finish(
         raise RuntimeError(f"no image was usable: see the reasons in {storage.join(output, 'report.json')}")
     if not counts["in_stats"]:
         raise RuntimeError(f"no image fell in the --stats-sample {config.stats_sample} fraction: raise it")
-    stats = compute_stats(histogram, codec.block_size, counts, codec.to_dict(), stats_sample=config.stats_sample)
+    stats = compute_stats(histogram, codec.token_layout, counts, codec.to_dict(), stats_sample=config.stats_sample)
     write_stats(storage.join(output, "stats.json"), stats)
     return report

@@ -1,9 +1,11 @@
 """Parquet shards of DCT coefficients (docs/ARCHITECTURE.md, "Shards").
 
 One row per image: ``id`` (string, stable source identifier), ``label`` (int32, -1 when unlabeled),
-``coefficients`` (Arrow canonical fixed-shape tensor [L, 6, B*B], float16 or float32, unscaled,
-zigzag order; Ray Data reads it as a tensor column). The codec parameters live in the file's
-key-value metadata under ``dctdiff``, so a reader can check them before training.
+``coefficients`` (Arrow canonical fixed-shape tensor [L, blocks, B*B], float16 or float32, unscaled,
+zigzag order; Ray Data reads it as a tensor column; blocks = 6 for ycbcr420, 4 for grey) and, with
+``prepare --store-pixels``, ``pixels`` (uint8 fixed-shape tensor [R, R, C], C = 3, grey 1: the source
+image the coefficients were computed from). The codec parameters live in the file's key-value
+metadata under ``dctdiff``, so a reader can check them before training.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dctdiff.core.token_layout import TokenLayout, check_token_resolution
+from dctdiff.core.codec import colour_channels
+from dctdiff.core.token_layout import COLOUR_MODES, DEFAULT_COLOUR, TokenLayout, check_colour, check_token_resolution
 from dctdiff.infra import storage
 
 SHARD_FORMAT = "dctdiff-coefficients"
 SHARD_VERSION = 1
 METADATA_KEY = b"dctdiff"
 COEFFICIENT_DIR = "coefficients"
+COEFFICIENT_COLUMN = "coefficients"
+PIXEL_COLUMN = "pixels"
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
-# Token layout of docs/ARCHITECTURE.md, "Codec": blocks Y(2r,2c), Y(2r,2c+1), Y(2r+1,2c), Y(2r+1,2c+1), Cb(r,c), Cr(r,c).
-LAYOUT = "YCbCr 4:2:0 (JPEG full range); blocks Y00 Y01 Y10 Y11 Cb Cr; zigzag order; unscaled"
+# Token layout of docs/ARCHITECTURE.md, "Codec": blocks Y(2r,2c), Y(2r,2c+1), Y(2r+1,2c), Y(2r+1,2c+1)[, Cb(r,c), Cr(r,c)].
+LAYOUTS = {
+    "ycbcr420": "YCbCr 4:2:0 (JPEG full range); blocks Y00 Y01 Y10 Y11 Cb Cr; zigzag order; unscaled",
+    "grey": "Y only (JPEG full-range luma); blocks Y00 Y01 Y10 Y11; zigzag order; unscaled",
+}
+assert set(LAYOUTS) == set(COLOUR_MODES)
 
 
 @dataclass(frozen=True)
@@ -35,14 +44,26 @@ class CodecParams:
     resolution: int
     block_size: int
     dtype: str = "float16"
-    layout: str = LAYOUT
+    colour: str = DEFAULT_COLOUR  # shards written before the field existed are ycbcr420
+    pixels: bool = False  # whether rows also hold the source pixels (``prepare --store-pixels``)
     format: str = SHARD_FORMAT
     version: int = SHARD_VERSION
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_colour(self.colour)
         check_token_resolution(self.resolution, self.resolution, self.block_size)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The layout of a token with every frequency kept."""
+        return TokenLayout.for_colour(self.colour, self.block_size**2)
+
+    @property
+    def layout(self) -> str:
+        """A text description of the block order (stored for people reading the metadata)."""
+        return LAYOUTS[self.colour]
 
     @property
     def num_tokens(self) -> int:
@@ -51,21 +72,27 @@ class CodecParams:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """Per-row tensor shape [L, 6, B*B]: every frequency of every block of a token."""
-        return (self.num_tokens, TokenLayout(self.block_size**2).blocks_per_token, self.block_size**2)
+        """Per-row tensor shape [L, blocks, B*B]: every frequency of every block of a token."""
+        return (self.num_tokens, self.token_layout.blocks_per_token, self.block_size**2)
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """Per-row shape of the ``pixels`` column [R, R, C]: C = 1 for grey, else 3."""
+        return (self.resolution, self.resolution, colour_channels(self.colour))
 
     @property
     def row_bytes(self) -> int:
-        """Bytes of one row's coefficients."""
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        """Bytes of one row's coefficients (and pixels, when stored)."""
+        pixel_bytes = int(np.prod(self.pixel_shape)) if self.pixels else 0
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize + pixel_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in shard metadata, prepare.json and stats.json (plus num_tokens)."""
-        return {**asdict(self), "num_tokens": self.num_tokens}
+        """The JSON form stored in shard metadata, prepare.json and stats.json (plus layout, num_tokens)."""
+        return {**asdict(self), "layout": self.layout, "num_tokens": self.num_tokens}
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> "CodecParams":
-        """Inverse of :meth:`to_dict` (derived keys such as num_tokens are ignored)."""
+        """Inverse of :meth:`to_dict` (derived keys such as layout and num_tokens are ignored)."""
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in document.items() if k in names})
 
@@ -82,39 +109,65 @@ class CodecParams:
         raise ValueError(f"{where} holds coefficients with different codec parameters: {differences}{fix}")
 
 
+def _tensor_columns(params: CodecParams) -> dict[str, tuple[pa.DataType, tuple[int, ...]]]:
+    """Tensor column name -> (value type, per-row shape) of a shard."""
+    columns = {COEFFICIENT_COLUMN: (DTYPES[params.dtype], params.shape)}
+    if params.pixels:
+        columns[PIXEL_COLUMN] = (pa.uint8(), params.pixel_shape)
+    return columns
+
+
 def schema(params: CodecParams) -> pa.Schema:
     """The Arrow schema of a shard, codec parameters in its metadata."""
-    tensor = pa.fixed_shape_tensor(DTYPES[params.dtype], params.shape)
+    tensors = [(name, pa.fixed_shape_tensor(t, shape)) for name, (t, shape) in _tensor_columns(params).items()]
     return pa.schema(
-        [("id", pa.string()), ("label", pa.int32()), ("coefficients", tensor)],
+        [("id", pa.string()), ("label", pa.int32()), *tensors],
         metadata={METADATA_KEY: json.dumps(params.to_dict()).encode()},
     )
 
 
-def shard_table(ids: list[str], labels: np.ndarray, coefficients: np.ndarray, params: CodecParams) -> pa.Table:
-    """Rows -> an Arrow table; coefficients [N, L, 6, B*B] are cast to ``params.dtype``."""
-    coefficients = np.ascontiguousarray(coefficients, dtype=params.dtype)
-    if coefficients.shape[1:] != params.shape or len(coefficients) != len(ids) or len(labels) != len(ids):
-        raise ValueError(
-            f"{len(ids)} ids, {len(labels)} labels and coefficients {list(coefficients.shape)} do not make "
-            f"rows of shape [N, {', '.join(map(str, params.shape))}]"
-        )
-    tensor_type = pa.fixed_shape_tensor(DTYPES[params.dtype], params.shape)
-    dtype = DTYPES[params.dtype]
-    values = pa.Array.from_buffers(dtype, coefficients.size, [None, pa.py_buffer(coefficients)])  # zero-copy
-    storage_array = pa.FixedSizeListArray.from_arrays(values, int(np.prod(params.shape)))
+def _tensor_array(values: np.ndarray, value_type: pa.DataType, shape: tuple[int, ...]) -> pa.ExtensionArray:
+    """Rows [N, *shape] (already of the column's dtype, contiguous) -> a fixed-shape tensor array (zero-copy)."""
+    flat = pa.Array.from_buffers(value_type, values.size, [None, pa.py_buffer(values)])
+    storage_array = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(shape)))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(value_type, shape), storage_array)
+
+
+def shard_table(
+    ids: list[str], labels: np.ndarray, coefficients: np.ndarray, params: CodecParams, pixels: np.ndarray | None = None
+) -> pa.Table:
+    """Rows -> an Arrow table; coefficients [N, L, blocks, B*B] are cast to ``params.dtype``; pixels
+    uint8 [N, R, R, C] are required exactly when ``params.pixels``."""
+    rows = {COEFFICIENT_COLUMN: np.ascontiguousarray(coefficients, dtype=params.dtype)}
+    if params.pixels != (pixels is not None):
+        raise ValueError(f"CodecParams.pixels is {params.pixels} but pixels were {'not ' * (pixels is None)}given")
+    if pixels is not None:
+        rows[PIXEL_COLUMN] = np.ascontiguousarray(pixels, dtype=np.uint8)
+    columns = _tensor_columns(params)
+    for name, values in rows.items():
+        shape = columns[name][1]
+        if values.shape[1:] != shape or len(values) != len(ids) or len(labels) != len(ids):
+            raise ValueError(
+                f"{len(ids)} ids, {len(labels)} labels and {name} {list(values.shape)} do not make "
+                f"rows of shape [N, {', '.join(map(str, shape))}]"
+            )
+    tensors = [_tensor_array(rows[name], value_type, shape) for name, (value_type, shape) in columns.items()]
     return pa.Table.from_arrays(
-        [pa.array(ids, pa.string()), pa.array(np.asarray(labels, np.int32), pa.int32()),
-         pa.ExtensionArray.from_storage(tensor_type, storage_array)],
+        [pa.array(ids, pa.string()), pa.array(np.asarray(labels, np.int32), pa.int32()), *tensors],
         schema=schema(params),
     )
 
 
 def write_shard(
-    uri: str, ids: list[str], labels: np.ndarray, coefficients: np.ndarray, params: CodecParams
+    uri: str,
+    ids: list[str],
+    labels: np.ndarray,
+    coefficients: np.ndarray,
+    params: CodecParams,
+    pixels: np.ndarray | None = None,
 ) -> int:
     """Write one shard atomically (storage.atomic_path); returns the file size in bytes."""
-    table = shard_table(ids, labels, coefficients, params)
+    table = shard_table(ids, labels, coefficients, params, pixels)
     with storage.atomic_path(uri) as (fs, path):
         # Unique ids and float values gain nothing from dictionaries or min/max statistics.
         pq.write_table(table, path, filesystem=fs, use_dictionary=False, write_statistics=["id", "label"])
@@ -123,11 +176,20 @@ def write_shard(
 
 
 def read_shard(uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, labels int32 [N], coefficients [N, L, 6, B*B] in the stored dtype) of one shard."""
+    """(ids, labels int32 [N], coefficients [N, L, blocks, B*B] in the stored dtype) of one shard."""
     fs, path = storage.resolve(uri)
-    table = pq.read_table(path, filesystem=fs)
-    column = table.column("coefficients").combine_chunks()
+    table = pq.read_table(path, filesystem=fs, columns=["id", "label", COEFFICIENT_COLUMN])
+    column = table.column(COEFFICIENT_COLUMN).combine_chunks()
     return table.column("id").to_pylist(), table.column("label").to_numpy(), column.to_numpy_ndarray()
+
+
+def read_pixels(uri: str) -> np.ndarray:
+    """The ``pixels`` column of one shard: uint8 [N, R, R, C] (a KeyError names the fix when absent)."""
+    fs, path = storage.resolve(uri)
+    if PIXEL_COLUMN not in pq.read_schema(path, filesystem=fs).names:
+        raise KeyError(f"{uri} has no {PIXEL_COLUMN} column: prepare with --store-pixels")
+    column = pq.read_table(path, filesystem=fs, columns=[PIXEL_COLUMN]).column(PIXEL_COLUMN).combine_chunks()
+    return column.to_numpy_ndarray()
 
 
 def read_codec_params(uri: str) -> CodecParams:

@@ -88,6 +88,11 @@ class ImageSource(ABC):
         """Names of labels 0..K-1 (written to labels.json), or None for unlabeled data."""
         return None
 
+    def single_channel(self) -> bool:
+        """Whether every image is known in advance to be grey (``prepare --colour auto`` then picks grey).
+        False where that would need reading every image first (folders, archives)."""
+        return False
+
     def skipped(self) -> list[Skipped]:
         """What the listing left out and why (links, hidden files, truncated tails...), for report.json."""
         return []
@@ -389,6 +394,10 @@ class FashionMnistSource(ImageSource):
 
     def class_names(self) -> list[str] | None:
         return list(FASHION_MNIST_CLASSES)
+
+    def single_channel(self) -> bool:
+        """IDX images are grey: always."""
+        return True
 
     def skipped(self) -> list[Skipped]:
         return self._skipped

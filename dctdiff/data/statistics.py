@@ -7,7 +7,8 @@ The grid cells are the float16 numbers in [-128 B, 128 B] (-0 and +0 apart): sha
 default, so their values are counted exactly, and everything below equals a direct NumPy computation
 on the stored values. Other values are rounded to float16 first (relative error <= 2^-11).
 
-From the merged histogram (one per plane Y, Cb, Cr and per zigzag frequency):
+From the merged histogram (one per plane present in the token layout, Y, Cb, Cr or Y alone for grey, and
+per zigzag frequency):
 - eta = max(|q(100 - tau)|, |q(tau)|) of the Y DC coefficient, tau = 98.25 (paper §4,
   entropy-consistent scaling); quantiles follow ``numpy.percentile``'s linear rule.
 - entropy: Shannon entropy (bits) of the 100-bin histogram on [-1, 1] of coefficient / eta over the
@@ -24,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from dctdiff.core.token_layout import PLANES, TokenLayout
+from dctdiff.core.token_layout import TokenLayout
 from dctdiff.infra import storage
 
 TAU = 98.25
-BLOCK_PLANE = TokenLayout(1).block_plane_index()  # index into PLANES of each block of a token [6]
 ENTROPY_BINS = 100
 STATS_FORMAT = "dctdiff-stats"
 STATS_VERSION = 1
@@ -64,22 +64,35 @@ def cell_index(values: np.ndarray, block_size: int) -> np.ndarray:
     return _cell_of_code(block_size)[np.asarray(values).astype(np.float16, copy=False).view(np.uint16)]
 
 
-def empty_histogram(block_size: int) -> np.ndarray:
-    """Zero counts int64 [3 planes, B*B frequencies, histogram_bins]."""
-    return np.zeros((len(PLANES), block_size**2, histogram_bins(block_size)), dtype=np.int64)
+def _block_size(layout: TokenLayout) -> int:
+    """B of a layout that keeps every frequency (keep = B*B, as in the shards: CodecParams.token_layout)."""
+    block_size = int(round(layout.keep**0.5))
+    if block_size**2 != layout.keep:
+        raise ValueError(f"the statistics need a layout with all B*B frequencies kept, got keep = {layout.keep}")
+    return block_size
 
 
-def coefficient_histogram(coefficients: np.ndarray, block_size: int) -> np.ndarray:
-    """Counts of coefficients [N, L, 6, B*B] on the fixed grid -> int64 [3, B*B, histogram_bins]."""
-    frequencies, bins = block_size**2, histogram_bins(block_size)
-    blocks = len(BLOCK_PLANE)
-    if coefficients.ndim != 4 or coefficients.shape[2:] != (blocks, frequencies):
-        raise ValueError(f"coefficients must have shape [N, L, {blocks}, {frequencies}], got {list(coefficients.shape)}")
+def empty_histogram(layout: TokenLayout) -> np.ndarray:
+    """Zero counts int64 [planes of the layout, B*B frequencies, histogram_bins] (B*B = layout.keep)."""
+    block_size = _block_size(layout)
+    return np.zeros((len(layout.planes), layout.keep, histogram_bins(block_size)), dtype=np.int64)
+
+
+def coefficient_histogram(coefficients: np.ndarray, layout: TokenLayout) -> np.ndarray:
+    """Counts of coefficients [N, L, blocks, B*B] on the fixed grid -> int64 [planes, B*B, histogram_bins]."""
+    block_plane = layout.block_plane_index()  # index into layout.planes of each block [blocks]
+    frequencies, planes = layout.keep, len(layout.planes)
+    block_size = _block_size(layout)
+    bins = histogram_bins(block_size)
+    if coefficients.ndim != 4 or coefficients.shape[2:] != (len(block_plane), frequencies):
+        raise ValueError(
+            f"coefficients must have shape [N, L, {len(block_plane)}, {frequencies}], got {list(coefficients.shape)}"
+        )
     # One bincount over everything: cell + (plane of the block * B*B + frequency) * bins.
-    offsets = (BLOCK_PLANE[:, None] * frequencies + np.arange(frequencies)) * bins  # [6, B*B]
+    offsets = (block_plane[:, None] * frequencies + np.arange(frequencies)) * bins  # [blocks, B*B]
     flat = (cell_index(coefficients, block_size) + offsets).ravel()
-    counts = np.bincount(flat, minlength=len(PLANES) * frequencies * bins)
-    return counts.reshape(len(PLANES), frequencies, bins)
+    counts = np.bincount(flat, minlength=planes * frequencies * bins)
+    return counts.reshape(planes, frequencies, bins)
 
 
 def histogram_quantiles(counts: np.ndarray, values: np.ndarray, q: list[float]) -> np.ndarray:
@@ -157,24 +170,28 @@ class DatasetStats:
 
 def compute_stats(
     histogram: np.ndarray,
-    block_size: int,
+    layout: TokenLayout,
     counts: dict[str, Any],
     codec: dict[str, Any],
     tau: float = TAU,
     stats_sample: float = 1.0,
 ) -> DatasetStats:
-    """eta, band edges and entropies from merged histograms int64 [3, B*B, histogram_bins(B)]."""
-    if histogram.shape != empty_histogram(block_size).shape:
+    """eta, band edges and entropies of the layout's planes from merged histograms
+    int64 [planes, B*B, histogram_bins(B)] (B*B = layout.keep)."""
+    expected = empty_histogram(layout).shape
+    if histogram.shape != expected:
         raise ValueError(
-            f"histogram must have shape {list(empty_histogram(block_size).shape)} for block size {block_size}, "
-            f"got {list(histogram.shape)}"
+            f"histogram must have shape {list(expected)} for planes {list(layout.planes)} and {layout.keep} "
+            f"frequencies, got {list(histogram.shape)}"
         )
+    block_size = _block_size(layout)
+    planes = layout.planes
     if histogram[0, 0].sum() == 0:
         raise ValueError("no coefficients were counted: no image made it into the statistics")
     values = grid_values(block_size)
     quantiles = [100.0 - tau, tau]
-    band = {plane: {"low": [], "high": []} for plane in PLANES}
-    for p, plane in enumerate(PLANES):
+    band = {plane: {"low": [], "high": []} for plane in planes}
+    for p, plane in enumerate(planes):
         for f in range(block_size**2):
             low, high = histogram_quantiles(histogram[p, f], values, quantiles)
             band[plane]["low"].append(float(low))
@@ -187,7 +204,7 @@ def compute_stats(
             band_entropy(histogram[p, f], values, band[plane]["low"][f], band[plane]["high"][f], eta)
             for f in range(block_size**2)
         ]
-        for p, plane in enumerate(PLANES)
+        for p, plane in enumerate(planes)
     }
     return DatasetStats(
         eta=float(eta),

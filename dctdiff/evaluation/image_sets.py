@@ -202,14 +202,18 @@ class FolderImages(ImageSet):
 
 
 @lru_cache(maxsize=8)
-def _full_codec(resolution: int, block_size: int) -> DCTCodec:
-    return DCTCodec(resolution, block_size, keep=block_size**2)
+def _full_codec(resolution: int, block_size: int, colour: str) -> DCTCodec:
+    return DCTCodec(resolution, block_size, keep=block_size**2, colour=colour)
 
 
 def _decode_shard(uri: str, rows: int, params: shards.CodecParams) -> np.ndarray:
-    """The first ``rows`` images of a shard: coefficients [n, L, 6, B*B] -> uint8 [n, R, R, 3]."""
+    """The first ``rows`` images of a shard -> uint8 [n, R, R, 3]: its stored pixels (grey replicated to
+    R = G = B) where prepare kept them, else its coefficients [n, L, blocks, B*B] decoded in the shards' mode."""
+    if params.pixels:
+        pixels = shards.read_pixels(uri)[:rows]  # [n, R, R, C]
+        return np.ascontiguousarray(np.broadcast_to(pixels, (*pixels.shape[:3], 3)))
     _, _, coefficients = shards.read_shard(uri)
-    codec = _full_codec(params.resolution, params.block_size)
+    codec = _full_codec(params.resolution, params.block_size, params.colour)
     tokens = codec.tokens_from_coefficients(np.asarray(coefficients[:rows], dtype=np.float32))
     return codec.decode(tokens).numpy()
 
@@ -221,7 +225,8 @@ def _decode_shard_batch(batch: dict[str, np.ndarray], params: shards.CodecParams
 
 
 class PreparedImages(ImageSet):
-    """The images of a prepare output, decoded from their coefficients with all B*B frequencies."""
+    """The images of a prepare output: the stored source pixels (``--store-pixels``), else decoded from
+    their coefficients with all B*B frequencies in the shards' colour mode."""
 
     def __init__(self, location: str, limit: int | None = None) -> None:
         import pyarrow.parquet as pq

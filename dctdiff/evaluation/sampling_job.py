@@ -33,7 +33,7 @@ from dctdiff.core.uvit import load_official_checkpoint
 from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
-from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
+from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def load_sampler(spec: SamplingSpec, device: torch.device):
             )
         return model, codec, build_noise_schedule(config), config
     model, config, state = load_ema_model(newest_checkpoint(spec.checkpoint), device)
-    return model, build_codec(config, state["eta"]), build_noise_schedule(config), config
+    return model, checkpoint_codec(config, state), build_noise_schedule(config), config
 
 
 class SampleActor:

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dctdiff.core.token_layout import check_token_resolution
+from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_resolution
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
 from dctdiff.core.samplers import SAMPLERS
@@ -31,6 +31,8 @@ class DataConfig:
     keep: int = 4
     # eta: divisor of the DCT coefficients; null takes it from the prepare output's stats.json.
     eta: float | None = None
+    # Colour mode (ycbcr420 or grey, docs/ARCHITECTURE.md, "Codec"); null or auto takes the shards' mode.
+    colour: str | None = None
     # Pixel baseline patch size; null means block_size (U-ViT's CIFAR-10 baseline uses 2).
     patch_size: int | None = None
     hflip: bool = True
@@ -126,6 +128,10 @@ class TrainConfig:
             f"data.keep must be in 1..data.block_size**2 = 1..{d.block_size**2}, got {d.keep}",
         )
         _require(d.eta is None or d.eta > 0, f"data.eta must be > 0 (or null to read stats.json), got {d.eta}")
+        _require(
+            d.colour in (None, AUTO_COLOUR, *COLOUR_MODES),
+            f"data.colour must be one of {', '.join(COLOUR_MODES)} (or null/auto: the shards' mode), got {d.colour!r}",
+        )
         patch = self.patch_size
         _require(
             d.resolution % patch == 0, f"data.patch_size {patch} must divide data.resolution {d.resolution}"
@@ -166,18 +172,24 @@ class TrainConfig:
         return self
 
     @property
+    def colour(self) -> str | None:
+        """The colour mode data.colour fixes, or None where the shards decide (null or auto)."""
+        return None if self.data.colour == AUTO_COLOUR else self.data.colour
+
+    @property
     def patch_size(self) -> int:
         """The pixel codec's patch size (data.patch_size, default data.block_size)."""
         return self.data.patch_size or self.data.block_size
 
-    def resolved(self, eta: float) -> "TrainConfig":
-        """This config with no null left: ``eta`` (the one used), the size's architecture, the patch size."""
+    def resolved(self, eta: float, colour: str) -> "TrainConfig":
+        """This config with no null left: ``eta`` and ``colour`` (the ones used), the size's architecture,
+        the patch size."""
         m = self.model
         size = MODEL_SIZES[m.size]
         model = dataclasses.replace(
             m, **{k: getattr(m, k) or size[k] for k in ("embed_dim", "depth", "num_heads")}
         )  # fmt: skip
-        data = dataclasses.replace(self.data, eta=eta, patch_size=self.patch_size)
+        data = dataclasses.replace(self.data, eta=eta, colour=colour, patch_size=self.patch_size)
         return dataclasses.replace(self, data=data, model=model)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What the trainer needs to know about a prepare output before it starts: where the shards are,
-how many rows, the codec they were written with (checked against the config), eta and entropies."""
+how many rows, the codec they were written with (checked against the config), the colour mode, the
+column the trainer reads, eta and entropies."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pyarrow.parquet as pq
 
 from dctdiff.infra import storage
 from dctdiff.training.config import TrainConfig
-from dctdiff.data.shards import COEFFICIENT_DIR, read_codec_params, shard_files
+from dctdiff.data.shards import COEFFICIENT_COLUMN, COEFFICIENT_DIR, PIXEL_COLUMN, CodecParams, read_codec_params, shard_files
 from dctdiff.data.statistics import load_stats
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A checked prepare output: shard folder URI, row count, codec, eta used, entropies, stats.json."""
+    """A checked prepare output: shard folder URI, row count, codec, colour mode and eta used, the column
+    the trainer reads, entropies, stats.json."""
 
     shards_uri: str
     rows: int
@@ -24,15 +26,40 @@ class DatasetInfo:
     resolution: int
     block_size: int
     eta: float
+    colour: str
+    column: str
     entropy: dict[str, list[float]]
     stats: dict[str, Any]
+
+
+def _colour(data_uri: str, params: CodecParams, config: TrainConfig) -> str:
+    """The colour mode to train: the shards' (data.colour, when set, must agree)."""
+    wanted = config.colour
+    if wanted is not None and wanted != params.colour:
+        raise ValueError(
+            f"--data {data_uri} was prepared with --colour {params.colour}, but the config wants data.colour="
+            f"{wanted}: set data.colour=auto or prepare the data again with --colour {wanted}"
+        )
+    return params.colour
+
+
+def _token_column(data_uri: str, params: CodecParams, config: TrainConfig) -> str:
+    """The shard column the trainer reads: the coefficients, or the source pixels for data.space=pixel."""
+    if config.data.space != "pixel":
+        return COEFFICIENT_COLUMN
+    if not params.pixels:
+        raise ValueError(
+            f"--data {data_uri} has no {PIXEL_COLUMN} column for data.space=pixel: prepare with --store-pixels"
+        )
+    return PIXEL_COLUMN
 
 
 def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     """Open and check a prepare output for ``config``.
 
     Raises FileNotFoundError for a missing or empty folder and ValueError when the shards were
-    written with another resolution or block size than the config asks for.
+    written with another resolution, block size or colour mode than the config asks for, or lack
+    the pixels a data.space=pixel run reads.
     """
     if not data_uri or not storage.exists(data_uri):
         raise FileNotFoundError(f"--data {data_uri!r} does not exist: run `dctdiff prepare` to make it")
@@ -51,6 +78,8 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
             f"{d.block_size}: choose the matching preset, --set data.resolution=... data.block_size=..., "
             "or prepare the data again with these settings"
         )
+    colour = _colour(data_uri, params, config)
+    column = _token_column(data_uri, params, config)
     stats = load_stats(data_uri)
     rows = 0
     for uri in files:
@@ -65,6 +94,8 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
         resolution=params.resolution,
         block_size=params.block_size,
         eta=d.eta if d.eta is not None else stats.eta,
+        colour=colour,
+        column=column,
         entropy=stats.entropy,
         stats=stats.to_json(),
     )

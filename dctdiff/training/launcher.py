@@ -176,7 +176,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the workers print training progress
     context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
-    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", "coefficients"])
+    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", info.column])
     if materialize:
         dataset = dataset.materialize()
     execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
@@ -226,7 +226,7 @@ def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | No
         tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), **(tags or {})},
         run_params(plan.config, plan.info, plan.options.resources.gpus_per_worker),
     )  # fmt: skip
-    client.log_text(run_id, plan.config.resolved(plan.info.eta).to_yaml(), "config.yaml")
+    client.log_text(run_id, plan.config.resolved(plan.info.eta, plan.info.colour).to_yaml(), "config.yaml")
     client.log_dict(run_id, plan.info.stats, "stats.json")
     log_dataset_input(tracking_uri, run_id, plan.options.data, plan.info)
     return RunHandle(tracking_uri, run_id), "RUNNING"

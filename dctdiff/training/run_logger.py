@@ -63,9 +63,9 @@ class RankZeroLogger:
         grid = image_grid([images[i : i + side] for i in range(0, len(images), side)])
         self.client.log_image(self.run_id, enlarge(grid, GRID_MIN_PX), key="samples", step=step)
 
-    def final_model(self, trainer: Trainer, eta: float) -> None:
+    def final_model(self, trainer: Trainer, eta: float, colour: str) -> None:
         """The EMA network as the run's MLflow model ``model`` (models from code: safetensors + config.json
-        with the config resolved for ``eta``)."""
+        with the config resolved for ``eta`` and the shards' ``colour``)."""
         if not self.active:
             return
         import mlflow
@@ -75,7 +75,7 @@ class RankZeroLogger:
         with tempfile.TemporaryDirectory() as directory:
             weights, config = Path(directory) / "ema.safetensors", Path(directory) / "config.json"
             save_file({k: v.detach().cpu().contiguous() for k, v in trainer.ema.state_dict().items()}, str(weights))
-            config.write_text(json.dumps({"config": trainer.config.resolved(eta).to_dict(), "eta": eta}))
+            config.write_text(json.dumps({"config": trainer.config.resolved(eta, colour).to_dict(), "eta": eta}))
             experiment_id = self.client.get_run(self.run_id).info.experiment_id  # MLflow would use its default
             model = self.client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=self.run_id)
             mlflow.models.Model.log(

@@ -66,7 +66,7 @@ def precision_used(config: TrainConfig, gpus_per_worker: float) -> str:
 
 def run_params(config: TrainConfig, info: DatasetInfo, gpus_per_worker: float) -> dict[str, Any]:
     """The run's MLflow params: the resolved config (no nulls), its size, precision and data."""
-    resolved = config.resolved(info.eta)
+    resolved = config.resolved(info.eta, info.colour)
     return {
         **resolved.flat(),
         "model.parameters": parameter_count(resolved, info.eta),

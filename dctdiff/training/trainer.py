@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from safetensors.torch import load as load_tensors
 
-from dctdiff.core.codec import Codec, DCTCodec, PixelCodec
+from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
+from dctdiff.core.token_layout import DEFAULT_COLOUR
 from dctdiff.training import checkpoints
 from dctdiff.training.config import TrainConfig
 from dctdiff.core.loss import TokenLoss, diffusion_loss
@@ -23,20 +24,19 @@ from dctdiff.core.noise_schedule import VPSchedule
 from dctdiff.training.randomness import draw_step
 from dctdiff.training.step_metrics import StepResult
 
-def build_codec(config: TrainConfig, eta: float) -> Codec:
-    """The codec the config asks for (DCT with ``eta``, or the pixel baseline)."""
+def build_codec(config: TrainConfig, eta: float, colour: str | None = None) -> Codec:
+    """The codec the config asks for (DCT with ``eta``, or the pixel baseline) in colour mode ``colour``
+    (the shards' mode: DatasetInfo.colour, state.json); None: data.colour, else ycbcr420."""
     d = config.data
+    colour = colour or config.colour or DEFAULT_COLOUR
     if d.space == "pixel":
-        return PixelCodec(d.resolution, config.patch_size)
-    return DCTCodec(d.resolution, d.block_size, d.keep, eta)
+        return PixelCodec(d.resolution, config.patch_size, channels=colour_channels(colour))
+    return DCTCodec(d.resolution, d.block_size, d.keep, eta, colour=colour)
 
 
-def source_codec(config: TrainConfig, resolution: int, block_size: int) -> Codec | None:
-    """The codec to decode the shards with before encoding for ``config`` (None: the shards' coefficients
-    are the trained tokens' source directly). The pixel baseline decodes them with every frequency kept."""
-    if config.data.space == "pixel":
-        return DCTCodec(resolution, block_size, block_size**2)
-    return None
+def checkpoint_codec(config: TrainConfig, state: dict[str, Any]) -> Codec:
+    """The codec a checkpoint was trained with (state.json's eta and colour; older ones have no colour)."""
+    return build_codec(config, state["eta"], state.get("colour"))
 
 
 def build_model(config: TrainConfig, codec: Codec) -> UViT:
@@ -253,7 +253,7 @@ def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple
     files = checkpoints.read_checkpoint_files(str(checkpoint), [checkpoints.STATE, "ema.safetensors"])
     state = checkpoints.read_state(files[checkpoints.STATE], str(checkpoint))
     config = config_from_dict(state["config"])
-    codec = build_codec(config, state["eta"])
+    codec = checkpoint_codec(config, state)
     model = build_model(config, codec)
     model.load_state_dict(load_tensors(files["ema.safetensors"]))
     return model.to(device).eval(), config, state

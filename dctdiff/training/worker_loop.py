@@ -15,10 +15,11 @@ import torch
 from dctdiff.core.codec import Codec
 from dctdiff.infra.logs import configure_logging
 from dctdiff.training.config import TrainConfig, config_from_dict
+from dctdiff.data.shards import PIXEL_COLUMN
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError, record_failure
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, source_codec
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 from dctdiff.evaluation.fid import load_fid_stats
 from dctdiff.training.training_fid import sample_fid
 
@@ -52,21 +53,22 @@ def starting_checkpoint(settings: LoopSettings):
 
 
 def batch_from_rows(
-    rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, source: Codec | None, device: torch.device
+    rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, column: str, device: torch.device
 ) -> Batch:
     """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained, on ``device``.
 
-    ``source`` is None when the shards are in the trained codec's space: their float16 coefficients travel
-    to the device as they are (pinned, non-blocking on CUDA) and become tokens there. Otherwise ``source``
-    is the codec the shards were written with (the pixel baseline decodes them to images on the host).
+    ``column`` (DatasetInfo.column) is the coefficients, or for the pixel baseline the stored source
+    pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels; pinned and
+    non-blocking on CUDA) and become tokens there.
     """
-    coefficients = torch.from_numpy(np.array(rows["coefficients"]))  # [n, L, 6, B^2] (a writable copy)
-    if source is None:
-        if device.type == "cuda":
-            coefficients = coefficients.pin_memory()
-        tokens = codec.tokens_from_coefficients(coefficients.to(device, non_blocking=True))  # keep m, / eta
+    values = torch.from_numpy(np.array(rows[column]))  # a writable copy
+    if device.type == "cuda":
+        values = values.pin_memory()
+    values = values.to(device, non_blocking=True)
+    if column == PIXEL_COLUMN:
+        tokens = codec.encode(values)  # uint8 [n, R, R, C] -> [n, L, C P^2]: the source pixels, no DCT round trip
     else:
-        tokens = codec.encode(source.decode(source.tokens_from_coefficients(coefficients)))
+        tokens = codec.tokens_from_coefficients(values)  # [n, L, blocks, B^2]: keep m, divide by eta (load time)
     labels = torch.from_numpy(rows["label"].astype(np.int64)) if config.data.class_conditional else None
     return Batch(tokens, labels, [str(i) for i in rows["id"]])
 
@@ -99,9 +101,8 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(settings.threads)
     device = ray.train.torch.get_device()
-    codec = build_codec(config, info.eta)
+    codec = build_codec(config, info.eta, info.colour)
     torch.manual_seed(config.cadence.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
-    source = source_codec(config, info.resolution, info.block_size)
     trainer = Trainer(config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model)
     checkpoint = starting_checkpoint(settings)
     if checkpoint is not None:
@@ -130,7 +131,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
                 continue
             if index >= steps_per_epoch or trainer.step >= cadence.max_steps:
                 break
-            window.add(trainer.train_step(batch_from_rows(rows, config, codec, source, device)))
+            window.add(trainer.train_step(batch_from_rows(rows, config, codec, info.column, device)))
             step = trainer.step
             last = step == cadence.max_steps
             save = step % cadence.checkpoint_every == 0 or last
@@ -162,7 +163,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             report(trainer, metrics, save, rank, info)
             window_start = time.perf_counter()
     check_ranks_agree(trainer.model, world)
-    logger.final_model(trainer, info.eta)
+    logger.final_model(trainer, info.eta, info.colour)
 
 
 def report_failure(error: NonFiniteLossError, step: int, rank: int, failure_file: str | None) -> None:
@@ -186,5 +187,6 @@ def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, i
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
-        trainer.save(directory, {"config": trainer.config.to_dict(), "eta": info.eta, "stats": info.stats})
+        extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
+        trainer.save(directory, extra)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
