@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,10 @@ TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set",
         "--set", "optim.batch_size=8", "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2",
         "--set", "cadence.sample_every=4", "--set", "cadence.sample_count=4",
         "--set", "cadence.sample_nfe=2"]  # fmt: skip
+
+
+URI_SECRET = "s3cr/et@K7-uri"  # a password with "/" and "@", as cloud secret keys have
+SECRETS = (URI_SECRET, quote(URI_SECRET, safe=""))  # as typed, and %-escaped as it stands in the URI
 
 
 def free_port() -> int:
@@ -220,8 +225,10 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
     assert listening_addresses(port) == {"127.0.0.1"}
     assert listening_addresses(postgres.port) == {"127.0.0.1"}
 
+    # The client reaches the server with credentials in the URI (basic auth): they must surface nowhere.
+    secret_uri = mlflow_server.url.replace("http://", f"http://alice:{quote(URI_SECRET, safe='')}@")
     argv = ["--data", str(data), *TINY, "--max-steps", "4", "--storage", str(tmp_path / "runs"),
-            "--mlflow-uri", mlflow_server.url, "--name", "team-run", "--experiment", "team"]  # fmt: skip
+            "--mlflow-uri", secret_uri, "--name", "team-run", "--experiment", "team"]  # fmt: skip
     assert train_main(argv) == 0
 
     (run,) = mlflow_server.runs("team")
@@ -234,19 +241,22 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) and v > 0 for v in losses.values())
 
     listed = {f["path"]: f for f in mlflow_server.get("artifacts/list", run_id=run_id)["files"]}
-    assert {"config.yaml", "stats.json", "samples", "model"} <= set(listed)
-    (weights,) = mlflow_server.get("artifacts/list", run_id=run_id, path="model")["files"]
-    (grid,) = mlflow_server.get("artifacts/list", run_id=run_id, path="samples")["files"]
-    assert weights["path"] == "model/ema.safetensors" and grid["path"] == "samples/step_0000004.png"
+    assert {"config.yaml", "stats.json", "images"} <= set(listed)  # images: the step-indexed sample grids
 
-    # The artifacts are in the destination folder (the "shared storage"), the size the REST API lists.
+    # The artifacts are in the destination folder (the "shared storage"): the run's files and its logged
+    # model, whose weights equal the EMA weights of the final checkpoint.
     stored = artifact_files(mlflow_server, run)
-    assert set(stored) == {"config.yaml", "stats.json", "model/ema.safetensors", "samples/step_0000004.png"}
-    assert stored["model/ema.safetensors"].stat().st_size == int(weights["file_size"])
+    assert {"config.yaml", "stats.json"} <= set(stored) and any(p.startswith("images/") for p in stored)
     assert json.loads(stored["stats.json"].read_text()) == json.loads((data / "stats.json").read_text())
+    (logged_weights,) = (mlflow_server.artifacts / run["info"]["experiment_id"]).rglob("models/*/**/ema.safetensors")
     final = max(p for p in (tmp_path / "runs" / "team-run").glob("checkpoint_*") if p.is_dir())  # step 4
-    logged, saved = load_file(stored["model/ema.safetensors"]), load_file(final / "ema.safetensors")
+    logged, saved = load_file(logged_weights), load_file(final / "ema.safetensors")
     assert logged.keys() == saved.keys() and all(torch.equal(logged[k], saved[k]) for k in saved)
+
+    # No secret in any file the run wrote: artifacts, the logged model, checkpoints and run records.
+    for folder in (mlflow_server.artifacts, tmp_path / "runs"):
+        leaks = [p for p in folder.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in SECRETS)]
+        assert leaks == []
 
     # ... and the run data are in PostgreSQL, where the REST API read them from.
     with psycopg.connect(host="127.0.0.1", port=postgres.port, user="mlflow", password=PASSWORD, dbname="mlflow") as db:
@@ -254,8 +264,16 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
         (lr,) = db.execute("SELECT value FROM params WHERE run_uuid = %s AND key = 'optim.lr'", (run_id,)).fetchone()
     assert dict(rows) == losses and lr == "0.001"
 
+    # ... nor in any table of the store.
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user="mlflow", password=PASSWORD, dbname="mlflow") as db:
+        tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        dumped = " ".join(str(db.execute(f'SELECT string_agg(t::text, \' \') FROM "{name}" t').fetchone()[0])
+                          for name in tables)  # fmt: skip
+    assert "team-run" in dumped and not any(s in dumped for s in SECRETS)
+
     out, err = capfd.readouterr()
-    assert PASSWORD not in out + err + mlflow_server.log.read_text()
+    for secret in (PASSWORD, *SECRETS):  # the store's password and the client's URI password
+        assert secret not in out + err + mlflow_server.log.read_text()
     assert "mlflow:***@127.0.0.1" in mlflow_server.log.read_text()
 
 
