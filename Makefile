@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 # GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
 TORCH_INDEX ?=
 
-.PHONY: demo test bench venv clean
+.PHONY: demo docs-images test bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) -m dctdiff demo
+
+# the README's pictures (docs/*.png, each under 150 KB) from a finished `make demo`
+docs-images: venv
+	$(PY) -m dctdiff.commands.docs_images --demo outputs/demo --output docs
 
 test: venv
 	$(PY) -m pytest -q

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dctdiff.infra.ray_cluster import _is_loopback, torch_config
+from dctdiff.infra.ray_cluster import _is_loopback, environment, local_ray_environment, torch_config
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
 
@@ -88,6 +88,18 @@ def test_address_parsing_and_loopback():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
+def test_a_local_ray_gets_its_dashboard_and_quiet_core_logs_and_later_processes_do_not(monkeypatch):
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://10.0.0.1:8265")
+    values = local_ray_environment(4321)
+    assert values == {"RAY_BACKEND_LOG_LEVEL": "fatal", "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:4321"}
+    with environment(values):
+        assert os.environ["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:4321"
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ and os.environ["RAY_API_SERVER_ADDRESS"] == "http://10.0.0.1:8265"
+    monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "info")  # a user's setting wins
+    assert local_ray_environment(1)["RAY_BACKEND_LOG_LEVEL"] == "info"
+
+
 def test_local_training_run_listens_on_loopback_only(ray_session, tmp_path):
     """A 2-worker gloo run like the launcher's: while it trains, no socket of the run (this driver, Ray's
     processes, the workers and rank 0's rendezvous store) listens on a non-loopback address."""

@@ -27,6 +27,14 @@ def test_local_paths_and_file_uris_are_the_same_place(tmp_path):
         storage.resolve("nosuchscheme://x/y")
 
 
+def test_check_writable_creates_the_folder_and_leaves_nothing_else(tmp_path):
+    storage.check_writable(f"file://{tmp_path}/a/b")
+    assert list((tmp_path / "a" / "b").iterdir()) == []
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"^cannot write to --storage .*file.txt/c \(Not a directory\)"):
+        storage.check_writable(str(tmp_path / "file.txt" / "c"), "--storage")
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     target = str(tmp_path / "out.bin")
     with pytest.raises(RuntimeError):

@@ -20,11 +20,10 @@ from pathlib import Path
 from dctdiff.commands import options as flags
 from dctdiff.commands import prepare_command
 from dctdiff.commands.train_command import parse_args as parse_train_args
-from dctdiff.core.codec import DCTCodec
-from dctdiff.core.image_metrics import psnr
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.evaluation.codec_grid import codec_grid, psnr_table, round_trips
 from dctdiff.evaluation.evaluation_job import Tracking, run_fid, run_reconstruction
-from dctdiff.evaluation.image_grid import image_grid, save_png
+from dctdiff.evaluation.image_grid import sample_grid, save_png
 from dctdiff.evaluation.sampling_job import SamplingSpec, run as run_sampling
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import resolve_tracking_uri, review_hint
@@ -34,23 +33,15 @@ log = logging.getLogger(__name__)
 
 
 def codec_demo(output: Path, n_images: int = 8, resolution: int = 64, block_sizes: tuple[int, ...] = (2, 4)) -> Path:
-    """Round-trip photo crops through the codec for each (block size, keep); print PSNR; save the grid."""
+    """Round-trip photo crops through the codec for each (block size, keep); print PSNR; save the
+    labelled grid (one row per block size and keep)."""
     originals = photo_crops(n_images, resolution, seed=0)
-    rows = [originals]
-    lines = [f"{'block':>5} {'keep':>4} {'tokens':>6} {'dim':>4} {'PSNR dB':>8}"]
-    for block in block_sizes:
-        for keep in range(1, block * block + 1):
-            codec = DCTCodec(resolution, block, keep)
-            decoded = codec.decode(codec.encode(originals)).numpy()
-            value = float(psnr(originals, decoded).mean())
-            lines.append(f"{block:>5} {keep:>4} {codec.num_tokens:>6} {codec.token_dim:>4} {value:>8.2f}")
-            if block == block_sizes[0]:
-                rows.append(decoded)
+    rows = round_trips(originals, block_sizes)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "codec_grid.png"
-    save_png(image_grid(rows), str(path), scale=2)
-    log.info("\n".join(lines))
-    log.info("wrote %s (row 1: originals; rows 2..: B=%d, keep = 1..%d)", path, block_sizes[0], block_sizes[0] ** 2)
+    save_png(codec_grid(originals, rows, scale=2), str(path))
+    log.info("%s", psnr_table(rows))
+    log.info("wrote %s (row 1: originals; then one labelled row per block size and keep)", path)
     return path
 
 
@@ -101,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = SamplingSpec(result.checkpoint.path)  # the run's sampler and NFE
     samples = run_sampling(spec, args.samples, str(out / "samples"), workers=1)
     grid = out / "samples.png"
-    save_png(image_grid([samples[i : i + 8] for i in range(0, 64, 8)]), str(grid), scale=3)
+    save_png(sample_grid(samples), str(grid), scale=3)
     client = MlflowClient(tracking_uri)
     client.log_artifact(run_id, str(grid), artifact_path="demo")
     log.info("wrote %s", grid)

@@ -28,8 +28,9 @@ from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
+from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.mlflow_tracking import open_tracking
+from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resolution", type=int, help="size of photos:N crops; folders and sources are centre-cropped, resized to it"
     )
     flags.add_mlflow_flags(sets, DEFAULT_EXPERIMENT)
+    flags.add_dry_run_flag(sets)
     flags.add_logging_flags(sets)
     sets.add_argument("--run-id", help="log into this existing MLflow run (e.g. the training run)")
     sets.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -68,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def dry_run_settings(args: argparse.Namespace) -> dict:
+    """What `--dry-run` prints: the flags, with the MLflow URI resolved (None with --no-mlflow)."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "dry_run", "quiet")}
+    settings["mlflow_uri"] = None if args.no_mlflow else resolve_tracking_uri(args.mlflow_uri)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff evaluate`; returns the exit status (2: bad input)."""
     args = parse_args(argv)
@@ -75,9 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "spectrum" and args.batch_size < 1:
         return flags.report_error(f"--batch-size must be >= 1, got {args.batch_size}")
     tracking = None if args.no_mlflow else Tracking(args.mlflow_uri, args.experiment, args.run_id)
+    if args.dry_run:
+        return flags.print_dry_run(f"evaluate {args.command}", dry_run_settings(args))
     try:
         if tracking is not None:
             open_tracking(tracking.uri)  # an unreachable server fails here, in seconds, before any work
+        if args.command != "fid":
+            storage.check_writable(args.output)
         if args.command == "spectrum":
             run_spectrum(*args.sets, args.block_size, args.resolution, args.output, args.limit, tracking)
             return 0

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 
 from dctdiff.commands import options as flags
-from dctdiff.infra.logs import configure_logging
+from dctdiff.infra import storage
+from dctdiff.infra.logs import configure_logging, show_progress
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
 from dctdiff.core.token_layout import AUTO_COLOUR
 from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="delete a previous preparation in OUT and start over")
     flags.add_ray_flag(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_dry_run_flag(parser)
     flags.add_logging_flags(parser)
     return parser
 
@@ -83,7 +86,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             dtype=args.dtype, crop_box=crop_box, stats_sample=args.stats_sample, upscale=args.upscale,
             max_pixels=args.max_pixels, limit=args.limit, seed=args.seed, split=args.split,
             unlabeled=args.unlabeled, dedupe=args.dedupe, shard_rows=args.shard_rows, overwrite=args.overwrite,
-            progress=not args.no_progress, colour=args.colour, store_pixels=args.store_pixels,
+            progress=not args.no_progress and show_progress(), colour=args.colour, store_pixels=args.store_pixels,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(flags.log_level(args))
     config = config_from_args(args, parser)
+    if args.dry_run:
+        return flags.print_dry_run("prepare", {**asdict(config), "address": args.address})
+    try:
+        storage.check_writable(config.output)
+    except ValueError as error:
+        return flags.report_error(str(error))
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address  # read by dctdiff.infra.ray_cluster.init_ray
     try:

@@ -19,6 +19,7 @@ from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.evaluation.sampling_job import SamplingSpec, run
+from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.training.config import ConfigError
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return flags.print_dry_run("sample", {**asdict(spec), "num": args.num, "output": args.output,
                                                   "seed_start": args.seed_start, "workers": args.workers})  # fmt: skip
+        storage.check_writable(args.output)
         run(spec, args.num, args.output, args.seed_start, args.workers, args.gpus_per_worker, args.address)
     except (ConfigError, ResourceError, FileNotFoundError, ValueError) as error:
         return flags.report_error(f"{error}")

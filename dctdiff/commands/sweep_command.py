@@ -13,7 +13,7 @@ steps; ASHA stops poor trials early. The result table and the best trial's confi
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
@@ -23,7 +23,7 @@ from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, r
 from dctdiff.training.config import ConfigError, check_run_name
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 
-RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data"}  # what --resume may be given; the rest is saved
+RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data", "dry_run"}  # what --resume may be given; the rest is saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     flags.add_mlflow_flags(parser)
     flags.add_ray_flag(parser)
+    flags.add_dry_run_flag(parser)
     flags.add_logging_flags(parser)
     return parser
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileExistsError(
                     f"sweep {plan.name} exists under {plan.storage}; add --resume or choose another --name"
                 )
+        if args.dry_run:
+            return flags.print_dry_run("sweep", asdict(plan))
+        storage.check_writable(plan.storage, "--storage")
         open_tracking(plan.tracking_uri)
         outcome = run_sweep(plan, resume=args.resume, address=args.address, description=description)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from dctdiff.commands import options as flags
+from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if request.dry_run:
             sys.stdout.write(request.config.to_yaml())
             return 0
+        storage.check_writable(request.options.storage, "--storage")
         open_tracking(request.tracking.uri)  # an unreachable server fails here, in seconds, before any work
         result, run_id = train(request.config, request.options, request.tracking)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, load_inception
 from dctdiff.evaluation.image_sets import ImageSet
+from dctdiff.infra.logs import show_progress
 
 
 class InceptionActor:
@@ -103,7 +104,7 @@ def dataset_moments(
     features = dataset_features(ds, weights, batch_size, actors)
     if keep_features:
         features.context.execution_options.preserve_order = True
-    with tqdm(total=total, desc="Inception features", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc="Inception features", unit="img", disable=not show_progress(progress)) as bar:
         for batch in features.iter_batches(batch_size=None, batch_format="numpy"):
             keys = batch[group] if group else np.zeros(len(batch["features"]), dtype=np.int8)
             for key in np.unique(keys):

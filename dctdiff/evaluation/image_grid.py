@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from dctdiff.infra import storage
 
@@ -31,11 +31,43 @@ def image_grid(rows: list[np.ndarray], padding: int = 2, background: int = 255) 
     return canvas
 
 
+def sample_grid(images: np.ndarray, columns: int = 8, rows: int = 8) -> np.ndarray:
+    """The first ``columns * rows`` of ``images`` (uint8 [N, H, W, 3]) as a grid, ``columns`` per row."""
+    shown = images[: columns * rows]
+    return image_grid([shown[i : i + columns] for i in range(0, len(shown), columns)])
+
+
+LABEL_GAP = 6  # pixels between a row label and the picture's edges
+LABEL_SIZE = 11  # font size of the labels at scale 1
+
+
+def labelled_grid(rows: list[np.ndarray], labels: list[str], scale: int = 1, padding: int = 2) -> np.ndarray:
+    """:func:`image_grid` enlarged ``scale`` times with a text label (PIL's default font) left of each row."""
+    if len(labels) != len(rows):
+        raise ValueError(f"{len(rows)} rows need as many labels, got {len(labels)}")
+    grid = enlarged(Image.fromarray(image_grid(rows, padding)), scale)
+    font = ImageFont.load_default(size=LABEL_SIZE * scale)
+    boxes = [ImageDraw.Draw(grid).textbbox((0, 0), label, font=font) for label in labels]
+    canvas = Image.new("RGB", (grid.width + max(box[2] for box in boxes) + 2 * LABEL_GAP, grid.height), "white")
+    canvas.paste(grid, (canvas.width - grid.width, 0))
+    draw = ImageDraw.Draw(canvas)
+    height = rows[0].shape[1]
+    for i, (label, box) in enumerate(zip(labels, boxes)):
+        centre = (padding + i * (height + padding) + height / 2) * scale
+        draw.text((LABEL_GAP, centre - (box[1] + box[3]) / 2), label, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def enlarged(picture: Image.Image, scale: int) -> Image.Image:
+    """``picture`` enlarged ``scale`` times with nearest-neighbour pixels (unchanged for scale 1)."""
+    if scale <= 1:
+        return picture
+    return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+
+
 def save_png(image: np.ndarray, path: str, scale: int = 1) -> None:
     """Write a uint8 [H, W, 3] picture as PNG (a path or URI, atomically), enlarged ``scale`` times."""
-    picture = Image.fromarray(image)
-    if scale > 1:
-        picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
+    picture = enlarged(Image.fromarray(image), scale)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     storage.write_bytes(str(path), buffer.getvalue())

@@ -34,6 +34,7 @@ from dctdiff.core.codec import DCTCodec
 from dctdiff.evaluation.fid import FIDStats, checked_stats
 from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, prepare_array, prepare_encoded
 from dctdiff.data.sources import IMAGE_EXTENSIONS, ImageSource, Item, open_source
+from dctdiff.infra.logs import show_progress
 
 IMAGE_NPZ_KEYS = ("images", "arr_0")
 PHOTOS = "photos"
@@ -87,7 +88,8 @@ def _header_size(uri: str) -> tuple[int, int]:
 def image_sizes(files: Sequence[str], progress: bool = False) -> list[tuple[int, int]]:
     """(height, width) of each image file from its header (threads: cheap on object stores too)."""
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        return list(tqdm(pool.map(_header_size, files), total=len(files), desc="image headers", disable=not progress))
+        bar = tqdm(pool.map(_header_size, files), total=len(files), desc="image headers", disable=not show_progress(progress))
+        return list(bar)
 
 
 def error_message(error: BaseException) -> str:

@@ -34,6 +34,7 @@ from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
+from dctdiff.infra.logs import show_progress
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     start = time.perf_counter()
     result: np.ndarray | None = None
     labels = np.full(num, -1, dtype=np.int64)
-    with tqdm(total=num, unit="img", desc="sampling", disable=not progress) as bar:
+    with tqdm(total=num, unit="img", desc="sampling", disable=not show_progress(progress)) as bar:
         for batch in images.iter_batches(batch_size=None, batch_format="numpy"):
             if result is None:
                 result = np.zeros((num, *batch["image"].shape[1:]), dtype=np.uint8)

@@ -40,6 +40,7 @@ from dctdiff.core.image_metrics import psnr, ssim
 from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.core.token_layout import check_token_resolution
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS, dct_upsample, pil_resize
+from dctdiff.infra.logs import show_progress
 
 DEFAULT_BLOCK_SIZE = 8  # measured best of 2, 4, 8 on the bundled photos (README)
 COMPARE_METHODS = ("dct", "bicubic", "lanczos")
@@ -88,7 +89,7 @@ def upsample_folder(source: str, output: str, block_size: int = DEFAULT_BLOCK_SI
         batch_format="numpy",
     )
     count = 0
-    with tqdm(total=len(relatives), desc=f"DCT upsampling x{factor}", unit="img") as bar:
+    with tqdm(total=len(relatives), desc=f"DCT upsampling x{factor}", unit="img", disable=not show_progress()) as bar:
         for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
             count += len(batch["relative"])
             bar.update(len(batch["relative"]))

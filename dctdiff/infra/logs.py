@@ -34,6 +34,12 @@ def configure_logging(level: str = "INFO") -> None:
     quiet_ray_train()
 
 
+def show_progress(requested: bool = True) -> bool:
+    """Whether to draw a progress bar: when ``requested`` and the ``dctdiff`` loggers show INFO
+    (``-q`` / ``--log-level WARNING`` turn the bars off, as does a process whose logging no job configured)."""
+    return requested and logging.getLogger("dctdiff").isEnabledFor(logging.INFO)
+
+
 def quiet_ray_train() -> None:
     """Ray Train V2 logs each ``ray.train.report`` at INFO ("Reporting training result ..."), under a logger
     named after its file; keep only its warnings (in a process that runs Ray Train)."""

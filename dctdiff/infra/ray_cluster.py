@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 LOOPBACK = "127.0.0.1"
 
@@ -19,12 +21,53 @@ def quiet_ray_data() -> None:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
 
 
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def local_ray_environment(dashboard_port: int) -> dict[str, str]:
+    """The environment a local Ray's processes get (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts"):
+
+    - ``RAY_BACKEND_LOG_LEVEL=fatal``: Ray's C++ core prints harmless ERROR lines to the console
+      (``core_worker.cc:... E ...``, e.g. when actors exit at the end of a job); a value already set wins;
+    - ``RAY_API_SERVER_ADDRESS``: this Ray's dashboard, so that Ray's state API (Ray Train's
+      PlacementGroupCleaner) does not look for "the" Ray on the machine and fail with "Found multiple
+      active Ray instances" when several local Rays run at once.
+    """
+    return {
+        "RAY_BACKEND_LOG_LEVEL": os.environ.get("RAY_BACKEND_LOG_LEVEL", "fatal"),
+        "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{dashboard_port}",
+    }
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs and as before afterwards: the processes started
+    in the block inherit them, later subprocesses (another Ray, ``ray job submit``) do not."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to a Ray cluster, or start a local one bound to loopback.
 
     ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) connects to a running cluster; without
     it a local Ray starts on 127.0.0.1 with its dashboard on loopback (Ray Train V2 needs the dashboard
-    for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts"). An already initialised Ray is reused.
+    for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts") and the environment of
+    :func:`local_ray_environment`. An already initialised Ray is reused.
     """
     import ray
 
@@ -35,14 +78,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         return ray.init(address=address, **kwargs)
-    return ray.init(
-        address="local",  # never join another cluster recorded on this machine
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host=LOOPBACK,
-        _node_ip_address=LOOPBACK,
-        **kwargs,
-    )
+    dashboard_port = free_loopback_port()
+    with environment(local_ray_environment(dashboard_port)):
+        return ray.init(
+            address="local",  # never join another cluster recorded on this machine
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=dashboard_port,
+            _node_ip_address=LOOPBACK,
+            **kwargs,
+        )
 
 
 # CPUs left free for Ray Data's read tasks: if workers take every CPU, reading stalls and the job

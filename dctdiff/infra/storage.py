@@ -343,3 +343,18 @@ def tree_size(uri: str) -> int:
         return 0
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
+
+
+def check_writable(uri: str, flag: str = "--output") -> None:
+    """Create the folder ``uri`` and write and remove a probe file in it, so that a job whose output cannot
+    be written fails in seconds, before any work; ValueError (one line naming ``flag``) otherwise."""
+    fs, path = resolve(uri)
+    probe = posixpath.join(path, f".dctdiff-write-probe.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"")
+        fs.delete_file(probe)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ValueError(f"cannot write to {flag} {uri} ({reason}); choose a folder this job can create") from None

@@ -295,6 +295,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    info = load_dataset_info(plan.data, plan.base_config())  # a bad --data fails here, before Ray starts
     init_ray(address)
     resources = ray.cluster_resources()
     group = plan.resources
@@ -303,7 +304,6 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
         group.gpus_per_worker, plan.max_concurrent,
     )  # fmt: skip
     plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
-    info = load_dataset_info(plan.data, plan.base_config())
     ensure_reference_stats(plan.data, info.rows)  # once here, not in every trial
     client = MlflowClient(plan.tracking_uri)
     if resume:
