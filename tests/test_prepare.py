@@ -284,7 +284,7 @@ def test_pixel_tokens_of_a_prepared_set_equal_pixel_codec_encode(ray_session, fo
     reference = PixelCodec(RESOLUTION, 4)
     seen = 0
     for rows in dataset.iter_batches(batch_size=5, batch_format="numpy"):
-        batch = batch_from_rows(rows, config, codec, info.column)
+        batch = batch_from_rows(rows, config, codec, info.column, torch.device("cpu"))
         sources = np.stack([fit(Image.fromarray(expected[i]), FitSpec(RESOLUTION)) for i in batch.ids])
         assert torch.equal(batch.tokens, reference.encode(sources))
         seen += len(batch.ids)
