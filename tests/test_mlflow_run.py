@@ -134,6 +134,7 @@ def test_training_run_is_complete_in_mlflow(ray_module, tmp_path, monkeypatch):
     checkpoint = max(p for p in (tmp_path / "runs" / "full").glob("checkpoint_*") if p.is_dir())  # the newest: step 6
     ema, config, _ = load_ema_model(str(checkpoint))
     assert int(params["model.parameters"]) == sum(p.numel() for p in ema.parameters())
+    mlflow.set_tracking_uri(uri)  # as a user loading the model from this store does
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     codec = build_codec(config, stats_eta)
     expected = generate_images(ema, codec, build_noise_schedule(config), [0, 5], config.cadence.sampler, 3).numpy()
