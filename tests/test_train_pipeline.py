@@ -161,7 +161,7 @@ def test_inf_in_one_row_on_one_of_two_workers_stops_both_without_a_retry(ray_mod
 def test_bad_inputs_fail_fast_with_a_clear_message(ray_module, data, places, tmp_path, capsys):
     where, _, _ = places
     cases = [
-        (["--data", str(tmp_path / "missing")], "does not exist: run pipelines/prepare.py"),
+        (["--data", str(tmp_path / "missing")], "does not exist: run `dctdiff prepare`"),
         (["--data", str(tmp_path)], "has no coefficients/\\*.parquet shards"),
         (["--data", str(data), "--set", "data.block_size=4", "--set", "data.keep=9"], "block size 2"),
         (["--data", str(data), *SMALL, "--workers", "2", "--cpus-per-worker", "1"], "the cluster has 2 CPUs"),
