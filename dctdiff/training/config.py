@@ -256,6 +256,34 @@ def _paper_preset(
 # The paper's settings (docs/ARCHITECTURE.md, "Presets"). Each preset is a dict of overrides on the defaults above;
 # resolution and block size come from the data presets that prepare.py shares.
 _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # A few CPU minutes: tiny net, high learning rate, and the SDE sampler, which forgives the
+    # score errors of a barely trained net that the ODE solvers amplify (README "What to expect").
+    "demo": {
+        "data": {"keep": 4},
+        "model": {"size": "tiny"},
+        "optim": {"batch_size": 64, "lr": 3e-3, "warmup_steps": 100, "ema_decay": 0.995},
+        "cadence": {
+            "max_steps": 4000,
+            "log_every": 100,
+            "checkpoint_every": 1000,
+            "sample_every": 1000,
+            "sample_count": 16,
+            "sampler": "euler_maruyama",
+            "sample_nfe": 250,
+        },
+    },
+    # The paper's settings (docs/ARCHITECTURE.md, "Presets"): keep m, eta, U-ViT size, global batch, lr, c.
+    "cifar10": _paper_preset(4, 242.382, "M", 256, 2e-4),
+    "celeba64": _paper_preset(4, 244.925, "S", 256, 2e-4),
+    "imagenet64": _paper_preset(4, 247.125, "M", 1024, 3e-4, class_conditional=True, num_classes=1000),
+    "ffhq128": _paper_preset(9, 480.25, "S", 256, 2e-4),
+    "ffhq256": _paper_preset(8, 485.0, "M", 256, 2e-4),
+    "ffhq512": _paper_preset(18, 969.5, "M", 128, 1e-4, snr_scale=12.0),
+    "afhq512": _paper_preset(18, 928.0, "M", 128, 1e-4, snr_scale=12.0),
+}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
     name: {
         **values,
         "data": {
