@@ -180,13 +180,23 @@ def report_failure(error: NonFiniteLossError, step: int, rank: int, failure_file
 
 
 def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, info: DatasetInfo) -> None:
-    """ray.train.report from every worker (a collective); rank 0 attaches the checkpoint."""
+    """ray.train.report from every worker (a collective); rank 0 attaches the checkpoint.
+
+    The checkpoint is written to a local folder and uploaded to the run's storage in the background
+    (``CheckpointUploadMode.ASYNC``; Ray deletes the local folder after the upload): the ranks go on
+    training while it travels. Ray Train registers a checkpoint only once its upload is complete, and
+    the manifest is its last file, so a resume never sees a partial one."""
     import ray.train
 
     if not (save and rank == 0):
         ray.train.report(metrics)
         return
-    with tempfile.TemporaryDirectory() as directory:
-        extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
-        trainer.save(directory, extra)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+    directory = tempfile.mkdtemp(prefix="dctdiff-checkpoint-")
+    extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
+    trainer.save(directory, extra)
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(directory),
+        checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        delete_local_checkpoint_after_upload=True,
+    )
