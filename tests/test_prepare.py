@@ -201,7 +201,7 @@ def test_photos_demo_set_via_the_cli(ray_session, tmp_path, capsys):
     output = tmp_path / "demo"
     argv = ["--source", "photos", "--output", str(output), "--preset", "demo", "--limit", "24", "--seed", "3"]
     assert main([*argv, "--shard-rows", "10", "--no-progress"]) == 0
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prepare:")][-1]
     assert "24 images" in summary and "images/s" in summary and "24 rows in 3 shards, 0 rejected" in summary
     assert "MiB" in summary
     rows = read_rows(output)

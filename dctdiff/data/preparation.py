@@ -430,10 +430,10 @@ def _finish(
         },
     }
     storage.write_json(storage.join(output, "report.json"), report)
-    print(
-        f"prepare: {processed} images in {seconds:.1f} s ({report['this_run']['images_per_second']:.0f} images/s); "
-        f"{counts['written']} rows in {shards} shards, {counts['rejected']} rejected, "
-        f"{output_bytes / 2**20:.1f} MiB in {storage.join(output, COEFFICIENT_DIR)}"
+    logger.info(
+        "prepare: %d images in %.1f s (%.0f images/s); %d rows in %d shards, %d rejected, %.1f MiB in %s",
+        processed, seconds, report["this_run"]["images_per_second"], counts["written"], shards, counts["rejected"],
+        output_bytes / 2**20, storage.join(output, COEFFICIENT_DIR),
     )
     if not counts["written"]:
         raise RuntimeError(f"no image was usable: see the reasons in {storage.join(output, 'report.json')}")

@@ -127,11 +127,11 @@ def run_fid(
     stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
     if save_stats_to:
         save_fid_stats(save_stats_to, stats[-1])
-        print(f"statistics of {specs[-1]} written to {save_stats_to}")
+        logger.info("statistics of %s written to %s", specs[-1], save_stats_to)
     if len(specs) == 1:
         return None
     fid = fid_from_stats(stats[0], stats[1])
-    print(f"FID {fid:.4f}  ({_describe(opened[0], specs[0])} vs {_describe(opened[1], specs[1])})")
+    logger.info("FID %.4f  (%s vs %s)", fid, _describe(opened[0], specs[0]), _describe(opened[1], specs[1]))
     related = feature_metrics(groups[0].features(), groups[1].features()) if with_features else {}
     if related:
         logger.info("KID %.5f +- %.5f, precision %.4f, recall %.4f", related["kid"], related["kid_std_error"],
@@ -146,7 +146,7 @@ def run_fid(
                 tags[f"{metric}.images.{name}"] = str(opened_set.count)
         logged = [(metric, fid, step)] + [(related_metric(metric, name), v, step) for name, v in related.items()]
         run_id = log_to_mlflow(tracking, "fid", logged, tags)
-        print(f"logged {metric} to MLflow run {run_id}")
+        logger.info("logged %s to MLflow run %s", metric, run_id)
     return fid
 
 
@@ -215,12 +215,10 @@ def run_reconstruction(
     write_csv(rows, csv_path)
     title = f"{image_set.describe()}, B = {block_size}"
     plot(rows, gamma, chosen, png_path, title)
-    print(f"reconstruction of {title}")
-    print(f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}")
-    for row in rows:
-        print(f"{row.keep:>4} {row.rfid:>10.3f} {row.psnr:>8.2f}")
-    print(f"chosen keep (smallest with rFID < {gamma}): {chosen if chosen is not None else 'none'}")
-    print(f"wrote {csv_path} and {png_path}")
+    table = "\n".join([f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}"] + [f"{r.keep:>4} {r.rfid:>10.3f} {r.psnr:>8.2f}" for r in rows])
+    logger.info("reconstruction of %s\n%s", title, table)
+    logger.info("chosen keep (smallest with rFID < %s): %s", gamma, chosen if chosen is not None else "none")
+    logger.info("wrote %s and %s", csv_path, png_path)
     if tracking is not None:
         metrics = reconstruction_metrics(rows)
         if chosen is not None:
@@ -229,5 +227,5 @@ def run_reconstruction(
                 "reconstruction.gamma": str(gamma), "reconstruction.images": str(image_set.count)}
         run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, [csv_path, png_path], "reconstruction")
         log_reconstruction_table(tracking, run_id, rows)
-        print(f"logged to MLflow run {run_id}")
+        logger.info("logged to MLflow run %s", run_id)
     return rows, chosen

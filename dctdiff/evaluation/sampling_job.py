@@ -15,6 +15,7 @@ and the ``seeds`` and ``labels``).
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -35,6 +36,8 @@ from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
 from dctdiff.infra.logs import show_progress
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     )
     if spec.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {spec.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    print(f"sampler {spec.sampler}, {spec.nfe} network evaluations per image")
+    logger.info("sampler %s, %d network evaluations per image", spec.sampler, spec.nfe)
     init_ray(address)
     resources = ray.cluster_resources()
     cpus = plan_worker_cpus(workers, resources.get("CPU", 0.0), resources.get("GPU", 0.0), None, gpus_per_worker)
@@ -164,5 +167,5 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
         np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)
         handle.seek(0)
         storage.write_bytes(storage.join(output, "images.npz"), handle.read())
-    print(f"sampled {num} images in {elapsed:.1f} s ({num / elapsed:.2f} images/s) with {workers} worker(s) -> {output}")
+    logger.info("sampled %d images in %.1f s (%.2f images/s) with %d worker(s) -> %s", num, elapsed, num / elapsed, workers, output)
     return result

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import posixpath
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.core.token_layout import check_token_resolution
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS, dct_upsample, pil_resize
 from dctdiff.infra.logs import show_progress
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 8  # measured best of 2, 4, 8 on the bundled photos (README)
 COMPARE_METHODS = ("dct", "bicubic", "lanczos")
@@ -94,9 +97,9 @@ def upsample_folder(source: str, output: str, block_size: int = DEFAULT_BLOCK_SI
             count += len(batch["relative"])
             bar.update(len(batch["relative"]))
     seconds = time.perf_counter() - start
-    print(
-        f"upsampled {count} images x{factor} (B = {block_size}) into {output} "
-        f"in {seconds:.1f} s ({count / seconds:.1f} images/s)"
+    logger.info(
+        "upsampled %d images x%d (B = %d) into %s in %.1f s (%.1f images/s)",
+        count, factor, block_size, output, seconds, count / seconds,
     )
     return count
 
@@ -144,11 +147,12 @@ def compare(
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
     preview(originals, low, results, block_size, folder / "compare.png")
-    print(f"x2 upsampling of {image_set.describe()} after x2 {DOWNSAMPLE_METHOD} downsampling, DCT B = {block_size}")
-    print(f"{'method':<8} {'PSNR dB':>8} {'SSIM':>7} {'FID':>9}")
-    for row in rows:
-        print(f"{row.method:<8} {row.psnr:>8.2f} {row.ssim:>7.4f} {row.fid:>9.3f}")
-    print(f"wrote {folder / 'compare.csv'} and {folder / 'compare.png'}")
+    table = "\n".join(
+        [f"{'method':<8} {'PSNR dB':>8} {'SSIM':>7} {'FID':>9}"]
+        + [f"{r.method:<8} {r.psnr:>8.2f} {r.ssim:>7.4f} {r.fid:>9.3f}" for r in rows]
+    )
+    logger.info("x2 upsampling of %s after x2 %s downsampling, DCT B = %d\n%s", image_set.describe(), DOWNSAMPLE_METHOD, block_size, table)
+    logger.info("wrote %s and %s", folder / "compare.csv", folder / "compare.png")
     return rows
 
 

@@ -18,6 +18,7 @@ samples' features over ranks would be cheap (8 KiB per image). `dctdiff evaluate
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, f
 from dctdiff.core.generation import generate_images
 from dctdiff.core.uvit import UViT
 from dctdiff.core.noise_schedule import VPSchedule
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_FILE = "fid_stats.npz"
 
@@ -54,7 +57,7 @@ def ensure_reference_stats(data_uri: str, rows: int) -> str:
     uri = reference_uri(data_uri)
     if _cached_image_count(uri) == rows:
         return uri
-    print(f"FID reference: Inception statistics of the {rows} training images of {data_uri} -> {uri}", flush=True)
+    logger.info("FID reference: Inception statistics of the %d training images of %s -> %s", rows, data_uri, uri)
     (stats,) = image_set_stats([PreparedImages(data_uri)])
     buffer = io.BytesIO()
     np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows)
