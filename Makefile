@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 # GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
 TORCH_INDEX ?=
 
-.PHONY: demo docs-images test bench venv clean
+.PHONY: demo docs-images test test-all bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ docs-images: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# the heavy system tests too (2-node clusters, ray job submit, an interrupted sweep, a killed worker, memory scaling)
+test-all: venv
+	$(PY) -m pytest -q -m "heavy or not heavy"
 
 bench: venv
 	$(PY) -m benchmarks.codec

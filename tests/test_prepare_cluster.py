@@ -17,7 +17,7 @@ from dctdiff.data.preparation import PrepareConfig, run_prepare
 from tests.prepare_data import BOMB_SIDE, write_image_folder
 from tests.test_prepare import read_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: one Ray per process, and this one must start its own two nodes.

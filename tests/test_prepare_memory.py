@@ -24,7 +24,7 @@ from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.preparation import PrepareConfig
 from tests.prepare_data import encode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 REPO = Path(__file__).resolve().parents[1]
 SMALL, SIZE = 200, 512  # 10 x SMALL images of 512 x 512: 1.5 GB of decoded pixels if anything kept them
 

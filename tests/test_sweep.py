@@ -169,12 +169,13 @@ def wait_for(condition, timeout: float, process: subprocess.Popen, log: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
-    """4 trials (c in {1, 4} x EBFR on/off) on 2 CPUs run one at a time; SIGINT after the first trial,
-    --resume; then the MLflow parent and 4 child runs, results.csv and a best config that trains."""
+    """2 trials (c in {1, 4}) on 2 CPUs run one at a time; SIGINT after the first trial, --resume; then
+    the MLflow parent and 2 child runs, results.csv and a best config that train accepts."""
     data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
     space = write_space(
-        tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n  diffusion.ebfr: {grid: [true, false]}\n"
+        tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n"
     )
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     sweeps = tmp_path / "sweeps"
@@ -207,12 +208,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     assert main([*where, "--resume"]) == 0  # in this process, on the same Ray
 
     runs = child_runs(tracking, parent)
-    assert len(runs) == 4 and client.get_run(parent).info.status == "FINISHED"
+    assert len(runs) == 2 and client.get_run(parent).info.status == "FINISHED"
     # the finished trial was not run again: its run file and MLflow run are untouched
     assert run_file.stat().st_mtime_ns == first_written
     assert client.get_run(first.info.run_id).info.end_time == first.info.end_time
-    grid = {(float(r.data.params["diffusion.snr_scale"]), r.data.params["diffusion.ebfr"]) for r in runs.values()}
-    assert grid == {(1.0, "True"), (1.0, "False"), (4.0, "True"), (4.0, "False")}
+    assert {float(r.data.params["diffusion.snr_scale"]) for r in runs.values()} == {1.0, 4.0}
     best_fids = {}
     for trial, run in runs.items():
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
@@ -230,12 +230,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
         assert (row["status"], row["steps"]) in (("finished", "4"), ("stopped", "2"))
     assert {a.path for a in client.list_artifacts(parent)} >= {"results.csv", "best_config.yaml", "space.yaml"}
 
-    # the best trial's config: its values on the base config (not the sweep's short schedule), and it trains
+    # the best trial's config: its values on the base config (not the sweep's short schedule)
     best_file = sweeps / "ablation" / "best_config.yaml"
     config = build_config("demo", [str(best_file)])
     best = runs[table[0]["trial"]].data.params
-    assert (str(config.diffusion.snr_scale), str(config.diffusion.ebfr)) == (best["diffusion.snr_scale"], best["diffusion.ebfr"])
+    assert str(config.diffusion.snr_scale) == best["diffusion.snr_scale"]
     assert (config.model.embed_dim, config.optim.batch_size) == (32, 8)
     assert config.cadence.max_steps == build_config("demo").cadence.max_steps
+    # train's own checks accept it with the sweep's data (--dry-run: every check, no training)
     assert train_main(["--config", str(best_file), "--data", str(data), "--max-steps", "2", "--storage",
-                       str(tmp_path / "runs"), "--mlflow-uri", tracking]) == 0  # fmt: skip
+                       str(tmp_path / "runs"), "--mlflow-uri", tracking, "--dry-run"]) == 0  # fmt: skip

@@ -24,7 +24,7 @@ from dctdiff.commands.train_command import parse_args
 from dctdiff.training.launcher import train
 from tests.prepared import write_prepared
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "cadence.sample_every=0",
         "--set", "cadence.log_every=1", "--set", "optim.lr=1e-3"]  # fmt: skip
@@ -42,21 +42,19 @@ def test_two_nodes_train_like_one_worker_with_the_same_global_batch(tmp_path):
     common = ["--data", str(data), *TINY, "--set", "optim.batch_size=8", "--max-steps", "3",
               "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "runs")]  # fmt: skip
     weights = {}
-    for workers, nodes in ((2, 2), (1, 1)):
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
-        try:
-            ray.init(address=cluster.address)
-            if nodes == 2:
-                assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
+    cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        for workers in (2, 1):  # SPREAD: the 2 workers on the 2 nodes; then the 1-worker reference
             request = parse_args([*common, "--workers", str(workers), "--placement", "SPREAD", "--name", f"w{workers}"])
             result, _ = train(request.config, request.options, request.tracking)
             assert result.error is None  # includes check_ranks_agree: identical weights on every rank
             weights[workers] = load_file(Path(result.checkpoint.path) / "model.safetensors")
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
     rank0 = weights[2]
     for name in rank0:
         torch.testing.assert_close(rank0[name], weights[1][name], rtol=1e-4, atol=1e-5)

@@ -11,8 +11,12 @@ LOOPBACK = "127.0.0.1"
 
 
 def keep_ray_on_loopback() -> None:
-    """Make Ray processes started from here advertise and listen on 127.0.0.1 only (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")."""
+    """Make Ray processes started from here advertise and listen on 127.0.0.1 only, and send nothing to
+    other hosts: no Ray usage statistics, no MLflow telemetry (docs/ARCHITECTURE.md, "Ray, MLflow and
+    storage facts"). Values already set win."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def quiet_ray_data() -> None:
