@@ -1,4 +1,4 @@
-# Two quick-start commands: `make demo` (the pipeline on offline photos) and `make test`.
+# Quick-start commands: `make demo` (the pipeline on offline photos), `make test` and `make study`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,19 @@ TORCH_VERSION ?= 2.13.0
 # GPU users: make TORCH_INDEX=https://download.pytorch.org/whl/cu126 demo
 TORCH_INDEX ?=
 
-.PHONY: demo docs-images test test-all bench venv clean
+# `make study`: the paper's DCT vs pixel comparison at CPU size on Fashion-MNIST (README "Studies");
+# `make study STUDY=ebfr` (or snr_scale, keep) runs another built-in study at the same size.
+STUDY ?= dct_vs_pixel
+STUDY_DIR ?= outputs/study
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+STUDY_IMAGES ?= 2000
+STUDY_STEPS ?= 1500
+STUDY_REPORT_EVERY ?= 375
+STUDY_FID_SAMPLES ?= 250
+STUDY_NFE ?= 25
+STUDY_ARGS ?=
+
+.PHONY: demo docs-images test test-all bench venv clean study fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +36,17 @@ demo: venv
 # the README's pictures (docs/*.png, each under 150 KB) from a finished `make demo`
 docs-images: venv
 	$(PY) -m dctdiff.commands.docs_images --demo outputs/demo --output docs
+
+fashion-mnist:
+	@test -d $(FASHION_MNIST) || { echo "make study needs Fashion-MNIST in $(FASHION_MNIST): apt-get install dataset-fashion-mnist" >&2; exit 1; }
+
+study: fashion-mnist venv
+	$(PY) -m dctdiff prepare --source fashion-mnist:$(FASHION_MNIST) --output $(STUDY_DIR)/data \
+		--resolution 32 --block-size 2 --store-pixels --limit $(STUDY_IMAGES) --no-progress
+	$(PY) -m dctdiff sweep --study $(STUDY) --scheduler grid --preset demo --data $(STUDY_DIR)/data \
+		--storage $(STUDY_DIR)/sweeps --mlflow-uri sqlite:///$(abspath $(STUDY_DIR))/mlflow.db \
+		--max-steps $(STUDY_STEPS) --report-every $(STUDY_REPORT_EVERY) --fid-samples $(STUDY_FID_SAMPLES) \
+		--nfe $(STUDY_NFE) --set cadence.sampler=dpm++2m $(STUDY_ARGS)
 
 test: venv
 	$(PY) -m pytest -q

@@ -99,6 +99,7 @@ def test_parse_overrides_nests_and_parses_scalars():
          r"cadence.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'"),
         (["optim.precision=fp8"], "optim.precision must be one of 'bf16', 'fp16', 'fp32'"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1'.*invalid YAML .*; fix the syntax"),
+        (["cadence.fid_every=10", "cadence.fid_samples=3"], "cadence.fid_samples must be >= 4 with cadence.fid_every on"),
     ],
 )
 def test_values_that_cannot_work_are_refused_at_the_config(overrides, message):

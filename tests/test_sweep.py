@@ -11,15 +11,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from dctdiff.training.config import ConfigError, build_config
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.sources import FASHION_MNIST_DIR, FashionMnistSource
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError
 from dctdiff.commands.train_command import main as train_main
 from tests.prepared import write_prepared
 from dctdiff.tuning.sweep_report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
+from dctdiff.tuning.study_report import CURVES_FILE, REPORT_FILE, spread
 from dctdiff.tuning.search_space import builtin_studies, grid_size, is_pure_grid, load_study, tune_param_space, validate_space
 from dctdiff.commands.sweep_command import main
 from dctdiff.training.launcher import WorkerResources
@@ -35,14 +40,20 @@ def write_space(path: Path, text: str) -> str:
 
 
 def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
-    assert builtin_studies() == ["ebfr", "keep", "lr", "snr_scale"]
+    assert builtin_studies() == ["dct_vs_pixel", "ebfr", "keep", "lr", "snr_scale"]
     demo = build_config("demo")
     for name in builtin_studies():
         validate_space(load_study(name).space, demo)
-    assert load_study("snr_scale").space == {"diffusion.snr_scale": {"grid": [1, 2, 4, 8, 12]}}
-    assert load_study("ebfr").space == {"diffusion.ebfr": {"grid": [True, False]}}
+    seeds = {"cadence.seed": {"grid": [0, 1]}}
+    assert load_study("dct_vs_pixel").space == {"data.space": {"grid": ["dct", "pixel"]}, **seeds}
+    assert load_study("snr_scale").space == {"diffusion.snr_scale": {"grid": [1, 2, 4]}, **seeds}
+    assert load_study("ebfr").space == {"diffusion.ebfr": {"grid": [True, False]}, **seeds}
+    assert load_study("keep").space == {"data.keep": {"grid": [2, 3, 4]}, **seeds}
+    for name in ("dct_vs_pixel", "ebfr", "keep", "snr_scale"):  # comparisons: every arm and seed to the end
+        study = load_study(name)
+        assert study.scheduler == "grid" and study.num_samples == 1 and is_pure_grid(study.space), name
     lr = load_study("lr")
-    assert lr.num_samples == 8 and not is_pure_grid(lr.space)
+    assert lr.num_samples == 8 and not is_pure_grid(lr.space) and lr.scheduler is None
 
 
 def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
@@ -64,8 +75,10 @@ def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
         load_study("snr")
     with pytest.raises(ConfigError, match="must be a mapping with 'space'"):
         load_study(write_space(tmp_path / "typo.yaml", "spaces: {}\n"))
-    with pytest.raises(ConfigError, match="unknown keys \\['samples'\\]"):
+    with pytest.raises(ConfigError, match="unknown keys \\['samples'\\]; allowed: description, space, num_samples, scheduler"):
         load_study(write_space(tmp_path / "extra.yaml", "space: {optim.lr: {grid: [1.0e-3]}}\nsamples: 3\n"))
+    with pytest.raises(ConfigError, match="scheduler must be one of asha, grid, got 'fifo'"):
+        load_study(write_space(tmp_path / "fifo.yaml", "space: {optim.lr: {grid: [1.0e-3]}}\nscheduler: fifo\n"))
 
 
 def test_param_space_becomes_tune_search_objects():
@@ -130,10 +143,21 @@ def test_command_line_errors_come_before_any_work(tmp_path, capsys):
         (["--study", space, "--max-steps", "4", "--report-every", "8", *common], "--report-every must be in 1..--max-steps"),
         (["--resume", "--name", "x", "--study", space, "--storage", str(tmp_path)], "saved settings; drop --study"),
         (["--resume", "--name", "x", "--storage", str(tmp_path)], "x/dctdiff_sweep.json does not exist"),
+        (["--study", space, "--fid-samples", "3", *common], "--fid-samples must be >= 4"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert __import__("re").search(message, capsys.readouterr().err), message
+
+
+def test_the_study_file_sets_the_default_scheduler_and_the_command_line_wins(tmp_path, capsys):
+    common = ["--data", str(tmp_path), "--storage", str(tmp_path / "sweeps"), "--dry-run"]
+    for argv, expected in ((["--study", "dct_vs_pixel"], "grid"), (["--study", "dct_vs_pixel", "--scheduler", "asha"], "asha"),
+                           (["--study", "lr"], "asha")):  # fmt: skip
+        assert main([*argv, *common]) == 0, argv
+        plan = yaml.safe_load(capsys.readouterr().out)
+        assert plan["scheduler"] == expected, argv
+    assert plan["description"] == load_study("lr").description
 
 
 def test_result_table_and_best_config_file(tmp_path):
@@ -240,3 +264,53 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     # train's own checks accept it with the sweep's data (--dry-run: every check, no training)
     assert train_main(["--config", str(best_file), "--data", str(data), "--max-steps", "2", "--storage",
                        str(tmp_path / "runs"), "--mlflow-uri", tracking, "--dry-run"]) == 0  # fmt: skip
+
+    # the study report of a sweep without seeds: one arm per trial, one seed each
+    rows = [line for line in (sweeps / "ablation" / REPORT_FILE).read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2 and all(row.split(" | ")[2] == "0" for row in rows[1:])
+    assert {a.path for a in client.list_artifacts(parent)} >= {REPORT_FILE, CURVES_FILE}
+
+
+def fashion_mnist_images(count: int) -> np.ndarray:
+    """The first ``count`` Fashion-MNIST training images (uint8 [n, 32, 32, 3], grey), or a skip."""
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        pytest.skip(f"no Fashion-MNIST in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
+    source = FashionMnistSource(None, "train")
+    return np.stack([loaded.payload for loaded in source.load(source.items()[:count])])
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_the_dct_vs_pixel_study_writes_its_report(ray_session, tmp_path):
+    """`make study` in miniature: the built-in study (2 arms x 2 seeds, grid scheduler from the study file)
+    for 2 steps on 16 Fashion-MNIST images; KID beside FID in every trial; study.md and the curves."""
+    data = write_prepared(tmp_path / "data", fashion_mnist_images(16), colour="grey", store_pixels=True)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    sweeps = tmp_path / "sweeps"
+    argv = ["--study", "dct_vs_pixel", "--data", str(data), *TINY, "--max-steps", "2", "--report-every", "2",
+            "--fid-samples", "4", "--nfe", "2", "--mlflow-uri", tracking, "--storage", str(sweeps), "--name", "study"]
+    assert main(argv) == 0  # fmt: skip
+
+    plan = SweepPlan.from_json(__import__("json").loads((sweeps / "study" / SWEEP_FILE).read_text()))
+    client = MlflowClient(tracking)
+    assert client.get_run(plan.parent_run_id).data.params["sweep.scheduler"] == "grid"
+    runs = child_runs(tracking, plan.parent_run_id)
+    final = {}
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        metrics = {key: client.get_metric_history(run.info.run_id, key) for key in ("fid", "kid", "kid_std")}
+        assert all([m.step for m in history] == [2] for history in metrics.values()), metrics
+        arm = final.setdefault(run.data.params["data.space"], {})
+        arm[run.data.params["cadence.seed"]] = (metrics["fid"][0].value, metrics["kid"][0].value)
+    assert sorted(final) == ["dct", "pixel"] and all(sorted(seeds) == ["0", "1"] for seeds in final.values())
+
+    text = (sweeps / "study" / REPORT_FILE).read_text()
+    assert text.startswith("# Study dct_vs_pixel: sweep study")
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in rows[0]][:3] == ["data.space", "seeds", "steps"]
+    for row, space in zip(rows[1:], ["dct", "pixel"]):
+        fids, kids = zip(*final[space].values())
+        assert [cell.strip() for cell in row[:5]] == [space, "0, 1", "2", str(spread(fids)), str(spread(kids))]
+    with Image.open(sweeps / "study" / CURVES_FILE) as picture:
+        assert picture.format == "PNG"
+    assert {a.path for a in client.list_artifacts(plan.parent_run_id)} >= {REPORT_FILE, CURVES_FILE, "results.csv"}

@@ -21,6 +21,7 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, restore_secret
 from dctdiff.training.config import ConfigError, check_run_name
+from dctdiff.tuning.search_space import DEFAULT_SCHEDULER, SCHEDULERS, builtin_studies
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 
 RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data", "dry_run"}  # what --resume may be given; the rest is saved
@@ -31,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dctdiff sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--study", help="built-in study (snr_scale, ebfr, keep, lr) or a study YAML file")
+    parser.add_argument("--study", help=f"built-in study ({', '.join(builtin_studies())}) or a study YAML file")
     flags.add_config_flags(parser, "paper preset the trials start from")
     flags.add_data_flag(parser)
-    parser.add_argument("--scheduler", choices=["asha", "grid"], default="asha", help="asha: stop poor trials early; grid: run all")
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULERS,
+        help=f"asha: stop poor trials early; grid: run all (default: the study's, else {DEFAULT_SCHEDULER})",
+    )  # fmt: skip
     parser.add_argument("--num-samples", type=int, help="samples of the space (default: the study's, else 1)")
     parser.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster holds")
     parser.add_argument("--max-steps", type=int, help="training steps per trial (default: the config's)")
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             if changed:
                 dropped = ", ".join("--" + k.replace("_", "-") for k in sorted(changed))
                 raise ConfigError(f"--resume continues a sweep with its saved settings; drop {dropped}")
-            plan, description = load_plan(args.storage, args.name), ""
+            plan = load_plan(args.storage, args.name)
             plan = replace(
                 plan,  # sweep.json holds redacted URIs: the secrets come from the command line again
                 tracking_uri=restore_secret(plan.tracking_uri, args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri), "--mlflow-uri"),
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.study:
                 parser.error("--study is required (a built-in study or a YAML file)")
-            plan, description = new_plan(
+            plan = new_plan(
                 args, flags.worker_resources(args), flags.tracking_options(args), flags.log_level(args)
             )
             if storage.exists(storage.join(plan.directory, SWEEP_FILE)):
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return flags.print_dry_run("sweep", asdict(plan))
         storage.check_writable(plan.storage, "--storage")
         open_tracking(plan.tracking_uri)
-        outcome = run_sweep(plan, resume=args.resume, address=args.address, description=description)
+        outcome = run_sweep(plan, resume=args.resume, address=args.address)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
     return INTERRUPTED if outcome.interrupted else 0

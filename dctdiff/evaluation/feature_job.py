@@ -92,13 +92,15 @@ def dataset_moments(
     actors: int | None = None,
     progress: bool = True,
     keep_features: bool = False,
+    keep_positions: np.ndarray | None = None,
 ) -> dict[Any, GroupFeatures]:
     """Inception feature moments of the images of ``ds`` per value of its column ``group`` (one group,
     key None, without it), and the sums of the per-image columns ``mean_columns``.
 
     Runs the feature job and merges batches in the driver as they stream in (memory: one [2048, 2048]
     float64 matrix per group, whatever the number of images). ``keep_features`` also keeps the features
-    (8 KiB per image), in dataset order, so that subset-based metrics do not depend on scheduling.
+    (8 KiB per image), in dataset order, so that subset-based metrics do not depend on scheduling;
+    ``keep_positions`` (sorted, 0-based positions in dataset order within each group) keeps only those.
     """
     groups: dict[Any, GroupFeatures] = {}
     features = dataset_features(ds, weights, batch_size, actors)
@@ -110,9 +112,14 @@ def dataset_moments(
             for key in np.unique(keys):
                 rows = keys == key
                 entry = groups.setdefault(key.item() if group else None, GroupFeatures())
-                entry.moments.update(batch["features"][rows])
+                group_features = batch["features"][rows]  # [n, 2048]
                 if keep_features:
-                    entry.batches.append(batch["features"][rows].astype(np.float32))
+                    kept = group_features
+                    if keep_positions is not None:
+                        positions = entry.moments.count + np.arange(len(kept))  # in dataset order
+                        kept = kept[np.isin(positions, keep_positions)]
+                    entry.batches.append(kept.astype(np.float32))
+                entry.moments.update(group_features)
                 for column in mean_columns:
                     entry.sums[column] = entry.sums.get(column, 0.0) + float(batch[column][rows].sum())
             bar.update(len(keys))
@@ -125,9 +132,10 @@ def image_set_features(
     batch_size: int = 50,
     actors: int | None = None,
     keep_features: bool = False,
+    keep_positions: np.ndarray | None = None,
 ) -> list[GroupFeatures]:
-    """Feature moments (and the features, with ``keep_features``) of several image sets in one Ray Data
-    job (the sets tagged by a ``set`` column)."""
+    """Feature moments (and the features, with ``keep_features``: all, or those at ``keep_positions`` of
+    each set) of several image sets in one Ray Data job (the sets tagged by a ``set`` column)."""
     datasets = [
         s.to_dataset().add_column("set", lambda batch, i=i: np.full(len(batch["image"]), i), batch_format="numpy")
         for i, s in enumerate(sets)
@@ -135,7 +143,7 @@ def image_set_features(
     union = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     groups = dataset_moments(
         union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors,
-        keep_features=keep_features,
+        keep_features=keep_features, keep_positions=keep_positions,
     )
     return [groups[i] for i in range(len(sets))]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from dctdiff.evaluation.fid import default_device
-from dctdiff.evaluation.kid import kernel_inception_distance
+from dctdiff.evaluation.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.evaluation.precision_recall import DEFAULT_K, precision_recall
 
-MIN_IMAGES = 4  # KID subsets of at least 2 from each set, k-NN radii with k < n
+MIN_IMAGES = MIN_FEATURES  # KID subsets of at least 2 from each set, k-NN radii with k < n
 
 
 def feature_metrics(samples: np.ndarray, reference: np.ndarray, k: int = DEFAULT_K) -> dict[str, float]:

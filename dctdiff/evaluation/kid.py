@@ -19,6 +19,7 @@ import numpy as np
 
 DEFAULT_SUBSETS = 100
 DEFAULT_SUBSET_SIZE = 1000
+MIN_FEATURES = 4  # per set: the default subsets of n // 2 need at least 2 features
 KERNEL_CACHE_FEATURES = 5000  # up to this many features in all, the kernel matrices are computed once (<= 200 MB)
 
 
@@ -79,7 +80,7 @@ def kernel_inception_distance(
     if not 2 <= size <= min(x.shape[0], y.shape[0]):
         raise ValueError(
             f"KID subsets of {size} features need 2 <= size <= the smaller set ({x.shape[0]} and {y.shape[0]} "
-            "features); KID needs at least 4 images per set"
+            f"features); KID needs at least {MIN_FEATURES} images per set"
         )
     rng = np.random.default_rng(seed)
     draws = [(rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))

@@ -15,6 +15,7 @@ from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_res
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
 from dctdiff.core.samplers import SAMPLERS
+from dctdiff.evaluation.kid import MIN_FEATURES
 
 
 class ConfigError(ValueError):
@@ -169,6 +170,11 @@ class TrainConfig:
             _require(getattr(s, name) >= 1, f"cadence.{name} must be >= 1, got {getattr(s, name)}")
         for name in ("sample_every", "fid_every", "sample_count", "fid_samples"):
             _require(getattr(s, name) >= 0, f"cadence.{name} must be >= 0 (0 turns it off), got {getattr(s, name)}")
+        _require(
+            s.fid_every == 0 or s.fid_samples >= MIN_FEATURES,
+            f"cadence.fid_samples must be >= {MIN_FEATURES} with cadence.fid_every on (KID compares subsets of "
+            f"half the samples), got {s.fid_samples}",
+        )
         return self
 
     @property

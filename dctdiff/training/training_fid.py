@@ -1,106 +1,147 @@
-"""FID while training: n EMA samples against the training set's Inception statistics.
+"""FID and KID while training: n EMA samples against the training set's Inception features.
 
 Used by `dctdiff train` (``cadence.fid_every``, ``cadence.fid_samples``) and, through it, as the
 objective of `dctdiff sweep`: unlike the training loss, FID compares runs with different SNR scales c
 or loss weights (paper §4, §5 report FID for exactly these ablations).
 
-The reference statistics are computed once per prepare output by a Ray Data job over its shards decoded
-with every frequency kept, and cached beside them as ``fid_stats.npz`` (pytorch-fid's ``mu``/``sigma``
-plus the number of images, so a re-prepared dataset is noticed). During training the sample seeds
-``0..n-1`` are split over the Ray Train workers and their Inception feature moments summed, so the
-FID of a step does not depend on the worker count.
-
-KID and precision/recall (``dctdiff.evaluation.feature_metrics``) are not measured here: they need the
-reference's features themselves, which the cached statistics (moments only) do not hold; gathering the
-samples' features over ranks would be cheap (8 KiB per image). `dctdiff evaluate fid` reports them.
+The reference is computed once per prepare output by a Ray Data job over its shards decoded with every
+frequency kept, and cached beside them as ``fid_stats.npz``: pytorch-fid's ``mu``/``sigma`` of all
+training images, the number of images (so a re-prepared dataset is noticed), and ``features``, the
+Inception features of a fixed random sample of up to ``REFERENCE_FEATURES`` training images (for KID,
+which needs features, not moments). During training the sample seeds ``0..n-1`` are split over the Ray
+Train workers and their features gathered back in seed order, so FID and KID (``kid``: the unbiased
+estimate of ``dctdiff.evaluation.kid`` with its default subsets; ``kid_std``: its spread over subsets)
+equal those of one process sampling every seed, whatever the worker count.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from dctdiff.infra import storage
 from dctdiff.core.codec import Codec
-from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, fid_from_stats, load_inception
+from dctdiff.evaluation.fid import (
+    FeatureMoments, FIDStats, checked_stats, extract_features, fid_from_stats, load_inception,
+)  # fmt: skip
+from dctdiff.evaluation.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.core.generation import generate_images
 from dctdiff.core.uvit import UViT
 from dctdiff.core.noise_schedule import VPSchedule
 
-logger = logging.getLogger(__name__)
-
 REFERENCE_FILE = "fid_stats.npz"
+REFERENCE_FEATURES = 2000  # training images whose features are cached for KID (16 MB of float32)
+REFERENCE_SEED = 0  # which training images: a fixed uniform sample without replacement
+
+log = logging.getLogger(__name__)
+
+
+class TrainingReference(NamedTuple):
+    """What samples are compared with: FID statistics of all training images and the features [n, 2048]
+    of the cached sample of them."""
+
+    stats: FIDStats
+    features: np.ndarray
 
 
 def reference_uri(data_uri: str) -> str:
-    """Where the FID statistics of a prepare output are cached: ``<data>/fid_stats.npz``."""
+    """Where the FID/KID reference of a prepare output is cached: ``<data>/fid_stats.npz``."""
     return storage.join(storage.normalize(data_uri), REFERENCE_FILE)
 
 
+def reference_positions(rows: int, size: int) -> np.ndarray:
+    """Sorted dataset positions of the training images whose features the reference keeps."""
+    return np.sort(np.random.default_rng(REFERENCE_SEED).choice(rows, min(size, rows), replace=False))
+
+
 def _cached_image_count(uri: str) -> int | None:
-    """Number of images the cached statistics at ``uri`` were computed from (None: no usable cache)."""
+    """Number of images the cached reference at ``uri`` was computed from (None: no usable cache, e.g.
+    one written before the KID features were kept)."""
     if not storage.exists(uri):
         return None
     with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
-        return int(data["images"]) if "images" in data.files else None
+        return int(data["images"]) if {"images", "features"} <= set(data.files) else None
 
 
 def ensure_reference_stats(data_uri: str, rows: int) -> str:
-    """URI of the FID statistics of the prepare output ``data_uri`` (``rows`` images), computed with a
+    """URI of the FID/KID reference of the prepare output ``data_uri`` (``rows`` images), computed with a
     Ray Data job and cached when missing or made from another number of images. Needs Ray initialised."""
-    from dctdiff.evaluation.feature_job import image_set_stats
+    from dctdiff.evaluation.feature_job import image_set_features
     from dctdiff.evaluation.image_sets import PreparedImages
 
+    if rows < MIN_FEATURES:
+        raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} training images, got {rows}")
     uri = reference_uri(data_uri)
     if _cached_image_count(uri) == rows:
         return uri
-    logger.info("FID reference: Inception statistics of the %d training images of %s -> %s", rows, data_uri, uri)
-    (stats,) = image_set_stats([PreparedImages(data_uri)])
+    positions = reference_positions(rows, REFERENCE_FEATURES)
+    log.info("FID/KID reference: Inception features of the %d training images of %s (%d kept) -> %s",
+             rows, data_uri, len(positions), uri)  # fmt: skip
+    (group,) = image_set_features([PreparedImages(data_uri)], keep_features=True, keep_positions=positions)
+    stats = group.moments.stats()
     buffer = io.BytesIO()
-    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows)
+    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows, features=group.features())
     storage.write_bytes(uri, buffer.getvalue())
     return uri
 
 
-def _all_reduce(moments: FeatureMoments, device: torch.device | str) -> FeatureMoments:
-    """Sum feature moments over the torch.distributed group (one collective of 1 + D + D^2 float64)."""
+def load_reference(uri: str) -> TrainingReference:
+    """The reference that ``ensure_reference_stats`` cached at ``uri``."""
+    with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
+        return TrainingReference(checked_stats(data["mu"], data["sigma"], uri), data["features"])
+
+
+def gather_features(features: np.ndarray, count: int, world: int, device: torch.device | str) -> np.ndarray:
+    """Every rank's sample features [count, D] in seed order (rank r holds seeds r, r + world, ...).
+
+    One all_gather of ceil(count / world) rows per rank, on ``device``: an NCCL group serves CUDA
+    tensors only, a gloo group CPU tensors.
+    """
     import torch.distributed as dist
 
-    dim = moments.total.shape[0]
-    flat = torch.from_numpy(np.concatenate([[moments.count], moments.total, moments.outer.ravel()])).to(device)
-    dist.all_reduce(flat)
-    flat = flat.cpu().numpy()
-    return FeatureMoments(int(round(flat[0])), flat[1 : 1 + dim], flat[1 + dim :].reshape(dim, dim))
+    rows, dim = -(-count // world), features.shape[1]
+    padded = torch.zeros(rows, dim, dtype=torch.float32, device=device)
+    padded[: len(features)] = torch.from_numpy(features).to(device)
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    ordered = np.empty((count, dim), dtype=np.float32)
+    for rank, part in enumerate(gathered):
+        ordered[rank::world] = part[: len(range(rank, count, world))].cpu().numpy()
+    return ordered
 
 
-def sample_fid(
+def sample_metrics(
     model: UViT,
     codec: Codec,
     schedule: VPSchedule,
-    reference: FIDStats,
+    reference: TrainingReference,
     count: int,
     sampler: str,
     nfe: int,
     device: torch.device | str = "cpu",
     rank: int = 0,
     world: int = 1,
-) -> float:
-    """FID of ``count`` samples of ``model`` (seeds 0..count-1) against ``reference``.
+) -> dict[str, float]:
+    """``fid``, ``kid`` and ``kid_std`` of ``count`` samples of ``model`` (seeds 0..count-1) against
+    ``reference``.
 
     With ``world`` > 1 every rank of the torch.distributed group calls this: rank r samples seeds
-    r, r + world, ... and the Inception feature moments are summed, so every rank returns the same FID
-    (and the same value as one process sampling every seed).
+    r, r + world, ... and the features are gathered in seed order, so every rank returns the same values
+    as one process sampling every seed.
     """
-    if count < 2:
-        raise ValueError(f"FID needs at least 2 samples, got {count} (raise cadence.fid_samples)")
+    if count < MIN_FEATURES:
+        raise ValueError(f"FID and KID need at least {MIN_FEATURES} samples, got {count} (raise cadence.fid_samples)")
     seeds = list(range(rank, count, world))
-    moments = FeatureMoments.empty()
+    features = np.zeros((0, reference.features.shape[1]), dtype=np.float32)
     if seeds:
         images = generate_images(model, codec, schedule, seeds, sampler, nfe, device=device)  # uint8 [n, H, W, 3]
-        moments.update(extract_features(images, load_inception(device=device)))  # [n, 2048]
+        features = extract_features(images, load_inception(device=device))  # [n, 2048]
     if world > 1:
-        moments = _all_reduce(moments, device)
-    return fid_from_stats(moments.stats(), reference)
+        features = gather_features(features, count, world, device)
+    kid = kernel_inception_distance(features, reference.features)
+    fid = fid_from_stats(FeatureMoments.empty(features.shape[1]).update(features).stats(), reference.stats)
+    return {"fid": fid, "kid": kid.mean, "kid_std": kid.std_error}

@@ -20,8 +20,7 @@ from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError, record_failure
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
-from dctdiff.evaluation.fid import load_fid_stats
-from dctdiff.training.training_fid import sample_fid
+from dctdiff.training.training_fid import load_reference, sample_metrics
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
     logger = RankZeroLogger(settings.run, rank)
-    reference = load_fid_stats(settings.fid_reference) if settings.fid_reference else None
+    reference = load_reference(settings.fid_reference) if settings.fid_reference else None
 
     cadence = config.cadence
     per_worker = config.optim.batch_size // world
@@ -147,15 +146,16 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
                 report_failure(error, step, rank, settings.failure_file)
                 return
             metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
-            if fid:  # every rank samples its share of the seeds (a collective)
-                metrics["fid"] = sample_fid(
+            if fid:  # every rank samples its share of the seeds (a collective): fid, kid, kid_std
+                metrics.update(sample_metrics(
                     trainer.ema, codec, trainer.noise_schedule, reference, cadence.fid_samples, cadence.sampler,
                     cadence.sample_nfe, device=device, rank=rank, world=world,
-                )  # fmt: skip
+                ))  # fmt: skip
             if rank == 0:
                 log.info(
                     "step %d/%d loss %.4f lr %.2e %.1f img/s%s", step, cadence.max_steps, metrics["loss"],
-                    metrics["lr"], metrics["images_per_s"], f" FID {metrics['fid']:.2f}" if fid else "",
+                    metrics["lr"], metrics["images_per_s"],
+                    f" FID {metrics['fid']:.2f} KID {metrics['kid']:.4f}" if fid else "",
                 )  # fmt: skip
             logger.metrics(metrics, step)
             if grid:

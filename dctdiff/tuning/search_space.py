@@ -4,13 +4,17 @@ A study file (the built-in ones live in ``dctdiff/tuning/studies/``)::
 
     description: SNR scale c (paper §4)
     num_samples: 1            # optional: default --num-samples
+    scheduler: grid           # optional: default --scheduler (asha or grid; the command line wins)
     space:
-      diffusion.snr_scale: {grid: [1, 2, 4, 8, 12]}
+      diffusion.snr_scale: {grid: [1, 2, 4]}
+      cadence.seed: {grid: [0, 1]}
       optim.lr: {loguniform: [1.0e-4, 3.0e-3]}
 
 Each key is a ``section.field`` of ``dctdiff.training.config.TrainConfig``; each value is one of
 ``grid: [v, ...]`` (every value, crossed with the other grid keys), ``choice: [v, ...]`` (one at random per
 sample), ``uniform: [low, high]``, ``loguniform: [low, high]`` or ``randint: [low, high]`` (high excluded).
+A grid over ``cadence.seed`` repeats every arm with each seed; the study report
+(``dctdiff.tuning.study_report``) groups trials into arms by every other key.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import yaml
 from dctdiff.training.config import ConfigError, TrainConfig, config_from_dict
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+SCHEDULERS = ("asha", "grid")  # asha: stop poor trials early; grid: FIFO, every trial to --max-steps
+DEFAULT_SCHEDULER = "asha"
+STUDY_KEYS = ("description", "space", "num_samples", "scheduler")
 LIST_KINDS = ("grid", "choice")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 # A prepare output fixes these: sweeping them needs one prepared dataset per value.
@@ -48,6 +55,7 @@ class Study:
     description: str
     space: dict[str, dict[str, Any]]
     num_samples: int = 1
+    scheduler: str | None = None  # the default of --scheduler (None: DEFAULT_SCHEDULER)
     source: str = field(default="", compare=False)
 
 
@@ -72,15 +80,19 @@ def load_study(name_or_path: str) -> Study:
     if not isinstance(document, dict) or not isinstance(document.get("space"), dict):
         raise ConfigError(
             f"{path} must be a mapping with 'space' (config key -> {{grid|choice|uniform|loguniform|randint: ...}}) "
-            "and optionally 'description' and 'num_samples'"
+            "and optionally 'description', 'num_samples' and 'scheduler'"
         )
-    unknown = sorted(set(document) - {"description", "space", "num_samples"})
+    unknown = sorted(set(document) - set(STUDY_KEYS))
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: description, space, num_samples")
+        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {', '.join(STUDY_KEYS)}")
     num_samples = document.get("num_samples", 1)
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ConfigError(f"{path}: num_samples must be an integer >= 1, got {num_samples!r}")
-    return Study(path.stem, str(document.get("description", "")), document["space"], num_samples, str(path))
+    scheduler = document.get("scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ConfigError(f"{path}: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    description = str(document.get("description", ""))
+    return Study(path.stem, description, document["space"], num_samples, scheduler, str(path))
 
 
 def _candidates(key: str, spec: Any) -> list[Any]:

@@ -2,14 +2,15 @@
 
 Every trial is one training run (``dctdiff.training.launcher``: its ``plan_run`` and ``launch``: the same Ray Train loop, data path,
 checkpoints and MLflow logging) inside a Tune function trainable, the pattern Ray 2.60 recommends for
-tuning Ray Train (docs/ARCHITECTURE.md, "Sweeps"). Every report carries the FID of ``--fid-samples`` EMA samples at ``--nfe``
-against the training set's statistics; trials are ranked, and stopped early by ASHA, on it. The training
+tuning Ray Train (docs/ARCHITECTURE.md, "Sweeps"). Every report carries the FID and KID of ``--fid-samples`` EMA samples
+at ``--nfe`` against the training set's features; trials are ranked, and stopped early by ASHA, on the FID. The training
 loss is not the objective: with another SNR scale c the loss averages over another distribution of noise
 levels, and EBFR changes its weights, so loss values of different trials do not measure the same thing.
 
 MLflow: a parent run for the sweep, one child run per trial (params, metrics over steps, sample grids,
 tag ``mlflow.parentRunId``); at the end the result table (``results.csv``) and the best trial's config
-(``best_config.yaml``, ready for ``dctdiff train --config``) go to the parent run and to
+(``best_config.yaml``, ready for ``dctdiff train --config``) and the study report (``study.md``,
+``study_curves.png``: arms over seeds, ``dctdiff.tuning.study_report``) go to the parent run and to
 ``<storage>/<name>/``. ``--resume`` continues an interrupted sweep (Tuner.restore): finished trials are
 kept, unfinished ones continue from their last checkpoint.
 """
@@ -29,6 +30,7 @@ from dctdiff.infra import storage
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, config_from_dict
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
+from dctdiff.evaluation.kid import MIN_FEATURES
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
@@ -36,7 +38,10 @@ from dctdiff.tuning.sweep_report import (
     PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
     trial_rows,
 )  # fmt: skip
-from dctdiff.tuning.search_space import grid_size, is_pure_grid, load_study, tune_param_space, validate_space, with_values
+from dctdiff.tuning.study_report import write_study_report
+from dctdiff.tuning.search_space import (
+    DEFAULT_SCHEDULER, grid_size, is_pure_grid, load_study, tune_param_space, validate_space, with_values,
+)  # fmt: skip
 
 SWEEP_FILE = "dctdiff_sweep.json"  # in <storage>/<name>/: the plan, so --resume needs only the name
 TRIALS_DIR = "trials"  # <storage>/<name>/trials/<trial id>/: each trial's Ray Train run (checkpoints)
@@ -72,6 +77,7 @@ class SweepPlan:
     experiment: str
     parent_run_id: str = ""
     log_level: str = "INFO"
+    description: str = ""  # the study's
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "SweepPlan":
@@ -209,7 +215,7 @@ def _scheduler(plan: SweepPlan):
     )  # fmt: skip
 
 
-def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
+def _start_parent_run(plan: SweepPlan) -> str:
     """Create the sweep's MLflow run (params: the sweep settings and the space; artifacts: space, base config)."""
     import yaml
     from mlflow.tracking import MlflowClient
@@ -222,15 +228,15 @@ def _start_parent_run(plan: SweepPlan, study_description: str) -> str:
     tags = {SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
     run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params, job="sweep")
     client = MlflowClient(plan.tracking_uri)
-    client.log_text(run_id, yaml.safe_dump({"description": study_description, "space": plan.space}), "space.yaml")
+    client.log_text(run_id, yaml.safe_dump({"description": plan.description, "space": plan.space}), "space.yaml")
     client.log_text(run_id, plan.base_config().to_yaml(), "base_config.yaml")
     return run_id
 
 
 def new_plan(
     args: argparse.Namespace, worker_resources: WorkerResources, tracking: TrackingOptions, log_level: str
-) -> tuple[SweepPlan, str]:
-    """The plan of a new sweep from the command line (validated), and the study's description."""
+) -> SweepPlan:
+    """The plan of a new sweep from the command line (validated)."""
     base = build_config(args.preset, args.config, args.set)
     study = load_study(args.study)
     validate_space(study.space, base)
@@ -240,7 +246,7 @@ def new_plan(
     if num_samples > 1 and is_pure_grid(study.space):
         raise ConfigError(
             f"--num-samples {num_samples} would repeat the same {grid_size(study.space)} grid trials identically; "
-            "add a sampled key (e.g. cadence.seed: {choice: [0, 1, 2]}) or use --num-samples 1"
+            "to repeat them with other seeds add cadence.seed: {grid: [0, 1]} to the space, or use --num-samples 1"
         )
     max_steps = args.max_steps or base.cadence.max_steps
     report_every = args.report_every or max(1, max_steps // 10)
@@ -259,7 +265,7 @@ def new_plan(
         base=base.to_dict(),
         study=study.name,
         space=study.space,
-        scheduler=args.scheduler,
+        scheduler=args.scheduler or study.scheduler or DEFAULT_SCHEDULER,
         num_samples=num_samples,
         max_steps=max_steps,
         report_every=report_every,
@@ -272,11 +278,15 @@ def new_plan(
         tracking_uri=resolve_tracking_uri(tracking.uri),
         experiment=tracking.experiment,
         log_level=log_level,
+        description=study.description,
     )
-    if plan.fid_samples < 2:
-        raise ConfigError(f"--fid-samples must be >= 2 (FID needs a covariance), got {plan.fid_samples}")
+    if plan.fid_samples < MIN_FEATURES:
+        raise ConfigError(
+            f"--fid-samples must be >= {MIN_FEATURES} (FID needs a covariance, KID subsets of half the samples), "
+            f"got {plan.fid_samples}"
+        )
     trial_config(plan, {})  # the sweep's cadence must make a valid config
-    return plan, study.description
+    return plan
 
 
 @dataclass
@@ -287,9 +297,10 @@ class SweepOutcome:
     interrupted: bool
     results_csv: str
     best_config: str | None
+    study_report: str
 
 
-def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None, description: str = "") -> SweepOutcome:
+def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None) -> SweepOutcome:
     """Start (or, with ``resume``, restore) the sweep on the current Ray cluster and wait for it."""
     import ray
     from mlflow.tracking import MlflowClient
@@ -311,7 +322,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
             raise FileNotFoundError(f"--resume: no Tune experiment state in {plan.directory}; start the sweep anew")
         client.update_run(plan.parent_run_id, status="RUNNING")
     else:
-        plan = replace(plan, parent_run_id=_start_parent_run(plan, description))
+        plan = replace(plan, parent_run_id=_start_parent_run(plan))
         saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data)}
         storage.write_json(storage.join(plan.directory, SWEEP_FILE), saved)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
@@ -336,11 +347,10 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None,
         )
     log.info("sweep %s: %d trial(s) at once, MLflow parent run %s", plan.name, plan.max_concurrent, plan.parent_run_id)
     try:
-        results = tuner.fit()
+        return _finish(plan, tuner.fit())
     except BaseException:
         client.set_terminated(plan.parent_run_id, status="FAILED")
         raise
-    return _finish(plan, results)
 
 
 def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
@@ -369,11 +379,25 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         client.set_tag(plan.parent_run_id, "dctdiff.best_trial", best.trial)
         client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
         log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
+    report_uri, curves_uri = write_study_report(
+        plan.directory, plan.tracking_uri, plan.parent_run_id, list(plan.space), study_intro(plan, len(rows))
+    )
+    log.info("study report: %s, %s", report_uri, curves_uri)
     client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
     log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
         log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
-    return SweepOutcome(rows, interrupted, results_uri, best_uri)
+    return SweepOutcome(rows, interrupted, results_uri, best_uri, report_uri)
+
+
+def study_intro(plan: SweepPlan, trials: int) -> str:
+    """The heading of ``study.md``: the study, its description and the measurement settings."""
+    return (
+        f"# Study {plan.study}: sweep {plan.name}\n\n{plan.description or '(no description)'}\n\n"
+        f"{trials} trial(s), `--preset {plan.base['preset']}`, scheduler {plan.scheduler}; FID and KID of "
+        f"{plan.fid_samples} EMA samples ({plan.base['cadence']['sampler']}, {plan.nfe} NFE) against the "
+        f"training images every {plan.report_every} steps up to {plan.max_steps}."
+    )
 
 
 def load_plan(storage_root: str, name: str | None) -> SweepPlan:

@@ -1,0 +1,253 @@
+"""A sweep as a study: its trials grouped into arms, their FID and KID summarised over seeds, and curves.
+
+An arm is one combination of the swept values other than ``cadence.seed``; its trials are the seeds.
+From the sweep's MLflow child runs (params and metric histories) the report writes ``study.md`` (one
+table row per arm: values, seeds, steps, final FID and KID, best FID and wall-clock per run, each as
+mean ± standard deviation over seeds) and ``study_curves.png`` (FID and KID against step and against
+wall-clock seconds since the run started: one colour per arm, a thin line per seed, a thick mean).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from dctdiff.infra import storage
+from dctdiff.tuning.sweep_report import child_runs
+
+SEED_KEY = "cadence.seed"
+CURVE_METRICS = ("fid", "kid")
+REPORT_FILE = "study.md"
+CURVES_FILE = "study_curves.png"
+
+
+class Point(NamedTuple):
+    """One logged value: its training step and the seconds since its run started."""
+
+    step: int
+    seconds: float
+    value: float
+
+
+@dataclass(frozen=True)
+class TrialCurves:
+    """One trial: its arm (the values of the arm keys, as logged), seed, wall-clock seconds from the start
+    of its run to its end, and the FID and KID histories by step."""
+
+    trial: str
+    arm: tuple[str, ...]
+    seed: str
+    seconds: float
+    curves: dict[str, list[Point]]
+
+    def final(self, metric: str) -> float:
+        """The value at the last logged step (nan if never logged)."""
+        points = self.curves.get(metric, [])
+        return points[-1].value if points else math.nan
+
+    def best(self, metric: str) -> float:
+        """The lowest logged value (nan if never logged)."""
+        points = self.curves.get(metric, [])
+        return min(p.value for p in points) if points else math.nan
+
+    def last_step(self) -> int:
+        """The last step with an FID (0 before the first report)."""
+        points = self.curves.get("fid", [])
+        return points[-1].step if points else 0
+
+
+class Spread(NamedTuple):
+    """Mean and sample standard deviation (ddof 1) over seeds; std is nan for one value, both for none."""
+
+    mean: float
+    std: float
+
+    def __str__(self) -> str:
+        if math.isnan(self.mean):
+            return "-"
+        return f"{self.mean:.4g}" if math.isnan(self.std) else f"{self.mean:.4g} ± {self.std:.2g}"
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Spread of the finite ``values`` (a trial without the metric does not count)."""
+    finite = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(finite) == 0:
+        return Spread(math.nan, math.nan)
+    return Spread(float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else math.nan)
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One row of the study table."""
+
+    values: tuple[str, ...]
+    seeds: tuple[str, ...]
+    steps: tuple[int, ...]  # the last FID step of each seed
+    final_fid: Spread
+    final_kid: Spread
+    best_fid: Spread
+    seconds: Spread
+
+
+def _natural(value: str) -> tuple[int, float, str]:
+    """Sort key: numbers by value, before other strings."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def arms(trials: Sequence[TrialCurves]) -> dict[tuple[str, ...], list[TrialCurves]]:
+    """Trials by arm, arms in natural order of their values, trials in natural order of their seeds."""
+    grouped: dict[tuple[str, ...], list[TrialCurves]] = {}
+    for trial in trials:
+        grouped.setdefault(trial.arm, []).append(trial)
+    return {
+        arm: sorted(grouped[arm], key=lambda t: (_natural(t.seed), t.trial))
+        for arm in sorted(grouped, key=lambda values: [_natural(v) for v in values])
+    }
+
+
+def summarize(trials: Sequence[TrialCurves]) -> list[ArmSummary]:
+    """One summary per arm (``arms`` order)."""
+    return [
+        ArmSummary(
+            values=arm,
+            seeds=tuple(t.seed for t in members),
+            steps=tuple(t.last_step() for t in members),
+            final_fid=spread([t.final("fid") for t in members]),
+            final_kid=spread([t.final("kid") for t in members]),
+            best_fid=spread([t.best("fid") for t in members]),
+            seconds=spread([t.seconds for t in members]),
+        )
+        for arm, members in arms(trials).items()
+    ]
+
+
+def _steps_cell(steps: tuple[int, ...]) -> str:
+    low, high = min(steps), max(steps)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def markdown_table(summaries: Sequence[ArmSummary], keys: Sequence[str]) -> str:
+    """The study table: one row per arm."""
+    header = [*keys, "seeds", "steps", "final FID", "final KID", "best FID", "wall-clock per run (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in summaries:
+        cells = [*arm.values, ", ".join(arm.seeds), _steps_cell(arm.steps), str(arm.final_fid), str(arm.final_kid),
+                 str(arm.best_fid), str(arm.seconds)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro: str) -> str:
+    """``study.md``: ``intro`` (Markdown), the table, how to read it, and the curves."""
+    notes = (
+        "Mean ± standard deviation over seeds (ddof 1; no spread with one seed). Final: at a trial's last "
+        "report; best: its lowest FID; wall-clock: from the start of a trial's MLflow run (Ray Train start "
+        "included) to its end. FID on few samples is biased upward; compare arms within one study.\n"
+    )
+    return f"{intro.rstrip()}\n\n{markdown_table(summaries, keys)}\n{notes}\n![FID and KID curves]({CURVES_FILE})\n"
+
+
+def _label(keys: Sequence[str], arm: tuple[str, ...]) -> str:
+    return " ".join(f"{key.rpartition('.')[2]}={value}" for key, value in zip(keys, arm)) or "all trials"
+
+
+def mean_curve(members: Sequence[TrialCurves], metric: str) -> list[Point]:
+    """Mean step, seconds and value over the seeds at the steps every seed logged."""
+    by_seed = [{p.step: p for p in t.curves.get(metric, [])} for t in members]
+    common = sorted(set.intersection(*(set(points) for points in by_seed))) if by_seed else []
+    return [
+        Point(step, float(np.mean([seed[step].seconds for seed in by_seed])),
+              float(np.mean([seed[step].value for seed in by_seed])))
+        for step in common
+    ]  # fmt: skip
+
+
+def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str = "") -> bytes:
+    """PNG: FID (top) and KID (bottom) against step (left) and wall-clock seconds (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(CURVE_METRICS), 2, figsize=(10, 6.5), dpi=90, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (arm, members) in enumerate(arms(trials).items()):
+        colour = colours[index % len(colours)]
+        for row, metric in enumerate(CURVE_METRICS):
+            mean = mean_curve(members, metric)
+            for column, x in enumerate(("step", "seconds")):
+                axis = axes[row][column]
+                for trial in members:
+                    points = trial.curves.get(metric, [])
+                    axis.plot([getattr(p, x) for p in points], [p.value for p in points], "-", color=colour,
+                              linewidth=0.8, alpha=0.45)  # fmt: skip
+                axis.plot([getattr(p, x) for p in mean], [p.value for p in mean], "o-", color=colour, linewidth=2.5,
+                          markersize=3, label=_label(keys, arm) if row == column == 0 else None)  # fmt: skip
+    for row, metric in enumerate(CURVE_METRICS):
+        for column, x in enumerate(("training step", "wall-clock seconds since the run started")):
+            axes[row][column].set_xlabel(x)
+            axes[row][column].set_ylabel(metric.upper())
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title or "mean over seeds (thick) and each seed (thin)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def collect_trials(tracking_uri: str, parent_run_id: str, keys: Sequence[str]) -> list[TrialCurves]:
+    """The trials of a sweep from its MLflow child runs: arm values and seed from their params, FID and
+    KID histories (seconds from the metric timestamps relative to the run's start)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    trials = []
+    for trial, run in sorted(child_runs(tracking_uri, parent_run_id).items()):
+        start, params = run.info.start_time, run.data.params
+        curves = {}
+        for metric in CURVE_METRICS:
+            history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.timestamp)
+            latest = {m.step: m for m in history}  # a step logged twice (a resumed run): its last value
+            curves[metric] = [Point(s, (latest[s].timestamp - start) / 1000, latest[s].value) for s in sorted(latest)]
+        logged = [p.seconds for points in curves.values() for p in points]
+        if run.info.end_time:
+            seconds = (run.info.end_time - start) / 1000
+        else:  # still running (or killed without an end time): up to its last report
+            seconds = max(logged, default=math.nan)
+        arm = tuple(params.get(key, "-") for key in keys)
+        trials.append(TrialCurves(trial, arm, params.get(SEED_KEY, "-"), seconds, curves))
+    return trials
+
+
+def write_study_report(
+    directory: str, tracking_uri: str, parent_run_id: str, keys: Sequence[str], intro: str
+) -> tuple[str, str]:
+    """Write ``study.md`` and ``study_curves.png`` to ``directory`` (a path or URI) and to the parent run;
+    ``keys``: the swept config keys (the seed is left out of the arms). Returns both URIs."""
+    from mlflow.tracking import MlflowClient
+
+    arm_keys = [key for key in keys if key != SEED_KEY]
+    trials = collect_trials(tracking_uri, parent_run_id, arm_keys)
+    text = markdown_report(summarize(trials), arm_keys, intro)
+    image = plot_curves(trials, arm_keys)
+    report_uri, curves_uri = storage.join(directory, REPORT_FILE), storage.join(directory, CURVES_FILE)
+    storage.write_bytes(report_uri, text.encode())
+    storage.write_bytes(curves_uri, image)
+    client = MlflowClient(tracking_uri)
+    client.log_text(parent_run_id, text, REPORT_FILE)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / CURVES_FILE
+        path.write_bytes(image)
+        client.log_artifact(parent_run_id, str(path))
+    return report_uri, curves_uri
