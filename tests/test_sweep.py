@@ -253,6 +253,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
         assert float(row["best_fid"]) == pytest.approx(best_fids[row["trial"]], rel=1e-12)
         assert (row["status"], row["steps"]) in (("finished", "4"), ("stopped", "2"))
     assert {a.path for a in client.list_artifacts(parent)} >= {"results.csv", "best_config.yaml", "space.yaml"}
+    # the study report of a sweep without seeds: one arm per trial, one seed each
+    rows = [line for line in (sweeps / "ablation" / REPORT_FILE).read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2 and all(row.split(" | ")[2] == "0" for row in rows[1:])
+    assert {a.path for a in client.list_artifacts(parent)} >= {REPORT_FILE, CURVES_FILE}
 
     # the best trial's config: its values on the base config (not the sweep's short schedule)
     best_file = sweeps / "ablation" / "best_config.yaml"
@@ -264,11 +268,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     # train's own checks accept it with the sweep's data (--dry-run: every check, no training)
     assert train_main(["--config", str(best_file), "--data", str(data), "--max-steps", "2", "--storage",
                        str(tmp_path / "runs"), "--mlflow-uri", tracking, "--dry-run"]) == 0  # fmt: skip
-
-    # the study report of a sweep without seeds: one arm per trial, one seed each
-    rows = [line for line in (sweeps / "ablation" / REPORT_FILE).read_text().splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 2 and all(row.split(" | ")[2] == "0" for row in rows[1:])
-    assert {a.path for a in client.list_artifacts(parent)} >= {REPORT_FILE, CURVES_FILE}
 
 
 def fashion_mnist_images(count: int) -> np.ndarray:

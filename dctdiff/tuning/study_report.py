@@ -4,7 +4,8 @@ An arm is one combination of the swept values other than ``cadence.seed``; its t
 From the sweep's MLflow child runs (params and metric histories) the report writes ``study.md`` (one
 table row per arm: values, seeds, steps, final FID and KID, best FID and wall-clock per run, each as
 mean ± standard deviation over seeds) and ``study_curves.png`` (FID and KID against step and against
-wall-clock seconds since the run started: one colour per arm, a thin line per seed, a thick mean).
+wall-clock seconds since the run started: one colour per arm, a thin line per seed, a thick mean);
+docs/ARCHITECTURE.md, "Sweeps".
 """
 
 from __future__ import annotations
