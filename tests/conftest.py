@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import pytest
 
 from dctdiff.infra.ray_cluster import keep_ray_on_loopback
@@ -20,6 +24,33 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+RAY_SHUTDOWN_DEADLINE_S = 120
+_hard_exit: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop the shared Ray here, with a deadline: ``ray.shutdown`` can wait forever joining its log
+    listener thread (seen on a loaded 2-core machine, after all tests had passed), and Ray's atexit hook
+    would then hang the run after its results. Past the deadline the process exits at unconfigure."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    stopper = threading.Thread(target=ray.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(RAY_SHUTDOWN_DEADLINE_S)
+    if stopper.is_alive():
+        _hard_exit["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config) -> None:
+    """Exit with the session's status when Ray's shutdown did not return (see pytest_sessionfinish)."""
+    if "status" in _hard_exit:
+        sys.stderr.write(f"ray.shutdown did not return within {RAY_SHUTDOWN_DEADLINE_S} s; exiting\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_hard_exit["status"])
 
 
 def _shared_ray():
