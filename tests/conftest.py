@@ -26,6 +26,31 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
+_forks_under_ray: list[str] = []
+
+
+def _note_a_fork_under_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        _forks_under_ray.append(os.environ.get("PYTEST_CURRENT_TEST", "?"))
+
+
+# A fork of a process that runs a Ray driver (multiprocessing's default "fork" context, e.g. a bare
+# mp.Manager()) can leave the parent's GCS client waiting forever: after a training run, the next
+# ray.cluster_resources() never returned, and SIGALRM (pytest-timeout) cannot interrupt that wait.
+os.register_at_fork(before=_note_a_fork_under_ray)
+
+
+@pytest.fixture(autouse=True)
+def no_fork_under_ray():
+    """Fail a test that forked this process while Ray was running: use a "spawn" context instead."""
+    yield
+    if _forks_under_ray:
+        where = _forks_under_ray[0]
+        _forks_under_ray.clear()
+        pytest.fail(f"forked the test process while Ray was running ({where}); use multiprocessing.get_context('spawn')")
+
+
 RAY_SHUTDOWN_DEADLINE_S = 120
 _hard_exit: dict[str, int] = {}
 

@@ -159,7 +159,7 @@ def test_the_end_of_training_check_finds_ranks_with_different_weights(tmp_path, 
     """Two gloo ranks with the same weights pass; one weight off by 1e-6 on one rank fails on both."""
     import torch.multiprocessing as mp
 
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # never fork the test process (conftest)
         results = manager.dict()
         mp.spawn(_ranks_agree_worker, args=(str(tmp_path / "store"), perturb, results), nprocs=2)
         outcome = dict(results)
@@ -255,7 +255,7 @@ def _window_worker(rank: int, store_path: str, results) -> None:
 def test_a_nan_on_one_rank_stops_both_ranks_at_the_same_step(tmp_path):
     import torch.multiprocessing as mp
 
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # never fork the test process (conftest)
         results = manager.dict()
         mp.spawn(_window_worker, args=(str(tmp_path / "store"), results), nprocs=2)
         outcome = dict(results)
