@@ -56,7 +56,7 @@ def test_ranks_gather_the_sample_features_in_seed_order(tmp_path):
     import torch.multiprocessing as mp
 
     world = 3
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # never fork the test process (conftest)
         results = manager.dict()
         mp.spawn(_gather_worker, args=(str(tmp_path / "store"), world, results), nprocs=world)
         outcome = dict(results)
