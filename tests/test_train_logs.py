@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.infra.logs import configure_logging
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
@@ -31,5 +33,25 @@ def test_tiny_training_output_has_no_ray_data_chatter_and_each_step_once(tmp_pat
     assert done.returncode == 0, output[-3000:]
     assert "SplitCoordinator" not in output, output
     assert "Reporting training result" not in output, output
+    assert "INFO mlflow" not in output, output  # its database set-up and system-metrics start/stop lines
     steps = re.findall(r"step (\d+)/4 loss", output)
     assert steps == ["1", "2", "3", "4"], output
+
+
+def test_mlflow_keeps_its_info_lines_unless_the_job_logs_at_debug(monkeypatch):
+    import mlflow  # noqa: F401 - configures its logger from MLFLOW_LOGGING_LEVEL at import
+
+    mlflow_logger = logging.getLogger("mlflow")
+    monkeypatch.setattr(mlflow_logger, "level", mlflow_logger.level)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "unset")
+    try:
+        for level, shown in [("INFO", logging.WARNING), ("DEBUG", logging.DEBUG)]:
+            monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
+            configure_logging(level)
+            assert os.environ["MLFLOW_LOGGING_LEVEL"] == logging.getLevelName(shown)
+            assert mlflow_logger.getEffectiveLevel() == shown
+        monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "ERROR")  # a value already set wins
+        configure_logging("INFO")
+        assert mlflow_logger.getEffectiveLevel() == logging.ERROR
+    finally:
+        configure_logging("INFO")

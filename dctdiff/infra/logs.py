@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -32,6 +33,16 @@ def configure_logging(level: str = "INFO") -> None:
         logger.addHandler(handler)
     logger.propagate = False
     quiet_ray_train()
+    quiet_mlflow(level.upper())
+
+
+def quiet_mlflow(level: str) -> None:
+    """MLflow's INFO lines (database set-up, system-metrics start and stop) are not a job's progress:
+    keep its warnings and errors unless the job logs at DEBUG. ``MLFLOW_LOGGING_LEVEL`` reaches an MLflow
+    imported later (and the Ray processes this one starts); a value already set wins."""
+    wanted = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if level == "DEBUG" else "WARNING")
+    if "mlflow" in sys.modules:  # already configured from the environment at import
+        logging.getLogger("mlflow").setLevel(wanted.upper())
 
 
 def show_progress(requested: bool = True) -> bool:
