@@ -43,7 +43,7 @@ def test_mlflow_keeps_its_info_lines_unless_the_job_logs_at_debug(monkeypatch):
 
     mlflow_logger = logging.getLogger("mlflow")
     monkeypatch.setattr(mlflow_logger, "level", mlflow_logger.level)
-    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "unset")
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "unset")  # records the variable's state for monkeypatch to restore
     try:
         for level, shown in [("INFO", logging.WARNING), ("DEBUG", logging.DEBUG)]:
             monkeypatch.delenv("MLFLOW_LOGGING_LEVEL")
