@@ -18,7 +18,7 @@ STUDY_FID_SAMPLES ?= 250
 STUDY_NFE ?= 25
 STUDY_ARGS ?=
 
-.PHONY: demo docs-images test test-all bench venv clean study fashion-mnist
+.PHONY: demo docs-images docs-study-images test test-all bench venv clean study fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: venv
 # the README's pictures (docs/*.png, each under 150 KB) from a finished `make demo`
 docs-images: venv
 	$(PY) -m dctdiff.commands.docs_images --demo outputs/demo --output docs
+
+# docs/study_curves.png from the newest `make study` of $(STUDY)
+docs-study-images: venv
+	$(PY) -m dctdiff.commands.docs_images --study "$(lastword $(sort $(wildcard $(STUDY_DIR)/sweeps/$(STUDY)-*)))" --output docs
 
 fashion-mnist:
 	@test -d $(FASHION_MNIST) || { echo "make study needs Fashion-MNIST in $(FASHION_MNIST): apt-get install dataset-fashion-mnist" >&2; exit 1; }

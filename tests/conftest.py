@@ -101,3 +101,12 @@ def ray_session():
 def ray_module():
     """The shared local Ray, for module-scoped fixtures."""
     return _shared_ray()
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory):
+    """The small training runs several modules check (tests/small_runs.py), trained once per session."""
+    from tests.small_runs import train_small_runs
+
+    _shared_ray()
+    return train_small_runs(tmp_path_factory.mktemp("small-runs"))

@@ -136,6 +136,14 @@ def test_docs_images_writes_small_pngs_with_a_labelled_codec_grid(tmp_path, no_r
     assert {r.block_size for r in rows} == {2, 4} and [r.keep for r in rows if r.block_size == 4] == [1, 2, 4, 8, 16]
 
 
+def test_docs_images_of_a_study_writes_only_its_curves(tmp_path, no_ray):
+    (tmp_path / "sweep").mkdir()
+    Image.new("RGB", (2400, 900), "white").save(tmp_path / "sweep" / "study_curves.png")
+    assert docs_images.main(["--study", str(tmp_path / "sweep"), "--output", str(tmp_path / "docs"), "-q"]) == 0
+    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["study_curves.png"]
+    assert Image.open(tmp_path / "docs" / "study_curves.png").size == (1000, 375)
+
+
 def test_docs_images_without_a_demo_says_to_run_it(tmp_path, capsys):
     assert docs_images.main(["--demo", str(tmp_path / "none"), "--output", str(tmp_path / "docs")]) == 2
     assert "run `make demo`" in one_error_line(capsys)

@@ -16,18 +16,11 @@ from mlflow.tracking import MlflowClient
 
 
 from dctdiff.core.generation import generate_images
-from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.training.config import build_config
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
 from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
-from tests.prepared import write_prepared
 
 ENTROPY = {"Y": [1.0, 0.8, 0.6, 0.4], "Cb": [1.0, 0.5, 0.5, 0.2], "Cr": [1.0, 0.5, 0.5, 0.2]}
-SMALL = [
-    "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2",
-    "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=3", "--set", "cadence.sample_every=3",
-    "--set", "cadence.sample_count=4", "--set", "cadence.sample_nfe=3", "--set", "cadence.fid_every=0",
-]  # fmt: skip
 
 
 def tiny_trainer() -> Trainer:
@@ -94,19 +87,15 @@ def shard_digest(data: Path) -> str:
 
 
 @pytest.mark.slow
-def test_training_run_is_complete_in_mlflow(ray_module, tmp_path, monkeypatch):
+def test_training_run_is_complete_in_mlflow(small_runs, tmp_path):
+    """The `dctdiff train` run of tests/small_runs.py (6 steps, grids at 3 and 6), read back from its store."""
     import mlflow
 
-    from dctdiff.commands.train_command import main
     from dctdiff.training.trainer import load_ema_model
 
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-    data = write_prepared(tmp_path / "data", photo_crops(32, 32, seed=0))
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--data", str(data), *SMALL, "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri, "--name", "full"]
-    assert main([*args, "--max-steps", "6"]) == 0
+    data, uri = Path(small_runs.path("data-path")), small_runs.mlflow_uri
     client = MlflowClient(uri)
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "attributes.run_name = 'full'")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "attributes.run_name = 'straight'")
     tags, params = run.data.tags, run.data.params
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     assert tags["mlflow.source.git.commit"] == commit
@@ -131,7 +120,7 @@ def test_training_run_is_complete_in_mlflow(ray_module, tmp_path, monkeypatch):
     # step-indexed sample grids
     assert image_steps([a.path for a in client.list_artifacts(run.info.run_id, "images")]) == [3, 6]
     # the final EMA model loads and generates the checkpoint's EMA images
-    checkpoint = max(p for p in (tmp_path / "runs" / "full").glob("checkpoint_*") if p.is_dir())  # the newest: step 6
+    checkpoint = max(p for p in (small_runs.runs / "straight").glob("checkpoint_*") if p.is_dir())  # the newest: step 6
     ema, config, _ = load_ema_model(str(checkpoint))
     assert int(params["model.parameters"]) == sum(p.numel() for p in ema.parameters())
     mlflow.set_tracking_uri(uri)  # as a user loading the model from this store does

@@ -11,31 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.infra.logs import configure_logging
-from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_training_output_has_no_ray_data_chatter_and_each_step_once(tmp_path):
-    data = write_prepared(tmp_path / "data", photo_crops(32, 32, seed=0))
-    command = [
-        sys.executable, "-m", "dctdiff", "train", "--data", str(data), "--storage", str(tmp_path / "runs"),
-        "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--name", "logs", "--max-steps", "4",
-        "--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "cadence.log_every=1",
-        "--set", "cadence.sample_every=0", "--set", "cadence.fid_every=0", "--set", "cadence.checkpoint_every=2",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    env.pop("RAY_ADDRESS", None)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+def test_tiny_training_output_has_no_ray_data_chatter_and_each_step_once(small_runs):
+    """The console output of the `dctdiff train` process of tests/small_runs.py (6 steps)."""
+    output = small_runs.straight_output
     assert "SplitCoordinator" not in output, output
+    assert "logging_progress" not in output, output
     assert "Reporting training result" not in output, output
     assert "INFO mlflow" not in output, output  # its database set-up and system-metrics start/stop lines
-    steps = re.findall(r"step (\d+)/4 loss", output)
-    assert steps == ["1", "2", "3", "4"], output
+    steps = re.findall(r"step (\d+)/6 loss", output)
+    assert steps == ["1", "2", "3", "4", "5", "6"], output
 
 
 def test_mlflow_keeps_its_info_lines_unless_the_job_logs_at_debug(monkeypatch):
@@ -55,3 +44,20 @@ def test_mlflow_keeps_its_info_lines_unless_the_job_logs_at_debug(monkeypatch):
         assert mlflow_logger.getEffectiveLevel() == logging.ERROR
     finally:
         configure_logging("INFO")
+
+
+def test_ray_data_imported_before_the_job_set_its_logging_still_keeps_info_off_the_console():
+    """The sweep job imports ray.tune (and so ray.data) before it starts Ray: before the fix its driver
+    printed Ray Data's `logging_progress` lines every few seconds while the FID reference was computed."""
+    probe = (
+        "import logging, ray.tune, ray.data\n"
+        "from dctdiff.infra.ray_cluster import quiet_ray_data\n"
+        "quiet_ray_data()\n"
+        "console = [h for h in logging.getLogger('ray.data').handlers if 'File' not in type(h).__name__]\n"
+        "print(sorted(logging.getLevelName(h.level) for h in console))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DATA_LOGGING_CONFIG"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['WARNING']", done.stdout

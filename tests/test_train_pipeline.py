@@ -49,22 +49,16 @@ def run_id_of(client: MlflowClient, name: str) -> str:
     return run.info.run_id
 
 
-def test_train_logs_to_mlflow_and_resumes_exactly_past_a_corrupt_newest_checkpoint(ray_module, data, places, capsys):
+def test_train_logs_to_mlflow_and_resumes_exactly_past_a_corrupt_newest_checkpoint(small_runs):
     """A straight 6-step run, and a 4-step run whose newest checkpoint (step 4) is then truncated: its
     --resume warns, goes back to the intact step-2 checkpoint (no retry, no failed worker) and repeats
-    the straight run's losses exactly."""
-    where, client, runs = places
-    assert main(["--data", str(data), *SMALL, *where, "--name", "straight", "--max-steps", "6"]) == 0
-    assert main(["--data", str(data), *SMALL, *where, "--name", "split", "--max-steps", "4"]) == 0
-    older, newest = sorted(p for p in (runs / "split").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
-    model = newest / "model.safetensors"
-    model.write_bytes(model.read_bytes()[:100])
-    capsys.readouterr()
-    assert main(["--data", str(data), *SMALL, *where, "--name", "split", "--max-steps", "6", "--resume"]) == 0
-    err = capsys.readouterr().err
-    assert f"{newest}: model.safetensors is truncated" in err and f"newest intact checkpoint {older}" in err
+    the straight run's losses exactly (tests/small_runs.py trains them)."""
+    err = small_runs.resume_output
+    assert f"{small_runs.truncated}: model.safetensors is truncated" in err
+    assert f"newest intact checkpoint {small_runs.intact}" in err
     assert "WorkerGroupError" not in err and "SafetensorError" not in err  # not retried: no worker ever failed
 
+    client = MlflowClient(small_runs.mlflow_uri)
     straight = run_id_of(client, "straight")
     run = client.get_run(straight)
     assert run.info.status == "FINISHED"
@@ -76,7 +70,7 @@ def test_train_logs_to_mlflow_and_resumes_exactly_past_a_corrupt_newest_checkpoi
     artifacts = {a.path for a in client.list_artifacts(straight)}
     assert {"config.yaml", "stats.json", "images"} <= artifacts  # images: the step-indexed sample grids
     # keep_checkpoints=2: steps 4 and 6 remain
-    checkpoints = sorted(p for p in (runs / "straight").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    checkpoints = sorted(p for p in (small_runs.runs / "straight").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
     assert len(checkpoints) == 2
     assert (checkpoints[-1] / "ema.safetensors").exists() and '"step": 6' in (checkpoints[-1] / "state.json").read_text()
 

@@ -17,43 +17,15 @@ from dctdiff.data import shards
 from dctdiff.core.codec import DCTCodec
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.commands.evaluate_command import main as evaluate_main
-from dctdiff.commands.prepare_command import main as prepare_main
 from dctdiff.commands.sample_command import main as sample_main
-from dctdiff.commands.train_command import main as train_main
+from tests.small_runs import IMAGES, STEPS
 
 pytestmark = pytest.mark.slow
 
-IMAGES = 16
-TINY = ["--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2", "--set", "optim.lr=1e-3",
-        "--set", "optim.batch_size=8", "--set", "cadence.log_every=1", "--set", "cadence.checkpoint_every=2",
-        "--set", "cadence.sample_every=0"]  # fmt: skip
-
-
-class Places:
-    """One folder, addressed both as file:// URIs and as plain paths."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.mlflow = f"sqlite:///{root}/mlflow.db"
-
-    def uri(self, relative: str) -> str:
-        return (self.root / relative).as_uri()
-
-    def path(self, relative: str) -> str:
-        return str(self.root / relative)
-
-
 @pytest.fixture(scope="module")
-def places(ray_module, tmp_path_factory) -> Places:
-    """prepare (to a URI and to a path) and train (URIs only), once for the module."""
-    at = Places(tmp_path_factory.mktemp("uris"))
-    photos = ["--source", "photos", "--limit", str(IMAGES), "--preset", "demo", "--no-progress"]
-    assert prepare_main([*photos, "--output", at.uri("data")]) == 0
-    assert prepare_main([*photos, "--output", at.path("data-path")]) == 0
-    train = ["--data", at.uri("data"), *TINY, "--storage", at.uri("runs"), "--name", "r", "--mlflow-uri", at.mlflow]
-    assert train_main([*train, "--max-steps", "2"]) == 0
-    assert train_main([*train, "--max-steps", "3", "--resume"]) == 0
-    return at
+def places(small_runs):
+    """Prepared to a URI and to a path, trained (URIs only) and resumed: the ``split`` run of tests/small_runs.py."""
+    return small_runs
 
 
 def test_prepare_through_a_uri_writes_the_dataset_a_path_does(places):
@@ -69,19 +41,19 @@ def test_prepare_through_a_uri_writes_the_dataset_a_path_does(places):
 
 
 def test_train_checkpoints_and_resumes_under_a_uri(places):
-    run = Path(places.path("runs")) / "r"
+    run = places.runs / "split"
     record = json.loads((run / "dctdiff_run.json").read_text())
-    steps = sorted(json.loads((c / "state.json").read_text())["step"] for c in run.glob("checkpoint_*") if c.is_dir())
-    assert steps == [2, 3]
-    client = MlflowClient(places.mlflow)
+    newest = max(c for c in run.glob("checkpoint_*") if c.is_dir())
+    assert json.loads((newest / "state.json").read_text())["step"] == STEPS
+    client = MlflowClient(places.mlflow_uri)
     mlflow_run = client.get_run(record["mlflow_run_id"])  # one run across the resume
     assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["data.rows"] == str(IMAGES)
-    assert sorted(m.step for m in client.get_metric_history(record["mlflow_run_id"], "loss")) == [1, 2, 3]
+    assert sorted(set(m.step for m in client.get_metric_history(record["mlflow_run_id"], "loss"))) == [1, 2, 3, 4, 5, 6]
     assert list(places.root.rglob(".*.tmp")) == []  # no temporary left by storage.atomic_path
 
 
 def test_sample_writes_the_same_images_to_a_uri_as_to_a_path(places):
-    checkpoint = str(Path(places.path("runs")) / "r")
+    checkpoint = str(places.runs / "split")
     common = ["--checkpoint", checkpoint, "--num", "3", "--nfe", "2", "--batch-size", "3"]
     assert sample_main([*common, "--output", places.uri("samples")]) == 0
     assert sample_main([*common, "--output", places.path("samples-path")]) == 0
@@ -94,14 +66,14 @@ def test_sample_writes_the_same_images_to_a_uri_as_to_a_path(places):
 
 
 def test_sample_reads_a_checkpoint_uri(places):
-    assert sample_main(["--checkpoint", places.uri("runs/r"), "--num", "1", "--nfe", "2", "--output",
+    assert sample_main(["--checkpoint", places.uri("runs/split"), "--num", "1", "--nfe", "2", "--output",
                         places.path("samples-from-uri")]) == 0  # fmt: skip
 
 
 def test_evaluate_reads_image_sets_through_uris(places):
     """The URI and the path name identical datasets (checked above), so their FID is 0."""
-    assert evaluate_main(["fid", places.uri("data"), places.path("data-path"), "--mlflow-uri", places.mlflow,
+    assert evaluate_main(["fid", places.uri("data"), places.path("data-path"), "--mlflow-uri", places.mlflow_uri,
                           "--experiment", "uris", "--limit", "4", "--actors", "1"]) == 0  # fmt: skip
-    client = MlflowClient(places.mlflow)
+    client = MlflowClient(places.mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("uris").experiment_id])
     assert run.data.metrics["fid"] == pytest.approx(0.0, abs=1e-3)

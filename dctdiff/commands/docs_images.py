@@ -1,11 +1,13 @@
-"""`make docs-images`: the pictures the README shows, as small PNGs in docs/, from a finished demo.
+"""`make docs-images`: the pictures the README shows, as small PNGs in docs/, from a finished demo
+(and `make docs-study-images` from a finished `make study`).
 
     python -m dctdiff.commands.docs_images --demo outputs/demo --output docs
+    python -m dctdiff.commands.docs_images --study outputs/study/sweeps/dct_vs_pixel-demo-... --output docs
 
-Writes samples.png (the demo's first 64 samples, from DEMO/samples/images.npz), codec_grid.png (photo
+From the demo: samples.png (its first 64 samples, from DEMO/samples/images.npz), codec_grid.png (photo
 crops round-tripped with B = 2 and B = 4, one labelled row per block size and keep) and reconstruction.png
-(DEMO/reconstruction/reconstruction.png, downscaled). Each PNG is palette-compressed to at most
---max-kb kilobytes. Run `make demo` first.
+(DEMO/reconstruction/reconstruction.png, downscaled). From a study's sweep folder: study_curves.png
+(STUDY/study_curves.png, downscaled). Each PNG is palette-compressed to at most --max-kb kilobytes.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ def codec_picture() -> Image.Image:
     return Image.fromarray(codec_grid(originals, round_trips(originals, tuple(DOC_KEEPS), DOC_KEEPS)))
 
 
-def reconstruction_picture(png: Path, width: int = 800) -> Image.Image:
-    """The demo's reconstruction plot, at most ``width`` pixels wide."""
+def plot_picture(png: Path, width: int = 800) -> Image.Image:
+    """A plot (the demo's reconstruction plot, a study's curves), at most ``width`` pixels wide."""
     with Image.open(png) as plot:
         if plot.width <= width:
             return plot.convert("RGB")
@@ -75,26 +77,34 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m dctdiff.commands.docs_images", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("--demo", type=Path, default=Path("outputs/demo"), help="a finished `dctdiff demo` output")
+    parser.add_argument("--demo", type=Path, help="a finished `dctdiff demo` output (default: outputs/demo)")
+    parser.add_argument("--study", type=Path, help="a finished study's sweep folder (its study_curves.png)")
     parser.add_argument("--output", type=Path, default=Path("docs"), help="folder for the PNGs")
     parser.add_argument("--max-kb", type=flags.positive_int, default=150, help="largest PNG size in kilobytes")
     flags.add_logging_flags(parser)
     args = parser.parse_args(argv)
     configure_logging(flags.log_level(args))
-    inputs = {"samples": args.demo / "samples" / "images.npz", "plot": args.demo / "reconstruction" / "reconstruction.png"}
+    demo = args.demo or (None if args.study else Path("outputs/demo"))
+    inputs = {}
+    if demo is not None:
+        inputs.update(samples=demo / "samples" / "images.npz", plot=demo / "reconstruction" / "reconstruction.png")
+    if args.study is not None:
+        inputs["curves"] = args.study / "study_curves.png"
     missing = [str(path) for path in inputs.values() if not path.is_file()]
     try:
         if missing:
-            raise ValueError(f"{', '.join(missing)} missing; run `make demo` (or give --demo) first")
+            raise ValueError(f"{', '.join(missing)} missing; run `make demo` / `make study` (or give --demo / --study) first")
         storage.check_writable(str(args.output))
     except ValueError as error:
         return flags.report_error(str(error))
     budget = args.max_kb * 1000
-    write_png(samples_picture(inputs["samples"]), args.output / "samples.png", budget)
-    write_png(codec_picture(), args.output / "codec_grid.png", budget)
-    write_png(reconstruction_picture(inputs["plot"]), args.output / "reconstruction.png", budget)
+    if demo is not None:
+        write_png(samples_picture(inputs["samples"]), args.output / "samples.png", budget)
+        write_png(codec_picture(), args.output / "codec_grid.png", budget)
+        write_png(plot_picture(inputs["plot"]), args.output / "reconstruction.png", budget)
+    if args.study is not None:
+        write_png(plot_picture(inputs["curves"], width=1000), args.output / "study_curves.png", budget)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

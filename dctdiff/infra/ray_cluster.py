@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +22,18 @@ def keep_ray_on_loopback() -> None:
 
 def quiet_ray_data() -> None:
     """Ray Data logs to Ray's log folder, and to the console only from WARNING up (ray_data_logging.yaml);
-    the driver's environment reaches the local Ray's workers. A RAY_DATA_LOGGING_CONFIG already set wins."""
-    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
+    the driver's environment reaches the local Ray's workers. A RAY_DATA_LOGGING_CONFIG already set wins.
+
+    Ray Data reads the variable when it is imported; a job that imported it earlier (``ray.tune`` does,
+    in the sweep job) gets the configuration applied again here, or its driver prints Ray Data's
+    progress lines every few seconds."""
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ:
+        return
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(Path(__file__).with_name("ray_data_logging.yaml"))
+    if "ray.data" in sys.modules:
+        from ray.data._internal.logging import configure_logging  # Ray 2.60: no public way to re-read it
+
+        configure_logging()
 
 
 def free_loopback_port() -> int:
