@@ -8,6 +8,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -278,7 +279,7 @@ def test_training_run_arrives_in_postgresql_and_the_artifact_store(postgres, mlf
 
 
 @pytest.mark.slow
-def test_sweep_logs_a_parent_and_its_trials_to_the_server(mlflow_server, ray_session, data, tmp_path):
+def test_sweep_logs_a_parent_and_its_trials_to_the_server(mlflow_server, ray_session, data, tmp_path, capfd):
     """A one-trial grid sweep (tune/sweep.py): the parent run with the result table, the trial as its child."""
     mlflow_server.wait_ready()
     space = tmp_path / "space.yaml"
@@ -287,7 +288,11 @@ def test_sweep_logs_a_parent_and_its_trials_to_the_server(mlflow_server, ray_ses
             "--set", "optim.warmup_steps=2", "--max-steps", "2", "--report-every", "2", "--fid-samples", "4",
             "--nfe", "2", "--scheduler", "grid", "--storage", str(tmp_path / "sweeps"), "--name", "team-sweep",
             "--mlflow-uri", mlflow_server.url, "--experiment", "team-sweeps"]  # fmt: skip
+    capfd.readouterr()
     assert sweep_main(argv) == 0
+    out, err = capfd.readouterr()
+    assert "Trial status" not in out + err  # Tune's status tables: one start and one end line per trial instead
+    assert re.search(r"trial \w+ \(snr_scale=2\) ended at step 2: FID [\d.]+", err), err[-3000:]
 
     runs = mlflow_server.runs("team-sweeps")
     tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]

@@ -23,14 +23,13 @@ from PIL import Image
 
 from dctdiff.commands import options as flags
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.evaluation.codec_grid import all_keeps, codec_grid, round_trips
+from dctdiff.evaluation.codec_grid import SHOWN_KEEPS, codec_grid, round_trips
 from dctdiff.evaluation.image_grid import enlarged, sample_grid
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 
 log = logging.getLogger("dctdiff.docs_images")  # also when run as __main__
 
-DOC_KEEPS = {2: all_keeps(2), 4: (1, 2, 4, 8, 16)}  # rows of the docs' codec grid
 SHRINK = 0.8  # each retry of a PNG over budget is this much smaller
 
 
@@ -58,9 +57,9 @@ def samples_picture(npz: Path) -> Image.Image:
 
 
 def codec_picture() -> Image.Image:
-    """Four photo crops round-tripped with B = 2 and B = 4 (rows of DOC_KEEPS), labelled."""
+    """Four photo crops round-tripped with B = 2 and B = 4 (rows of SHOWN_KEEPS), labelled."""
     originals = photo_crops(4, 64, seed=0)
-    return Image.fromarray(codec_grid(originals, round_trips(originals, tuple(DOC_KEEPS), DOC_KEEPS)))
+    return Image.fromarray(codec_grid(originals, round_trips(originals, tuple(SHOWN_KEEPS), SHOWN_KEEPS)))
 
 
 def plot_picture(png: Path, width: int = 800) -> Image.Image:

@@ -29,6 +29,10 @@ def all_keeps(block_size: int) -> tuple[int, ...]:
     return tuple(range(1, block_size * block_size + 1))
 
 
+# The rows the demo prints and the README's grid shows: every keep of B = 2, powers of two for B = 4
+SHOWN_KEEPS = {2: all_keeps(2), 4: (1, 2, 4, 8, 16)}
+
+
 def round_trips(
     originals: np.ndarray, block_sizes: tuple[int, ...], keeps: dict[int, tuple[int, ...]] | None = None
 ) -> list[CodecRow]:

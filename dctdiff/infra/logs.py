@@ -37,10 +37,14 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def quiet_mlflow(level: str) -> None:
-    """MLflow's INFO lines (database set-up, system-metrics start and stop) are not a job's progress:
-    keep its warnings and errors unless the job logs at DEBUG. ``MLFLOW_LOGGING_LEVEL`` reaches an MLflow
-    imported later (and the Ray processes this one starts); a value already set wins."""
-    wanted = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if level == "DEBUG" else "WARNING")
+    """MLflow's INFO lines (database set-up, system-metrics start and stop) and its artifact progress bars
+    (a "Downloading artifacts" bar each time a model is logged) are not a job's progress: keep its warnings
+    and errors unless the job logs at DEBUG. ``MLFLOW_LOGGING_LEVEL`` and
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` reach an MLflow imported later (and the Ray processes this one
+    starts); values already set win."""
+    debug = level == "DEBUG"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if debug else "false")
+    wanted = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if debug else "WARNING")
     if "mlflow" in sys.modules:  # already configured from the environment at import
         logging.getLogger("mlflow").setLevel(wanted.upper())
 
@@ -51,12 +55,20 @@ def show_progress(requested: bool = True) -> bool:
     return requested and logging.getLogger("dctdiff").isEnabledFor(logging.INFO)
 
 
+# Ray Train V2 loggers that log routine events at INFO on every worker: "Checkpoint successfully created
+# at ..." for each checkpoint, "Moving model to device: cpu" once
+RAY_TRAIN_ROUTINE_LOGGERS = ("ray.train.v2._internal.execution.storage", "ray.train.v2.torch.train_loop_utils")
+
+
 def quiet_ray_train() -> None:
-    """Ray Train V2 logs each ``ray.train.report`` at INFO ("Reporting training result ..."), under a logger
-    named after its file; keep only its warnings (in a process that runs Ray Train)."""
+    """Keep only the warnings of Ray Train's routine INFO lines (in a process that runs Ray Train): each
+    ``ray.train.report`` ("Reporting training result ...", under a logger named after its file), each
+    checkpoint and the model's device."""
     module = sys.modules.get("ray.train.v2._internal.execution.context")
     if module is not None:
         logging.getLogger(module.__file__).setLevel(logging.WARNING)
+    for name in RAY_TRAIN_ROUTINE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class DropProgressBarNotice(logging.Filter):

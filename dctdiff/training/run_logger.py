@@ -6,6 +6,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -18,6 +19,8 @@ from dctdiff.training.trainer import Trainer
 
 MODEL_NAME = "model"  # the run's MLflow model: runs:/RUN_ID/model
 GRID_MIN_PX = 256  # sample grids are enlarged to at least this width, to be readable in the MLflow UI
+# MLflow 3's advice when a pyfunc model is logged (its messages start with a terminal colour code)
+HARMLESS_MODEL_WARNINGS = (".*Add type hints to the `predict` method", ".*An input example was not provided")
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,16 @@ class RankZeroLogger:
             config.write_text(json.dumps({"config": trainer.config.resolved(eta, colour).to_dict(), "eta": eta}))
             experiment_id = self.client.get_run(self.run_id).info.experiment_id  # MLflow would use its default
             model = self.client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=self.run_id)
-            mlflow.models.Model.log(
-                name=MODEL_NAME, artifact_path=None, flavor=mlflow.pyfunc, run_id=self.run_id, model_id=model.model_id,
-                python_model=find_spec("dctdiff.evaluation.mlflow_model").origin,
-                artifacts={"weights": str(weights), "config": str(config)},
-                signature=model_signature(trainer), pip_requirements=model_requirements(), step=trainer.step,
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                # MLflow asks for type hints or an input example to infer a signature: the signature is given
+                for advice in HARMLESS_MODEL_WARNINGS:
+                    warnings.filterwarnings("ignore", message=advice, category=UserWarning)
+                mlflow.models.Model.log(
+                    name=MODEL_NAME, artifact_path=None, flavor=mlflow.pyfunc, run_id=self.run_id,
+                    model_id=model.model_id, python_model=find_spec("dctdiff.evaluation.mlflow_model").origin,
+                    artifacts={"weights": str(weights), "config": str(config)},
+                    signature=model_signature(trainer), pip_requirements=model_requirements(), step=trainer.step,
+                )  # fmt: skip
 
 
 def enlarge(image: np.ndarray, min_px: int) -> np.ndarray:
