@@ -169,13 +169,14 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
 def report_failure(error: NonFiniteLossError, step: int, rank: int, failure_file: str | None) -> None:
     """End this worker's loop after a deterministic failure without raising, so that Ray Train does not
     retry it (a retry would meet the same NaN): rank 0 records it for the driver to raise
-    (``raise_recorded_failure``); every rank reports (a collective) without a checkpoint, so the last
-    good checkpoint stays the newest."""
+    (``raise_recorded_failure``), so that the job prints it once; every rank reports (a collective)
+    without a checkpoint, so the last good checkpoint stays the newest."""
     import ray.train
 
-    log.error("%s", error)
     if rank == 0 and failure_file is not None:
         record_failure(failure_file, error)
+    elif rank == 0:
+        log.error("%s", error)
     ray.train.report({"step": step, "failed_step": error.step})
 
 
