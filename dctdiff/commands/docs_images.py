@@ -105,5 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         write_png(plot_picture(inputs["curves"], width=1000), args.output / "study_curves.png", budget)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

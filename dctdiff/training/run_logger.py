@@ -22,7 +22,7 @@ GRID_MIN_PX = 256  # sample grids are enlarged to at least this width, to be rea
 # MLflow 3's advice when a pyfunc model is logged without an input example (its message starts with a
 # terminal colour code). Its other advice, "Add type hints to the `predict` method", is raised under
 # MLflow's own warnings.simplefilter("once") and cannot be filtered from here (README, "Troubleshooting").
-HARMLESS_MODEL_WARNINGS = (".*An input example was not provided",)
+INPUT_EXAMPLE_ADVICE = ".*An input example was not provided"
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class RankZeroLogger:
             model = self.client.create_logged_model(experiment_id, MODEL_NAME, source_run_id=self.run_id)
             with warnings.catch_warnings():
                 # MLflow asks for an input example to infer a signature: the signature is given
-                for advice in HARMLESS_MODEL_WARNINGS:
-                    warnings.filterwarnings("ignore", message=advice, category=UserWarning)
+                warnings.filterwarnings("ignore", message=INPUT_EXAMPLE_ADVICE, category=UserWarning)
                 mlflow.models.Model.log(
                     name=MODEL_NAME, artifact_path=None, flavor=mlflow.pyfunc, run_id=self.run_id,
                     model_id=model.model_id, python_model=find_spec("dctdiff.evaluation.mlflow_model").origin,
