@@ -11,7 +11,7 @@ import torch
 from dctdiff.core.codec import DCTCodec
 from dctdiff.training.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.training.randomness import draw_step
+from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 
@@ -62,8 +62,9 @@ def test_per_sample_randomness_makes_the_batch_split_irrelevant(batches):
     """Gradient of the whole batch == mean of the two halves' gradients (what DDP computes)."""
     whole, halves = make_trainer(**{"optim.grad_clip": 0}), make_trainer(**{"optim.grad_clip": 0})
     batch = batches[0]
-    draws = draw_step(0, 5, batch.ids, tuple(batch.tokens.shape[1:]))
-    split = [draw_step(0, 5, batch.ids[:4], tuple(batch.tokens.shape[1:])), draw_step(0, 5, batch.ids[4:], tuple(batch.tokens.shape[1:]))]
+    shape = tuple(batch.tokens.shape[1:])
+    draws = draw_step(0, 5, batch.keys, shape)
+    split = [draw_step(0, 5, id_keys(batch.ids[:4]), shape), draw_step(0, 5, id_keys(batch.ids[4:]), shape)]
     torch.testing.assert_close(torch.cat([split[0].eps, split[1].eps]), draws.eps)
     torch.testing.assert_close(torch.cat([split[0].t, split[1].t]), draws.t)
 

@@ -21,7 +21,7 @@ from dctdiff.training.config import ConfigError, TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
-from dctdiff.training.step_metrics import FAILURE_FILE, clear_failure, raise_recorded_failure
+from dctdiff.training.failure_record import FAILURE_FILE, clear_failure, raise_recorded_failure
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 

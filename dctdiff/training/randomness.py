@@ -4,20 +4,21 @@ Every draw of a sample (t, flip, label drop, eps) is a pure function of (seed, s
 index): a run's losses do not depend on how the global batch is split over workers, and a resumed run
 repeats the uninterrupted run (the RNG "state" is just (seed, step)).
 
-The host hashes each sample's (seed, step, id) into a 64-bit key (blake2b, ~1 us per sample); the device
-expands keys into the SplitMix64 stream ``mix(key + (counter + 1) * GOLDEN)`` (Steele et al. 2014) with
-wrapping int64 arithmetic, and turns its outputs into uniforms (top 24 bits) and normals (Box-Muller, both
-branches). Version 2 of the stream: runs started before it (one ``torch.Generator`` per sample) do not
-resume bit-exactly across the change.
+Nothing is done per sample in Python. A sample id is hashed once per batch, vectorised (``id_keys``): its
+UTF-32 code points, two per 64-bit word, each word mixed with its position, summed, mixed again. A step
+salts these keys with (seed, step) and expands them into the SplitMix64 stream
+``mix(key + (counter + 1) * GOLDEN)`` (Steele et al. 2014) with wrapping int64 arithmetic; its outputs become
+uniforms (top 24 bits) and normals (Box-Muller, both branches). Version 3 of the stream: runs started before
+it (version 2 hashed every id with blake2b in a Python loop) do not resume bit-exactly across the change.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -43,10 +44,26 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(_shift_right(x, 31))
 
 
-def sample_key(seed: int, step: int, sample_id: str) -> int:
-    """The 64-bit key (as int64) of one training sample at one step."""
-    digest = hashlib.blake2b(f"{seed}:{step}:{sample_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+def id_keys(ids: Sequence[str] | np.ndarray) -> torch.Tensor:
+    """64-bit keys (int64 [n]) of the sample ids, independent of the batch they come in (no Python loop).
+
+    The ids' code points [n, w] (zero-padded to the longest id) are packed two per word [n, ceil(w/2)];
+    each non-zero word is mixed with its position and the mixes are summed: padding adds nothing.
+    """
+    points = np.asarray(ids).astype(str)  # '<U{w}': UTF-32 code points, zero-padded
+    width = points.dtype.itemsize // 4
+    codes = np.zeros((len(points), width + width % 2), dtype=np.uint32)  # [n, even w]
+    codes[:, :width] = points.view(np.uint32).reshape(len(points), width)
+    words = torch.from_numpy(codes.view(np.int64))  # [n, w/2]: low half the even, high half the odd point
+    positions = torch.arange(1, words.shape[1] + 1, dtype=torch.int64)
+    mixed = splitmix64(words + positions * _signed(GOLDEN))  # [n, w/2]
+    return splitmix64(torch.where(words != 0, mixed, 0).sum(dim=1))  # [n]
+
+
+def step_keys(keys: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """The keys [n] of the samples at (seed, step): the id keys salted with the seed, then the step."""
+    salted = splitmix64(keys + torch.full_like(keys, seed).mul_(_signed(GOLDEN)))
+    return splitmix64(salted + torch.full_like(keys, step + 1).mul_(_signed(MIX1)))
 
 
 def stream_bits(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
@@ -79,13 +96,12 @@ class StepDraws:
 
 
 def draw_step(
-    seed: int, step: int, ids: Sequence[str], token_shape: tuple[int, int], device: torch.device | str = "cpu"
+    seed: int, step: int, keys: torch.Tensor, token_shape: tuple[int, int], device: torch.device | str = "cpu"
 ) -> StepDraws:
-    """Counter-based draws (float32, on ``device``) for the samples ``ids`` at ``step``."""
-    keys = torch.tensor([sample_key(seed, step, i) for i in ids], dtype=torch.int64).to(device, non_blocking=True)
-    keys = keys[:, None]  # [n, 1]
+    """Counter-based draws (float32, on ``device``) at ``step`` for the samples whose ``id_keys`` are ``keys``."""
+    keys = step_keys(keys.to(device, non_blocking=True), seed, step)[:, None]  # [n, 1]
     scalars = uniform_24(stream_bits(keys, torch.arange(SCALAR_DRAWS, device=device)))  # [n, 3]
     elements = math.prod(token_shape)
     counters = torch.arange(SCALAR_DRAWS, SCALAR_DRAWS + (elements + 1) // 2, device=device)  # [ceil(LD/2)]
     eps = normal_pairs(stream_bits(keys, counters))[:, :elements]  # [n, L*D]
-    return StepDraws(scalars[:, 0], eps.reshape(len(ids), *token_shape), scalars[:, 1] < 0.5, scalars[:, 2])
+    return StepDraws(scalars[:, 0], eps.reshape(len(keys), *token_shape), scalars[:, 1] < 0.5, scalars[:, 2])

@@ -16,11 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dctdiff.infra import storage
-
-
-FAILURE_FILE = "non_finite_loss.json"  # in the run folder: rank 0's NonFiniteLossError, for the driver
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or inf at ``step``: deterministic (counter-based randomness), so never retried."""
@@ -34,24 +29,6 @@ class NonFiniteLossError(FloatingPointError):
         """The error for ``step`` whose global loss was ``value``, naming the non-finite samples ``ids``."""
         where = f" (samples {', '.join(ids)})" if ids else ""
         return cls(f"loss is {value} at step {step}{where}; stopping (the last good checkpoint is kept)", step)
-
-
-def record_failure(uri: str, error: NonFiniteLossError) -> None:
-    """Rank 0: leave the error for the driver (Ray Train's Result keeps only checkpointed metrics)."""
-    storage.write_json(uri, {"message": str(error), "step": error.step})
-
-
-def clear_failure(uri: str) -> None:
-    """The driver, before a run (or its resumption) starts: forget an earlier attempt's error."""
-    if storage.exists(uri):
-        storage.delete(uri)
-
-
-def raise_recorded_failure(uri: str) -> None:
-    """The driver, after the run: raise the NonFiniteLossError the workers stopped on, if any."""
-    if storage.exists(uri):
-        record = storage.read_json(uri)
-        raise NonFiniteLossError(record["message"], record["step"])
 
 
 @dataclass
@@ -108,7 +85,7 @@ class MetricWindow:
         """The error for window row ``row``, with the ids of its non-finite samples on all ranks."""
         result = self.results[row]
         finite = torch.isfinite(result.per_sample).cpu().tolist()
-        ids = [i for i, ok in zip(result.ids, finite, strict=True) if not ok]
+        ids = [str(i) for i, ok in zip(result.ids, finite, strict=True) if not ok]
         if world > 1:  # every rank is here at the same step: gather the ids the others saw
             import torch.distributed as dist
 

@@ -11,17 +11,17 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
 from dctdiff.core.token_layout import DEFAULT_COLOUR
-from dctdiff.training import checkpoints
 from dctdiff.training.config import TrainConfig
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
-from dctdiff.training.randomness import draw_step
+from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import StepResult
 
 def build_codec(config: TrainConfig, eta: float, colour: str | None = None) -> Codec:
@@ -66,11 +66,17 @@ def build_noise_schedule(config: TrainConfig) -> VPSchedule:
 @dataclass
 class Batch:
     """One worker's share of a global batch: clean tokens [n, L, D] (any float dtype, any device; the
-    trainer converts them on its device), labels [n] or None, ids."""
+    trainer converts them on its device), labels [n] or None, the sample ids [n] and their ``id_keys``
+    (computed here when not given; ``worker_loop.batch_from_rows`` computes them ahead, on the device)."""
 
     tokens: torch.Tensor
     labels: torch.Tensor | None
-    ids: Sequence[str]
+    ids: Sequence[str] | np.ndarray
+    keys: torch.Tensor | None = None  # int64 [n]
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = id_keys(self.ids)
 
 
 class Trainer:
@@ -131,7 +137,7 @@ class Trainer:
         n, chunks = len(batch.ids), config.optim.micro_batches
         if n % chunks:
             raise ValueError(f"the per-worker batch {n} must be divisible by optim.micro_batches = {chunks}")
-        draws = draw_step(config.cadence.seed, self.step, batch.ids, self.codec_token_shape, self.device)
+        draws = draw_step(config.cadence.seed, self.step, batch.keys, self.codec_token_shape, self.device)
         x0 = self._clean_tokens(batch.tokens, draws)  # [n, L, D] float32 on the device
         labels = self._labels(batch.labels, draws)
         self.optimizer.zero_grad(set_to_none=True)
@@ -160,7 +166,7 @@ class Trainer:
         losses = torch.cat(per_sample)  # [n]
         values = torch.cat([losses.mean()[None], grad_norm.detach().float()[None], torch.stack(bands).mean(0)])  # [K]
         names = ("loss", "grad_norm", *(f"band/{name}" for name in out.bands))
-        return StepResult(values, names, losses, list(batch.ids), self.step, self.lr_schedule.get_last_lr()[0])
+        return StepResult(values, names, losses, batch.ids, self.step, self.lr_schedule.get_last_lr()[0])
 
     @property
     def codec_token_shape(self) -> tuple[int, int]:
@@ -198,6 +204,8 @@ class Trainer:
     def save(self, directory: str, extra: dict[str, Any]) -> None:
         """Write the model, EMA, optimiser and state.json (with ``extra``: resolved config, stats, ...) as a
         self-verifying checkpoint (``checkpoints.write_checkpoint``)."""
+        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
+
         optimizer_state = self.optimizer.state_dict()
         tensors = {
             f"{index}.{name}": value
@@ -221,6 +229,8 @@ class Trainer:
 
         Raises CorruptCheckpointError for a partial or altered checkpoint.
         """
+        from dctdiff.training import checkpoints
+
         directory = str(directory)
         files = checkpoints.read_checkpoint_files(
             directory, [*(f"{name}.safetensors" for name in checkpoints.TENSOR_FILES), checkpoints.STATE]
@@ -248,6 +258,7 @@ def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple
 
     Raises CorruptCheckpointError if state.json or ema.safetensors does not match the manifest.
     """
+    from dctdiff.training import checkpoints
     from dctdiff.training.config import config_from_dict
 
     files = checkpoints.read_checkpoint_files(str(checkpoint), [checkpoints.STATE, "ema.safetensors"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import posixpath
 import tempfile
@@ -18,7 +19,10 @@ from dctdiff.training.config import TrainConfig, config_from_dict
 from dctdiff.data.shards import PIXEL_COLUMN
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
-from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError, record_failure
+from dctdiff.training.failure_record import record_failure
+from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
+from dctdiff.training.prefetch import prefetched
+from dctdiff.training.randomness import id_keys
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
 from dctdiff.training.training_fid import load_reference, sample_metrics
 
@@ -57,19 +61,27 @@ def batch_from_rows(
     """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained, on ``device``.
 
     ``column`` (DatasetInfo.column) is the coefficients, or for the pixel baseline the stored source
-    pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels; pinned and
-    non-blocking on CUDA) and become tokens there.
+    pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels) and become
+    tokens there; values, labels and id keys go through pinned memory on CUDA, with non-blocking copies.
+    Runs in the prefetch thread (``prefetched``), a step ahead of the training step.
     """
-    values = torch.from_numpy(np.array(rows[column]))  # a writable copy
-    if device.type == "cuda":
-        values = values.pin_memory()
-    values = values.to(device, non_blocking=True)
+    ids = np.asarray(rows["id"]).astype(str)  # [n] (no per-sample Python work)
+    host = {"values": torch.from_numpy(np.array(rows[column])), "keys": id_keys(ids)}  # a writable copy
+    if config.data.class_conditional:
+        host["labels"] = torch.from_numpy(rows["label"].astype(np.int64))
+    moved = {name: _to_device(tensor, device) for name, tensor in host.items()}
     if column == PIXEL_COLUMN:
-        tokens = codec.encode(values)  # uint8 [n, R, R, C] -> [n, L, C P^2]: the source pixels, no DCT round trip
+        tokens = codec.encode(moved["values"])  # uint8 [n, R, R, C] -> [n, L, C P^2]: the source pixels
     else:
-        tokens = codec.tokens_from_coefficients(values)  # [n, L, blocks, B^2]: keep m, divide by eta (load time)
-    labels = torch.from_numpy(rows["label"].astype(np.int64)) if config.data.class_conditional else None
-    return Batch(tokens, labels, [str(i) for i in rows["id"]])
+        tokens = codec.tokens_from_coefficients(moved["values"])  # [n, L, blocks, B^2]: keep m, divide by eta
+    return Batch(tokens, moved.get("labels"), ids, moved["keys"])
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: through pinned memory and non-blocking on CUDA."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
@@ -125,12 +137,12 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             local_shuffle_buffer_size=4 * per_worker,
             local_shuffle_seed=cadence.seed + epoch,
         )
-        for index, rows in enumerate(batches):
-            if index < skip:  # resumed mid-epoch: these batches were trained on before the checkpoint
-                continue
-            if index >= steps_per_epoch or trainer.step >= cadence.max_steps:
+        # a resumed run skips the batches of this epoch trained on before the checkpoint
+        epoch_rows = itertools.islice(batches, skip, steps_per_epoch)
+        for batch in prefetched(batch_from_rows(rows, config, codec, info.column, device) for rows in epoch_rows):
+            if trainer.step >= cadence.max_steps:
                 break
-            window.add(trainer.train_step(batch_from_rows(rows, config, codec, info.column, device)))
+            window.add(trainer.train_step(batch))
             step = trainer.step
             last = step == cadence.max_steps
             save = step % cadence.checkpoint_every == 0 or last
