@@ -201,6 +201,10 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     assert [(m.step, round(m.value, 6)) for m in history] == [(500, round(fid, 6))]
     assert client.get_run(training_run).info.status == "RUNNING"
 
+    # --precision reaches the Inception actors: bf16 (here CPU autocast) moves the FID a little
+    bf16 = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")], tracking=None, precision="bf16")
+    assert bf16 != pytest.approx(expected, rel=1e-5) and bf16 == pytest.approx(expected, rel=0.01)  # measured 0.13%
+
 
 @pytest.mark.slow
 def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):

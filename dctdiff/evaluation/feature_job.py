@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dctdiff.core.precision import Precision
 from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, load_inception
 from dctdiff.evaluation.image_sets import ImageSet
 from dctdiff.infra.logs import show_progress
@@ -24,15 +25,16 @@ class InceptionActor:
     Columns other than ``image`` pass through (group keys, per-image metrics).
     """
 
-    def __init__(self, weights: str | None, batch_size: int, actors_per_node: int) -> None:
+    def __init__(self, weights: str | None, batch_size: int, actors_per_node: int, precision: Precision) -> None:
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // actors_per_node))
         self.model = load_inception(weights)
         self.batch_size = batch_size
+        self.precision = precision
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {key: value for key, value in batch.items() if key != "image"}
-        out["features"] = extract_features(batch["image"], self.model, self.batch_size)
+        out["features"] = extract_features(batch["image"], self.model, self.batch_size, self.precision)
         return out
 
 
@@ -44,8 +46,11 @@ def default_actor_count() -> int:
     return gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
 
 
-def dataset_features(ds: Any, weights: str | None = None, batch_size: int = 50, actors: int | None = None) -> Any:
-    """The Ray dataset ``ds`` (column ``image``) with the ``image`` column replaced by ``features``."""
+def dataset_features(
+    ds: Any, weights: str | None = None, batch_size: int = 50, actors: int | None = None, precision: Precision = "auto"
+) -> Any:
+    """The Ray dataset ``ds`` (column ``image``) with the ``image`` column replaced by ``features``, computed
+    in ``precision`` (bf16 autocast on GPUs by default; ``dctdiff.core.precision``)."""
     import ray
 
     actors = actors or default_actor_count()
@@ -53,7 +58,9 @@ def dataset_features(ds: Any, weights: str | None = None, batch_size: int = 50, 
     nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
     return ds.map_batches(
         InceptionActor,
-        fn_constructor_kwargs={"weights": weights, "batch_size": batch_size, "actors_per_node": -(-actors // nodes)},
+        fn_constructor_kwargs={
+            "weights": weights, "batch_size": batch_size, "actors_per_node": -(-actors // nodes), "precision": precision
+        },
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -93,6 +100,7 @@ def dataset_moments(
     progress: bool = True,
     keep_features: bool = False,
     keep_positions: np.ndarray | None = None,
+    precision: Precision = "auto",
 ) -> dict[Any, GroupFeatures]:
     """Inception feature moments of the images of ``ds`` per value of its column ``group`` (one group,
     key None, without it), and the sums of the per-image columns ``mean_columns``.
@@ -103,7 +111,7 @@ def dataset_moments(
     ``keep_positions`` (sorted, 0-based positions in dataset order within each group) keeps only those.
     """
     groups: dict[Any, GroupFeatures] = {}
-    features = dataset_features(ds, weights, batch_size, actors)
+    features = dataset_features(ds, weights, batch_size, actors, precision)
     if keep_features:
         features.context.execution_options.preserve_order = True
     with tqdm(total=total, desc="Inception features", unit="img", disable=not show_progress(progress)) as bar:
@@ -133,6 +141,7 @@ def image_set_features(
     actors: int | None = None,
     keep_features: bool = False,
     keep_positions: np.ndarray | None = None,
+    precision: Precision = "auto",
 ) -> list[GroupFeatures]:
     """Feature moments (and the features, with ``keep_features``: all, or those at ``keep_positions`` of
     each set) of several image sets in one Ray Data job (the sets tagged by a ``set`` column)."""
@@ -143,7 +152,7 @@ def image_set_features(
     union = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     groups = dataset_moments(
         union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors,
-        keep_features=keep_features, keep_positions=keep_positions,
+        keep_features=keep_features, keep_positions=keep_positions, precision=precision,
     )
     return [groups[i] for i in range(len(sets))]
 

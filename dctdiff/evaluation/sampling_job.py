@@ -53,7 +53,7 @@ class SamplingSpec:
     labels: tuple[int, ...] = ()  # cycled over the seeds; empty: unconditional (or the null label)
     batch_size: int = 64
     precision: Precision = "auto"  # the network's: bf16 on GPU, fp32 on CPU (dctdiff.core.precision)
-    compile: bool = False  # torch.compile the network in every actor
+    compile: bool = False  # torch.compile the network in every actor (also when the run trained with model.compile)
 
 
 def newest_checkpoint(path: str) -> str:
@@ -94,8 +94,8 @@ class SampleActor:
         self.spec = spec
         self.seed_start = seed_start
         self.output = output
-        self.model, self.codec, self.noise_schedule, _ = load_sampler(spec, self.device)
-        if spec.compile:
+        self.model, self.codec, self.noise_schedule, config = load_sampler(spec, self.device)
+        if spec.compile or config.model.compile:
             self.model = torch.compile(self.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

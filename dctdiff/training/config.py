@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from dctdiff.core.precision import Precision
 from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_resolution
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
@@ -105,6 +106,9 @@ class CadenceConfig:
     sampler: str = "dpm++2m"  # one of dctdiff.core.samplers.SAMPLERS
     fid_every: int = 0  # 0 = no periodic FID
     fid_samples: int = 1000
+    # Network precision of the sample grids and of FID/KID (U-ViT and Inception, and the cached reference's
+    # features): auto = bf16 autocast on GPU, fp32 on CPU; fp32 forces float32 everywhere.
+    sample_precision: Precision = "auto"
     seed: int = 0
 
 

@@ -165,7 +165,9 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     cpus = plan_worker_cpus(
         group.workers, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0), group.cpus_per_worker, group.gpus_per_worker
     )
-    fid_reference = ensure_reference_stats(options.data, info.rows) if config.cadence.fid_every else None
+    fid_reference = None
+    if config.cadence.fid_every:
+        fid_reference = ensure_reference_stats(options.data, info.rows, config.cadence.sample_precision)
     materialize = info.rows * info.row_bytes <= MATERIALIZE_BYTES  # small data: read once, not every epoch
     # With the data in memory, Ray Data's CPU is idle during training: the workers share it as threads.
     threads = max(1, int(cpus + (DATA_CPUS / group.workers if materialize else 0.0)))

@@ -61,8 +61,8 @@ class RankZeroLogger:
             return
         cadence = trainer.config.cadence
         images = generate_images(
-            trainer.ema, trainer.codec, trainer.noise_schedule, list(range(cadence.sample_count)), cadence.sampler,
-            cadence.sample_nfe, device=trainer.device,
+            trainer.sampling_model, trainer.codec, trainer.noise_schedule, list(range(cadence.sample_count)),
+            cadence.sampler, cadence.sample_nfe, device=trainer.device, precision=cadence.sample_precision,
         ).numpy()  # fmt: skip
         side = max(1, math.isqrt(len(images)))
         grid = image_grid([images[i : i + side] for i in range(0, len(images), side)])

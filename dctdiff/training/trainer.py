@@ -82,7 +82,9 @@ class Batch:
 class Trainer:
     """Model, EMA copy, AdamW with linear warm-up, and one optimisation step (paper §5 recipe).
 
-    ``module`` may be the DDP-wrapped model; ``model`` is always the bare UViT.
+    ``module`` may be the DDP-wrapped model; ``model`` is always the bare UViT. ``optim.precision`` is the
+    autocast on CUDA; a CPU trains in float32 unless ``autocast_on_cpu`` (CPU autocast: slow; it runs the
+    GPU path's mixed precision in tests).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Trainer:
         entropy: dict[str, list[float]] | None,
         device: torch.device,
         wrap=lambda model: model,
+        autocast_on_cpu: bool = False,
     ) -> None:
         self.config = config
         self.codec = codec
@@ -100,8 +103,11 @@ class Trainer:
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.module = wrap(self.model)
+        # what the sample grids and FID run: the EMA network, compiled too with model.compile
+        self.sampling_model = self.ema
         if config.model.compile:
             self.module = torch.compile(self.module)
+            self.sampling_model = torch.compile(self.ema)
         self.noise_schedule = build_noise_schedule(config)
         use_ebfr = config.diffusion.ebfr and codec.layout is not None
         self.loss_fn = TokenLoss.for_codec(codec, entropy if use_ebfr else None)
@@ -122,8 +128,9 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.step = 0
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision) if cuda else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and o.precision == "fp16")
+        mixed = cuda or autocast_on_cpu
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision) if mixed else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
 
@@ -189,10 +196,10 @@ class Trainer:
         return torch.where(drop, torch.full_like(labels, self.model.null_label_index), labels)
 
     def _autocast(self):
-        """Mixed precision on CUDA (optim.precision); nothing on the CPU."""
+        """Mixed precision of optim.precision on CUDA (and with autocast_on_cpu); else nothing."""
         if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast("cuda", dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from dctdiff.infra import storage
 from dctdiff.core.codec import Codec
+from dctdiff.core.precision import Precision
 from dctdiff.evaluation.fid import (
     FeatureMoments, FIDStats, checked_stats, extract_features, fid_from_stats, load_inception,
 )  # fmt: skip
@@ -58,33 +59,38 @@ def reference_positions(rows: int, size: int) -> np.ndarray:
     return np.sort(np.random.default_rng(REFERENCE_SEED).choice(rows, min(size, rows), replace=False))
 
 
-def _cached_image_count(uri: str) -> int | None:
-    """Number of images the cached reference at ``uri`` was computed from (None: no usable cache, e.g.
-    one written before the KID features were kept)."""
+def _cached_key(uri: str) -> tuple[int, str] | None:
+    """(images, precision) of the cached reference at ``uri`` (None: no usable cache, e.g. one written
+    before the KID features were kept; references written before the precision was kept were "auto")."""
     if not storage.exists(uri):
         return None
     with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
-        return int(data["images"]) if {"images", "features"} <= set(data.files) else None
+        if not {"images", "features"} <= set(data.files):
+            return None
+        return int(data["images"]), str(data["precision"]) if "precision" in data.files else "auto"
 
 
-def ensure_reference_stats(data_uri: str, rows: int) -> str:
-    """URI of the FID/KID reference of the prepare output ``data_uri`` (``rows`` images), computed with a
-    Ray Data job and cached when missing or made from another number of images. Needs Ray initialised."""
+def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "auto") -> str:
+    """URI of the FID/KID reference of the prepare output ``data_uri`` (``rows`` images), its Inception
+    features computed in ``precision`` (as the samples' are) by a Ray Data job and cached; recomputed when
+    missing or made from another number of images or in another precision. Needs Ray initialised."""
     from dctdiff.evaluation.feature_job import image_set_features
     from dctdiff.evaluation.image_sets import PreparedImages
 
     if rows < MIN_FEATURES:
         raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} training images, got {rows}")
     uri = reference_uri(data_uri)
-    if _cached_image_count(uri) == rows:
+    if _cached_key(uri) == (rows, precision):
         return uri
     positions = reference_positions(rows, REFERENCE_FEATURES)
     log.info("FID/KID reference: Inception features of the %d training images of %s (%d kept) -> %s",
              rows, data_uri, len(positions), uri)  # fmt: skip
-    (group,) = image_set_features([PreparedImages(data_uri)], keep_features=True, keep_positions=positions)
+    (group,) = image_set_features(
+        [PreparedImages(data_uri)], keep_features=True, keep_positions=positions, precision=precision
+    )
     stats = group.moments.stats()
     buffer = io.BytesIO()
-    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows, features=group.features())
+    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows, features=group.features(), precision=precision)
     storage.write_bytes(uri, buffer.getvalue())
     return uri
 
@@ -125,9 +131,10 @@ def sample_metrics(
     device: torch.device | str = "cpu",
     rank: int = 0,
     world: int = 1,
+    precision: Precision = "auto",
 ) -> dict[str, float]:
     """``fid``, ``kid`` and ``kid_std`` of ``count`` samples of ``model`` (seeds 0..count-1) against
-    ``reference``.
+    ``reference``, the U-ViT and Inception run in ``precision`` (``dctdiff.core.precision``).
 
     With ``world`` > 1 every rank of the torch.distributed group calls this: rank r samples seeds
     r, r + world, ... and the features are gathered in seed order, so every rank returns the same values
@@ -138,8 +145,8 @@ def sample_metrics(
     seeds = list(range(rank, count, world))
     features = np.zeros((0, reference.features.shape[1]), dtype=np.float32)
     if seeds:
-        images = generate_images(model, codec, schedule, seeds, sampler, nfe, device=device)  # uint8 [n, H, W, 3]
-        features = extract_features(images, load_inception(device=device))  # [n, 2048]
+        images = generate_images(model, codec, schedule, seeds, sampler, nfe, device=device, precision=precision)
+        features = extract_features(images, load_inception(device=device), precision=precision)  # [n, 2048]
     if world > 1:
         features = gather_features(features, count, world, device)
     kid = kernel_inception_distance(features, reference.features)

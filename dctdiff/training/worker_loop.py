@@ -160,8 +160,9 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
             if fid:  # every rank samples its share of the seeds (a collective): fid, kid, kid_std
                 metrics.update(sample_metrics(
-                    trainer.ema, codec, trainer.noise_schedule, reference, cadence.fid_samples, cadence.sampler,
-                    cadence.sample_nfe, device=device, rank=rank, world=world,
+                    trainer.sampling_model, codec, trainer.noise_schedule, reference, cadence.fid_samples,
+                    cadence.sampler, cadence.sample_nfe, device=device, rank=rank, world=world,
+                    precision=cadence.sample_precision,
                 ))  # fmt: skip
             if rank == 0:
                 log.info(

@@ -339,7 +339,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
         group.gpus_per_worker, plan.max_concurrent,
     )  # fmt: skip
     plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
-    ensure_reference_stats(plan.data, info.rows)  # once here, not in every trial
+    ensure_reference_stats(plan.data, info.rows, plan.base_config().cadence.sample_precision)  # once, not per trial
     client = MlflowClient(plan.tracking_uri)
     if resume:
         if not tune.Tuner.can_restore(plan.directory):
