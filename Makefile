@@ -18,7 +18,11 @@ STUDY_FID_SAMPLES ?= 250
 STUDY_NFE ?= 25
 STUDY_ARGS ?=
 
-.PHONY: demo docs-images docs-study-images test test-all bench venv clean study fashion-mnist
+# `make gpu-wheels`: what benchmarks/gpu.py needs besides PyTorch, for a GPU machine's Python (README "Performance")
+GPU_WHEELS ?= .gpu-wheels
+GPU_PYTHON_VERSION ?= 3.12
+
+.PHONY: demo docs-images docs-study-images test test-all bench venv clean study fashion-mnist gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +65,12 @@ test-all: venv
 
 bench: venv
 	$(PY) -m benchmarks.codec
+
+gpu-wheels: venv
+	$(PY) -m pip download --quiet --only-binary=:all: --no-deps --dest $(GPU_WHEELS) \
+		--python-version $(GPU_PYTHON_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		numpy pyyaml safetensors tqdm
+	du -sh $(GPU_WHEELS)
 
 clean:
 	rm -rf outputs .pytest_cache

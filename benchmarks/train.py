@@ -1,7 +1,9 @@
-"""Ray Train overhead: images/s of pipelines/train.py (1 worker) against a bare PyTorch loop with the
-same model, data, batch and training step, in one run.
+"""Training benchmarks on this CPU, in one run: the host time per step on the critical path before vs
+after (``benchmarks.host_path``, at the cifar10 and ffhq256 shapes, next to the modelled H100 step), and
+the Ray Train overhead: images/s of pipelines/train.py (1 worker) against a bare PyTorch loop with the
+same model, data, batch and training step.
 
-    python -m benchmarks.train [--steps 200] [--batch 64] [--images 512]
+    python -m benchmarks.train [--part all|host|ray] [--steps 200] [--batch 64] [--images 512] [--repeats 20]
 
 Both sides run ``dctdiff.training.trainer.Trainer.train_step``; the Ray side adds Ray Data reading of the
 Parquet shards, the token conversion, DDP preparation and ``ray.train.report`` every ``--log-every``
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.host_path import host_table
 from dctdiff.training.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
@@ -49,7 +52,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--part", choices=("all", "host", "ray"), default="all", help="which table(s)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats per host-path cell (median)")
     args = parser.parse_args()
+    if args.part in ("all", "host"):
+        torch.set_num_threads(1)
+        print("host time per training step on the critical path (one CPU thread):")
+        print(host_table(args.repeats))
+    if args.part in ("all", "ray"):
+        ray_overhead(args)
+
+
+def ray_overhead(args: argparse.Namespace) -> None:
+    """The Ray Train vs bare-loop table."""
     settings = [
         "--set", f"optim.batch_size={args.batch}", "--set", f"cadence.log_every={args.log_every}",
         "--set", "cadence.sample_every=0", "--set", f"cadence.checkpoint_every={args.steps}",
