@@ -328,13 +328,17 @@ def test_a_cuda_step_makes_no_host_sync(batches):
 @pytest.mark.gpu
 def test_cuda_batches_from_rows_equal_the_cpu_batches():
     """The prefetch thread's batch on CUDA (pinned, non-blocking copies, conversion on the device) is the CPU's."""
+    from dctdiff.training.prefetch import prefetched
     from dctdiff.training.worker_loop import batch_from_rows
 
     config = build_config("demo", overrides=["model.embed_dim=32"])
     codec = build_codec(config, eta=242.0)
     rows = {"id": np.array([f"img-{i}" for i in range(8)], dtype=object), "label": np.arange(8),
             "coefficients": codec.analyze(photo_crops(8, 32, seed=3)).numpy().astype(np.float16)}  # fmt: skip
-    cpu, cuda = (batch_from_rows(rows, config, codec, "coefficients", torch.device(d)) for d in ("cpu", "cuda"))
+    cpu = batch_from_rows(rows, config, codec, "coefficients", torch.device("cpu"))
+    device = torch.device("cuda", torch.cuda.current_device())
+    made = (batch_from_rows(r, config, codec, "coefficients", device) for r in [rows])
+    (cuda,) = prefetched(made, device=device)  # made in the prefetch thread, as in the worker loop
     torch.cuda.synchronize()
     assert cuda.tokens.is_cuda and cuda.keys.is_cuda
     assert torch.equal(cuda.keys.cpu(), cpu.keys) and list(cuda.ids) == list(cpu.ids)

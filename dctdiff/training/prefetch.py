@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 _END = object()  # the producer's last message when the iterator is exhausted
@@ -22,11 +24,13 @@ class _Failure:
         self.error = error
 
 
-def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetched(items: Iterator[T], depth: int = 2, device: torch.device | None = None) -> Iterator[T]:
     """The items of ``items`` in order, produced up to ``depth`` ahead in a daemon thread.
 
     An exception of ``items`` is raised here, at the item where it happened. Leaving the loop early (or
-    closing this generator) stops the thread at its next item; ``items`` is not consumed further.
+    closing this generator) stops the thread at its next item; ``items`` is not consumed further. With a
+    CUDA ``device`` the thread makes it its current device first (a new thread starts on GPU 0, where
+    pinning and copies would otherwise open a second CUDA context), as PyTorch's pin-memory thread does.
     """
     if depth < 1:
         raise ValueError(f"prefetch depth must be at least 1, got {depth}")
@@ -45,6 +49,8 @@ def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
     def produce() -> None:
         try:
+            if device is not None and device.type == "cuda":
+                torch.cuda.set_device(device)
             for item in items:
                 if not offer(item):
                     return

@@ -139,7 +139,8 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
         )
         # a resumed run skips the batches of this epoch trained on before the checkpoint
         epoch_rows = itertools.islice(batches, skip, steps_per_epoch)
-        for batch in prefetched(batch_from_rows(rows, config, codec, info.column, device) for rows in epoch_rows):
+        prepared = (batch_from_rows(rows, config, codec, info.column, device) for rows in epoch_rows)
+        for batch in prefetched(prepared, device=device):
             if trainer.step >= cadence.max_steps:
                 break
             window.add(trainer.train_step(batch))
