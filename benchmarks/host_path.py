@@ -40,7 +40,7 @@ from dctdiff.training.trainer import build_codec, build_model
 from dctdiff.training.worker_loop import batch_from_rows
 
 MODELLED_TFLOPS = 400.0  # achieved bf16 TFLOP/s assumed for UViT-M on one H100
-LAUNCH_US = 5.0  # host cost of one CUDA kernel launch, beyond the dispatch measured on "meta"
+LAUNCH_US = 5.0  # host cost of one CUDA kernel launch, beyond the dispatch measured on the CPU
 SHAPES = (("cifar10", 256), ("ffhq256", 32))  # preset, per-worker batch
 
 
@@ -80,9 +80,12 @@ def before_step(rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, 
         t.append(u[0])
         uniforms.append(u[1:])
         eps.append(torch.randn(codec.num_tokens, codec.token_dim, generator=generator))
-    u = torch.stack(uniforms)
-    torch.stack(t), torch.stack(eps)
+    u = torch.stack(uniforms)  # [n, 2]
+    torch.stack(t)  # [n]
+    torch.stack(eps)  # [n, L, D]
     torch.where(u[:, 0][:, None, None] < 0.5, codec.hflip_tokens(x0), x0)
+    labels = torch.from_numpy(rows["label"].astype(np.int64))
+    torch.where(u[:, 1] < config.data.label_dropout, torch.full_like(labels, 10), labels)
 
 
 def after_step(keys: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor, config: TrainConfig, codec: Codec,
