@@ -57,7 +57,7 @@ class OpCounter(TorchDispatchMode):
 
 
 def shard_rows(config: TrainConfig, codec: Codec, batch: int) -> dict[str, np.ndarray]:
-    """A Ray Data numpy batch as the shards give it: string ids, float16 coefficients, int labels."""
+    """A worker's rows as ``batch_order.worker_batches`` gives them: string ids, float16 coefficients, int labels."""
     rng = np.random.default_rng(0)
     shape = (batch, codec.num_tokens, codec.layout.blocks_per_token, config.data.block_size**2)
     return {

@@ -5,7 +5,7 @@ same model, data, batch and training step.
 
     python -m benchmarks.train [--part all|host|ray] [--steps 200] [--batch 64] [--images 512] [--repeats 20]
 
-Both sides run ``dctdiff.training.trainer.Trainer.train_step``; the Ray side adds Ray Data reading of the
+Both sides run ``dctdiff.training.trainer.Trainer.train_step``; the Ray side adds the workers' reading of the
 Parquet shards, the token conversion, DDP preparation and ``ray.train.report`` every ``--log-every``
 steps. Throughput is taken after a warm-up window on both sides.
 """

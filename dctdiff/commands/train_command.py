@@ -20,7 +20,9 @@ from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
+from dctdiff.training.batch_order import first_batch_ids
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
+from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError
 
@@ -35,6 +37,7 @@ class TrainRequest:
     options: LaunchOptions
     tracking: TrackingOptions
     dry_run: bool
+    show_batches: int = 0  # with dry_run: print the ids of the first N global batches of epoch 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_mlflow_flags(parser)
     flags.add_ray_flag(parser)
     flags.add_dry_run_flag(parser)
+    parser.add_argument(
+        "--show-batches", type=flags.positive_int, default=0, metavar="N",
+        help="with --dry-run: also print the ids of the first N global batches of epoch 0, one line each, "
+        "exactly as training draws them (reads the ids of --data)",
+    )  # fmt: skip
     flags.add_logging_flags(parser)
     return parser
 
@@ -69,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
     config = build_config(args.preset, args.config, overrides)
     if not args.dry_run and not args.data:
         parser.error("--data is required (a `dctdiff prepare` output)")
+    if args.show_batches and not (args.dry_run and args.data):
+        parser.error("--show-batches needs --dry-run and --data")
     options = LaunchOptions(
         data=args.data or "",
         resources=flags.worker_resources(args),
@@ -78,7 +88,15 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
         address=args.address,
         log_level=flags.log_level(args),
     )
-    return TrainRequest(config, options, flags.tracking_options(args), args.dry_run)
+    return TrainRequest(config, options, flags.tracking_options(args), args.dry_run, args.show_batches)
+
+
+def write_batches(request: TrainRequest) -> None:
+    """``--show-batches N``: one line per global batch of epoch 0, ``batch B: id id ...``."""
+    info = load_dataset_info(request.options.data, request.config)
+    batches = first_batch_ids(info, request.config.cadence.seed, request.config.optim.batch_size, request.show_batches)
+    for index, ids in enumerate(batches):
+        sys.stdout.write(f"batch {index}: {' '.join(ids)}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(request.options.log_level)
         if request.dry_run:
             sys.stdout.write(request.config.to_yaml())
+            if request.show_batches:
+                write_batches(request)
             return 0
         storage.check_writable(request.options.storage, "--storage")
         open_tracking(request.tracking.uri)  # an unreachable server fails here, in seconds, before any work

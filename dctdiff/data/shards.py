@@ -29,6 +29,9 @@ COEFFICIENT_DIR = "coefficients"
 COEFFICIENT_COLUMN = "coefficients"
 PIXEL_COLUMN = "pixels"
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+# Rows per Parquet row group: the unit a training reader reads (docs/ARCHITECTURE.md, "Training data order").
+# Shards written before this rule hold one group each and still train, with coarser shuffle windows.
+ROW_GROUP_ROWS = 256
 # Token layout of docs/ARCHITECTURE.md, "Codec": blocks Y(2r,2c), Y(2r,2c+1), Y(2r+1,2c), Y(2r+1,2c+1)[, Cb(r,c), Cr(r,c)].
 LAYOUTS = {
     "ycbcr420": "YCbCr 4:2:0 (JPEG full range); blocks Y00 Y01 Y10 Y11 Cb Cr; zigzag order; unscaled",
@@ -170,17 +173,48 @@ def write_shard(
     table = shard_table(ids, labels, coefficients, params, pixels)
     with storage.atomic_path(uri) as (fs, path):
         # Unique ids and float values gain nothing from dictionaries or min/max statistics.
-        pq.write_table(table, path, filesystem=fs, use_dictionary=False, write_statistics=["id", "label"])
+        pq.write_table(
+            table, path, filesystem=fs, use_dictionary=False, write_statistics=["id", "label"],
+            row_group_size=ROW_GROUP_ROWS,
+        )  # fmt: skip
         size = fs.get_file_info(path).size
     return int(size)
+
+
+def table_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """The columns of shard rows as NumPy arrays: ``id`` fixed-width str [N], ``label`` int32 [N], each
+    tensor column [N, *shape] in its stored dtype."""
+    arrays = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name == "id":
+            arrays[name] = column.to_numpy().astype(str)
+        elif name == "label":
+            arrays[name] = column.to_numpy().astype(np.int32, copy=False)
+        else:
+            arrays[name] = column.combine_chunks().to_numpy_ndarray()
+    return arrays
 
 
 def read_shard(uri: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, labels int32 [N], coefficients [N, L, blocks, B*B] in the stored dtype) of one shard."""
     fs, path = storage.resolve(uri)
-    table = pq.read_table(path, filesystem=fs, columns=["id", "label", COEFFICIENT_COLUMN])
-    column = table.column(COEFFICIENT_COLUMN).combine_chunks()
-    return table.column("id").to_pylist(), table.column("label").to_numpy(), column.to_numpy_ndarray()
+    rows = table_arrays(pq.read_table(path, filesystem=fs, columns=["id", "label", COEFFICIENT_COLUMN]))
+    return rows["id"].tolist(), rows["label"], rows[COEFFICIENT_COLUMN]
+
+
+def row_group_rows(uri: str) -> tuple[int, ...]:
+    """The row count of each row group of one shard, from its footer (no data read)."""
+    fs, path = storage.resolve(uri)
+    metadata = pq.read_metadata(path, filesystem=fs)
+    return tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+
+
+def read_row_groups(uri: str, groups: list[int], columns: list[str]) -> dict[str, np.ndarray]:
+    """``columns`` of the given row groups of one shard, in the order given (``table_arrays``' types)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as file:
+        return table_arrays(pq.ParquetFile(file).read_row_groups(groups, columns=columns))
 
 
 def read_pixels(uri: str) -> np.ndarray:

@@ -1,5 +1,5 @@
 """What the trainer needs to know about a prepare output before it starts: where the shards are,
-how many rows, the codec they were written with (checked against the config), the colour mode, the
+how many rows (and in which row groups, the unit the training reader reads), the codec they were written with (checked against the config), the colour mode, the
 column the trainer reads, eta and entropies."""
 
 from __future__ import annotations
@@ -7,18 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from dctdiff.infra import storage
 from dctdiff.training.config import TrainConfig
-from dctdiff.data.shards import COEFFICIENT_COLUMN, COEFFICIENT_DIR, PIXEL_COLUMN, CodecParams, read_codec_params, shard_files
+from dctdiff.data.shards import (
+    COEFFICIENT_COLUMN, COEFFICIENT_DIR, PIXEL_COLUMN, CodecParams, read_codec_params, row_group_rows, shard_files,
+)  # fmt: skip
 from dctdiff.data.statistics import load_stats
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     """A checked prepare output: shard folder URI, row count, codec, colour mode and eta used, the column
-    the trainer reads, entropies, stats.json."""
+    the trainer reads, entropies, stats.json; the shard files (sorted) and the row count of each of their
+    row groups, from which ``training.batch_order`` plans every epoch."""
 
     shards_uri: str
     rows: int
@@ -30,6 +31,8 @@ class DatasetInfo:
     column: str
     entropy: dict[str, list[float]]
     stats: dict[str, Any]
+    shard_files: tuple[str, ...] = ()
+    row_groups: tuple[tuple[int, ...], ...] = ()  # per shard file: the rows of each of its row groups
 
 
 def _colour(data_uri: str, params: CodecParams, config: TrainConfig) -> str:
@@ -81,10 +84,8 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     colour = _colour(data_uri, params, config)
     column = _token_column(data_uri, params, config)
     stats = load_stats(data_uri)
-    rows = 0
-    for uri in files:
-        fs, path = storage.resolve(uri)
-        rows += pq.read_metadata(path, filesystem=fs).num_rows
+    row_groups = tuple(row_group_rows(uri) for uri in files)
+    rows = sum(map(sum, row_groups))
     if rows == 0:
         raise FileNotFoundError(f"--data {data_uri} has shards but no rows: every input image was rejected")
     return DatasetInfo(
@@ -98,4 +99,6 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
         column=column,
         entropy=stats.entropy,
         stats=stats.to_json(),
+        shard_files=tuple(files),
+        row_groups=row_groups,
     )

@@ -28,7 +28,6 @@ from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 RUN_FILE = "dctdiff_run.json"  # in <storage>/<name>/: the MLflow run id and the resolved config
-MATERIALIZE_BYTES = 512 * 2**20  # datasets up to this size are read once into the object store
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,6 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     (a sweep passes Tune's report callback).
     """
     import ray
-    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -168,20 +166,13 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     fid_reference = None
     if config.cadence.fid_every:
         fid_reference = ensure_reference_stats(options.data, info.rows, config.cadence.sample_precision)
-    materialize = info.rows * info.row_bytes <= MATERIALIZE_BYTES  # small data: read once, not every epoch
-    # With the data in memory, Ray Data's CPU is idle during training: the workers share it as threads.
-    threads = max(1, int(cpus + (DATA_CPUS / group.workers if materialize else 0.0)))
+    # The workers read the shards themselves (batch_order); Ray Data's reserved CPU is idle during training,
+    # so the workers share it as threads.
+    threads = max(1, int(cpus + DATA_CPUS / group.workers))
     if run is not None:
         log_params(run.tracking_uri, run.run_id, {"workers": group.workers, "worker_threads": threads})
     storage.write_json(plan.run_file, {"config": config.to_dict(), "mlflow_run_id": run.run_id if run else None})
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the workers print training progress
-    context.execution_options.preserve_order = True  # materialize() keeps file order: same batches on a re-run
-    dataset = ray.data.read_parquet(info.shards_uri).select_columns(["id", "label", info.column])
-    if materialize:
-        dataset = dataset.materialize()
-    execution = ray.data.ExecutionOptions(preserve_order=True)  # same batches on a re-run (exact resume)
     failure_file = storage.join(storage.normalize(options.storage), plan.name, FAILURE_FILE)
     clear_failure(failure_file)
     settings = LoopSettings(
@@ -205,8 +196,6 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.cadence.keep_checkpoints),
             callbacks=list(callbacks),
         ),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(execution_options=execution),
     )
     with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
         result = trainer.fit()

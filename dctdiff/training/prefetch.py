@@ -1,5 +1,5 @@
 """Items of an iterator produced ahead by a background thread, so that the host work of the next batch
-(Ray Data reading, the copy into pinned memory, the id keys, the device copy and token conversion)
+(the shard rows gathered, the copy into pinned memory, the id keys, the device copy and token conversion)
 overlaps the current GPU training step instead of delaying it (docs/ARCHITECTURE.md, "Training")."""
 
 from __future__ import annotations

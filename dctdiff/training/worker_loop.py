@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from dctdiff.core.codec import Codec
+from dctdiff.data.row_group_reader import WindowReader
 from dctdiff.infra.logs import configure_logging
+from dctdiff.training.batch_order import BatchPlan, worker_batches
 from dctdiff.training.config import TrainConfig, config_from_dict
 from dctdiff.data.shards import PIXEL_COLUMN
 from dctdiff.training.dataset_info import DatasetInfo
@@ -58,7 +60,8 @@ def starting_checkpoint(settings: LoopSettings):
 def batch_from_rows(
     rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, column: str, device: torch.device
 ) -> Batch:
-    """A Ray Data numpy batch of shard rows -> clean tokens for the codec being trained, on ``device``.
+    """A worker's share of a global batch of shard rows (``batch_order.worker_batches``) -> clean tokens
+    for the codec being trained, on ``device``.
 
     ``column`` (DatasetInfo.column) is the coefficients, or for the pixel baseline the stored source
     pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels) and become
@@ -123,28 +126,17 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     reference = load_reference(settings.fid_reference) if settings.fid_reference else None
 
     cadence = config.cadence
-    per_worker = config.optim.batch_size // world
-    steps_per_epoch = (info.rows // world) // per_worker
-    shard = ray.train.get_dataset_shard("train")
+    plan = BatchPlan.for_run(info, cadence.seed, config.optim.batch_size)
+    # Every worker reads the windows itself (docs/ARCHITECTURE.md, "Training data order").
+    reader = WindowReader(info.shard_files, plan.groups, ["id", "label", info.column])
+    rows = itertools.islice(worker_batches(plan, reader, trainer.step, rank, world), max(0, cadence.max_steps - trainer.step))
+    prepared = (batch_from_rows(batch, config, codec, info.column, device) for batch in rows)
     window = MetricWindow()
     window_start = time.perf_counter()
-    while trainer.step < cadence.max_steps:
-        epoch, skip = divmod(trainer.step, steps_per_epoch)
-        batches = shard.iter_batches(
-            batch_size=per_worker,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=cadence.seed + epoch,
-        )
-        # a resumed run skips the batches of this epoch trained on before the checkpoint
-        epoch_rows = itertools.islice(batches, skip, steps_per_epoch)
-        prepared = (batch_from_rows(rows, config, codec, info.column, device) for rows in epoch_rows)
-        # On CUDA the next batch is made while the GPU runs this step; on a CPU both would share the same
-        # cores, and the thread only added contention (README "Performance": 10-15% slower on 2 cores).
+    # On CUDA the next batch is made while the GPU runs this step; on a CPU both would share the same
+    # cores, and the thread only added contention (README "Performance": 10-15% slower on 2 cores).
+    try:
         for batch in prefetched(prepared, device=device) if device.type == "cuda" else prepared:
-            if trainer.step >= cadence.max_steps:
-                break
             window.add(trainer.train_step(batch))
             step = trainer.step
             last = step == cadence.max_steps
@@ -160,6 +152,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             except NonFiniteLossError as error:  # every rank is here at the same step
                 report_failure(error, step, rank, settings.failure_file)
                 return
+            epoch = (step - 1) // plan.steps_per_epoch
             metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
             if fid:  # every rank samples its share of the seeds (a collective): fid, kid, kid_std
                 metrics.update(sample_metrics(
@@ -178,6 +171,8 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
                 logger.sample_grid(trainer, step)
             report(trainer, metrics, save, rank, info)
             window_start = time.perf_counter()
+    finally:
+        reader.close()
     check_ranks_agree(trainer.model, world)
     logger.final_model(trainer, info.eta, info.colour)
 
