@@ -220,3 +220,13 @@ def test_row_groups_index_global_rows():
     order = epoch_order(groups, seed=1, epoch=0, rows_per_window=4)  # windows of >= 4 rows: the 4-row group alone
     assert sorted(order.rows.tolist()) == list(range(9))
     assert sorted(len(groups.global_rows(w)) for w in order.windows) in ([4, 5], [2, 7])
+
+
+@pytest.mark.parametrize("flags", [["--data", "somewhere"], ["--dry-run"]])
+def test_show_batches_needs_a_dry_run_and_data(flags, capsys):
+    from dctdiff.commands.train_command import main
+
+    with pytest.raises(SystemExit) as stopped:  # argparse's exit: status 2, before anything is read
+        main(["--preset", "demo", *flags, "--show-batches", "2"])
+    assert stopped.value.code == 2
+    assert "--show-batches needs --dry-run and --data" in capsys.readouterr().err
