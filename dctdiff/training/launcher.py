@@ -17,7 +17,7 @@ from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
 from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
 from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
-from dctdiff.training.config import ConfigError, TrainConfig
+from dctdiff.training.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
@@ -122,15 +122,13 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
     ``continue_existing``: resume the run if it exists, else start it (a Tune trial that Tuner.restore
     restarts); otherwise ``options.resume`` decides, and a mismatch is an error.
     """
+    split_batch(config.optim.batch_size, options.resources.workers, config.optim.micro_batches)
     info = load_dataset_info(options.data, config)
     if info.rows < config.optim.batch_size:
         raise ValueError(
             f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
             f"{config.optim.batch_size}); lower the batch size or prepare more images"
         )
-    workers = options.resources.workers
-    if config.optim.batch_size % workers:
-        raise ConfigError(f"optim.batch_size {config.optim.batch_size} must be divisible by --workers {workers}")
     root = storage.normalize(options.storage)
     if options.name:
         name = options.name

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_tensors
 
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
 from dctdiff.core.token_layout import DEFAULT_COLOUR
-from dctdiff.training.config import TrainConfig
+from dctdiff.training.config import TrainConfig, split_batch
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
@@ -142,14 +142,12 @@ class Trainer:
         """
         config = self.config
         n, chunks = len(batch.ids), config.optim.micro_batches
-        if n % chunks:
-            raise ValueError(f"the per-worker batch {n} must be divisible by optim.micro_batches = {chunks}")
+        size = split_batch(n, 1, chunks).micro_batch  # the rule plan_run checked for the global batch
         draws = draw_step(config.cadence.seed, self.step, batch.keys, self.codec_token_shape, self.device)
         x0 = self._clean_tokens(batch.tokens, draws)  # [n, L, D] float32 on the device
         labels = self._labels(batch.labels, draws)
         self.optimizer.zero_grad(set_to_none=True)
         per_sample, bands = [], []
-        size = n // chunks
         for index in range(chunks):
             rows, last = slice(index * size, (index + 1) * size), index == chunks - 1
             with nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync():
