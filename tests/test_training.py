@@ -341,3 +341,21 @@ def test_cuda_batches_from_rows_equal_the_cpu_batches():
     assert cuda.tokens.is_cuda and cuda.keys.is_cuda
     assert torch.equal(cuda.keys.cpu(), cpu.keys) and list(cuda.ids) == list(cpu.ids)
     torch.testing.assert_close(cuda.tokens.cpu(), cpu.tokens)
+
+
+def test_logged_metrics_are_float32_under_bf16_autocast(batches):
+    """A bf16-autocast step (CPU autocast here, the GPU's default) hands the metric window float32 values,
+    and its band MSEs equal those of the same step's losses recomputed in float64 from the band masks."""
+    trainer = make_trainer()
+    mixed = Trainer(trainer.config, trainer.codec, trainer.model, ENTROPY, trainer.device, autocast_on_cpu=True)
+    result = mixed.train_step(batches[0])
+    assert result.values.dtype == torch.float32 and result.per_sample.dtype == torch.float32
+    window = MetricWindow()
+    window.add(result)
+    metrics = window.reduce(world=1)
+    bands = {name: metrics[f"band/{name}"] for name in ("luma", "chroma", "dc", "ac")}
+    # the band means of an 8-sample batch: float32 resolution, not bf16's 3 significant digits
+    assert all(value > 0 for value in bands.values())
+    assert metrics["band/mse"] == pytest.approx(
+        (16 * bands["luma"] + 8 * bands["chroma"]) / 24, rel=1e-5
+    )  # 16 luma and 8 chroma dims of 24: the band means must combine exactly
