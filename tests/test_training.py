@@ -327,7 +327,7 @@ def test_a_cuda_step_makes_no_host_sync(batches):
 def test_cuda_batches_from_rows_equal_the_cpu_batches():
     """The prefetch thread's batch on CUDA (pinned, non-blocking copies, conversion on the device) is the CPU's."""
     from dctdiff.training.prefetch import prefetched
-    from dctdiff.training.worker_loop import batch_from_rows
+    from dctdiff.training.device_batches import batch_from_rows
 
     config = build_config("demo", overrides=["model.embed_dim=32"])
     codec = build_codec(config, eta=242.0)

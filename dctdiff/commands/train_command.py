@@ -21,6 +21,7 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
+from dctdiff.training.failure_record import FirstStepError
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError
 
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff train`; returns the exit status (2: bad input, with one line saying what to fix; 1: a
-    non-finite loss stopped the run, with one line naming the step)."""
+    non-finite loss or a first-step exception stopped the run without a retry, with one line naming it)."""
     try:
         request = parse_args(argv)
         configure_logging(request.options.log_level)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         result, run_id = train(request.config, request.options, request.tracking)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
-    except NonFiniteLossError as error:  # the run failed (not the input): one line, exit 1
+    except (NonFiniteLossError, FirstStepError) as error:  # the run failed deterministically: one line, exit 1
         return flags.report_error(f"{error}", status=1)
     metrics = result.metrics or {}
     log.info(

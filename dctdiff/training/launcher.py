@@ -157,6 +157,8 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from dctdiff.training.no_retry import StopOnRecordedFailure
+
     config, options, info, group = plan.config, plan.options, plan.info, plan.options.resources
     init_ray(options.address)
     cluster = ray.cluster_resources()
@@ -201,13 +203,17 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
             storage_path=storage.normalize(options.storage),
             failure_config=ray.train.FailureConfig(max_failures=group.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.cadence.keep_checkpoints),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, StopOnRecordedFailure(failure_file)],
         ),
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(execution_options=execution),
     )
     with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError:
+            raise_recorded_failure(failure_file)  # a first-step exception: stopped by StopOnRecordedFailure
+            raise
     raise_recorded_failure(failure_file)  # a NaN/inf loss: the workers stopped together, without a retry
     return result
 

@@ -67,7 +67,7 @@ def build_noise_schedule(config: TrainConfig) -> VPSchedule:
 class Batch:
     """One worker's share of a global batch: clean tokens [n, L, D] (any float dtype, any device; the
     trainer converts them on its device), labels [n] or None, the sample ids [n] and their ``id_keys``
-    (computed here when not given; ``worker_loop.batch_from_rows`` computes them ahead, on the device)."""
+    (computed here when not given; ``device_batches.batch_from_rows`` computes them ahead, on the device)."""
 
     tokens: torch.Tensor
     labels: torch.Tensor | None
@@ -206,11 +206,9 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save(self, directory: str, extra: dict[str, Any]) -> None:
-        """Write the model, EMA, optimiser and state.json (with ``extra``: resolved config, stats, ...) as a
-        self-verifying checkpoint (``checkpoints.write_checkpoint``)."""
-        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
-
+    def checkpoint_contents(self, extra: dict[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """What a checkpoint holds: the live model, EMA and optimiser tensors (on the device, not copied) and
+        state.json's content with ``extra`` (resolved config, stats, ...)."""
         optimizer_state = self.optimizer.state_dict()
         tensors = {
             f"{index}.{name}": value
@@ -226,7 +224,14 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             **extra,
         }
-        weights = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": tensors}
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": tensors}, state
+
+    def save(self, directory: str, extra: dict[str, Any]) -> None:
+        """Write ``checkpoint_contents`` now, as a self-verifying checkpoint (``checkpoints.write_checkpoint``;
+        the worker loop writes in the background instead: ``checkpoint_writer``)."""
+        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
+
+        weights, state = self.checkpoint_contents(extra)
         checkpoints.write_checkpoint(str(directory), {k: _contiguous(v) for k, v in weights.items()}, state)
 
     def load(self, directory: str) -> dict[str, Any]:
