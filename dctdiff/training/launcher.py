@@ -22,7 +22,7 @@ from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.failure_record import FAILURE_FILE, clear_failure, raise_recorded_failure
-from dctdiff.training.training_fid import ensure_reference_stats
+from dctdiff.training.training_fid import check_reference_rows, ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
             f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
             f"{config.optim.batch_size}); lower the batch size or prepare more images"
         )
+    if config.cadence.fid_every:
+        check_reference_rows(info.rows)
     root = storage.normalize(options.storage)
     if options.name:
         name = options.name

@@ -1,5 +1,6 @@
-"""The per-worker batch rule (``config.split_batch``) is checked before Ray starts, by train and sweep alike,
-and the trainer cuts its micro-batches by the same rule."""
+"""What a rank would otherwise only meet at step 1 is checked before Ray starts: the per-worker batch rule
+(``config.split_batch``, by train and sweep alike, and the trainer cuts its micro-batches by the same rule),
+the labels of a class-conditional run and the rows of the FID reference."""
 
 from __future__ import annotations
 
@@ -94,3 +95,38 @@ def test_the_trainer_cuts_micro_batches_by_the_same_rule():
     tokens = torch.zeros(6, codec.num_tokens, codec.token_dim)
     with pytest.raises(ConfigError, match="optim.micro_batches 4 must divide the per-worker batch 6"):
         trainer.train_step(Batch(tokens, None, [f"img-{i}" for i in range(6)]))
+
+
+def _plan(tmp_path, labels, overrides: list[str], images: int = 16):
+    """plan_run of a small class-conditional demo run on ``images`` photos with ``labels``."""
+    from dctdiff.data.bundled_photos import photo_crops
+    from dctdiff.training.config import build_config
+    from dctdiff.training.launcher import LaunchOptions, plan_run
+    from tests.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "data", photo_crops(images, 32, seed=0), labels=labels)
+    config = build_config("demo", overrides=["optim.batch_size=2", "data.class_conditional=true", *overrides])
+    return plan_run(config, LaunchOptions(str(data), storage=str(tmp_path / "runs")))
+
+
+@pytest.mark.parametrize(
+    ("labels", "num_classes", "message"),
+    [
+        (None, 4, r"has unlabelled images \(label -1\), but data.class_conditional is on"),
+        (list(range(8)) * 2, 4, "has labels up to 7, but data.num_classes=4: set data.num_classes=8"),
+    ],
+)
+def test_labels_outside_the_label_embedding_are_refused_by_plan_run(tmp_path, labels, num_classes, message):
+    """Before: every rank raised an IndexError in the label embedding at step 1 (on CUDA a device assert
+    that surfaced only at the next sync), and Ray Train retried it."""
+    with pytest.raises(ValueError, match=message):
+        _plan(tmp_path, labels, [f"data.num_classes={num_classes}"])
+
+
+def test_labels_that_fit_the_embedding_plan(tmp_path):
+    assert _plan(tmp_path, list(range(8)) * 2, ["data.num_classes=8"]).info.rows == 16
+
+
+def test_too_few_images_for_the_fid_reference_are_refused_before_ray_starts(tmp_path):
+    with pytest.raises(ValueError, match="FID and KID during training need at least 4 training images, got 3"):
+        _plan(tmp_path, [0, 1, 2], ["data.num_classes=3", "cadence.fid_every=2"], images=3)
