@@ -21,9 +21,9 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
-from dctdiff.training.failure_record import FirstStepError
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError
+from dctdiff.training.failure_record import FirstStepError
 
 log = logging.getLogger(__name__)
 

@@ -51,9 +51,9 @@ class BackgroundCheckpoints:
         previous write (and raises its error, if it failed)."""
         self._join()
         host = self._snapshot(tensors)
-        copied = None
-        if any(value.is_cuda for values in tensors.values() for value in values.values()):
-            copied = torch.cuda.current_stream().record_event()  # the non-blocking copies end here
+        on_cuda = [value.device for values in tensors.values() for value in values.values() if value.is_cuda]
+        # the non-blocking copies were queued on the device's current stream: they end at this event
+        copied = torch.cuda.current_stream(on_cuda[0]).record_event() if on_cuda else None
         folder = self._folder()
         thread = threading.Thread(
             target=self._run, args=(folder, host, copy.deepcopy(state), copied), name="dctdiff-checkpoint", daemon=True

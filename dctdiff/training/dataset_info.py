@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from dctdiff.infra import storage
@@ -107,6 +106,9 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
 def _check_labels(data_uri: str, files: list[str], num_classes: int) -> None:
     """Every label in 0..num_classes-1, else ValueError: the label embedding would raise at step 1 on every
     rank (an unlabelled image's label is -1). Reads only the shards' label column."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
     labels = np.concatenate([
         pq.read_table(path, columns=["label"], filesystem=fs).column("label").to_numpy()
         for fs, path in (storage.resolve(uri) for uri in files)
