@@ -14,7 +14,7 @@ kernels that the next GPU step has to wait for.
   and the label dropout, and the step's metric vector. Their host cost is the dispatch of the same op
   sequence measured on the CPU for one sample with a 1x2 token draw (compute negligible), plus one kernel
   launch per op on a GPU, modelled at ``LAUNCH_US`` (the ops are counted). The rows' copy, the id keys, the pinned copies and the token conversion run
-  in the prefetch thread (``worker_loop.batch_from_rows`` under ``prefetched``) while the previous step
+  in the prefetch thread (``device_batches.batch_from_rows`` under ``prefetched``) while the previous step
   computes; their CPU time is shown as "prefetch thread" (overlapped as long as it is below the step).
 
 The modelled step is 3x the analytic forward matmul FLOPs (``benchmarks.model.forward_flops``) of UViT-M at
@@ -37,7 +37,7 @@ from dctdiff.core.codec import Codec
 from dctdiff.training.config import TrainConfig, build_config
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.trainer import build_codec, build_model
-from dctdiff.training.worker_loop import batch_from_rows
+from dctdiff.training.device_batches import batch_from_rows
 
 MODELLED_TFLOPS = 400.0  # achieved bf16 TFLOP/s assumed for UViT-M on one H100
 LAUNCH_US = 5.0  # host cost of one CUDA kernel launch, beyond the dispatch measured on the CPU

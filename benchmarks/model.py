@@ -25,13 +25,12 @@ import torch
 from tqdm import tqdm
 
 
+from benchmarks.peaks import peak_tflops
 from dctdiff.core.codec import DCTCodec, PixelCodec
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
 
-# Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; override with --peak-tflops.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 CPU_DEFAULTS = dict(embed_dim=256, depth=8, num_heads=4, batch=8, steps=4)
 GPU_DEFAULTS = dict(embed_dim=None, depth=None, num_heads=None, batch=128, steps=20)
 
@@ -106,8 +105,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     peak = args.peak_tflops
     if gpu and peak is None:
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        peak = peak_tflops(torch.cuda.get_device_name(device))
     torch.manual_seed(0)
 
     sync = torch.cuda.synchronize if gpu else (lambda: None)

@@ -7,7 +7,7 @@
    ``random_shuffle()`` and its local shuffle buffer (the input path before issue 22), the choices
    docs/ARCHITECTURE.md "Training data order" weighs;
 3. the host cost per row of the input path (row groups read from Parquet, the batch gathered, then
-   ``worker_loop.batch_from_rows`` on the CPU) at the cifar10 and ffhq256 shapes, and from it the CPUs a
+   ``device_batches.batch_from_rows`` on the CPU) at the cifar10 and ffhq256 shapes, and from it the CPUs a
    GPU needs to be fed at its modelled images/s (``host_path.modelled_step_ms``).
 
     python -m benchmarks.streaming [--gib 1.5] [--steps 600] [--warmup 20] [--batch 64] [--folder DIR]
@@ -44,7 +44,7 @@ from dctdiff.training.batch_order import BatchPlan, take, worker_batches
 from dctdiff.training.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.trainer import Trainer, build_codec, build_model
-from dctdiff.training.worker_loop import batch_from_rows
+from dctdiff.training.device_batches import batch_from_rows
 
 RESOLUTION, SHARD_ROWS = 64, 2048
 MODES = ("materialised", "streaming")

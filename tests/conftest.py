@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -12,6 +13,19 @@ from dctdiff.infra.ray_cluster import keep_ray_on_loopback
 
 # Ray reads this when it is first imported: set it before any test module imports ray (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts").
 keep_ray_on_loopback()
+
+
+# What the pipeline tests import; a GPU machine may have only PyTorch and pytest (README "Performance").
+PIPELINE_PACKAGES = ("ray", "mlflow", "pyarrow")
+_MISSING_PACKAGES = [name for name in PIPELINE_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def pytest_ignore_collect(collection_path, config) -> bool | None:
+    """Without Ray, MLflow or pyarrow only the test modules that hold ``gpu`` tests are collected (they
+    import none of the three), so ``pytest -m gpu`` runs on a machine with only PyTorch and pytest."""
+    if _MISSING_PACKAGES and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return "pytest.mark.gpu" not in collection_path.read_text()
+    return None
 
 
 def pytest_collection_modifyitems(config, items) -> None:

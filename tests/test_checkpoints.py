@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -119,32 +118,3 @@ def test_sampling_a_truncated_checkpoint_prints_one_error_line(saved, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "ema.safetensors is truncated" in err[0], err
 
-
-def test_rank_zero_hands_ray_an_intact_checkpoint_to_upload_in_the_background(monkeypatch):
-    """``report`` does not wait for storage: it passes Ray Train a complete local folder with the ASYNC
-    upload mode (Ray uploads it in a thread and deletes it after); the other ranks report no checkpoint."""
-    import ray.train
-
-    from dctdiff.training.dataset_info import DatasetInfo
-    from dctdiff.training.worker_loop import report
-
-    calls = []
-
-    def fake_report(metrics, checkpoint=None, **options):
-        if checkpoint is not None:
-            verify_checkpoint(checkpoint.path)  # every file and the manifest are written before the hand-over
-        calls.append((metrics, checkpoint, options))
-
-    monkeypatch.setattr(ray.train, "report", fake_report)
-    trainer = make_trainer()
-    info = DatasetInfo("file:///shards", 8, 0, 32, 2, 242.0, "ycbcr420", "coefficients", {}, {})
-    report(trainer, {"step": 2}, save=True, rank=0, info=info)
-    report(trainer, {"step": 2}, save=True, rank=1, info=info)
-    (metrics, checkpoint, options), (_, other, other_options) = calls
-    assert options == {"checkpoint_upload_mode": ray.train.CheckpointUploadMode.ASYNC,
-                       "delete_local_checkpoint_after_upload": True}  # fmt: skip
-    assert other is None and other_options == {}
-    assert Path(checkpoint.path).is_dir()  # left for Ray's upload thread, which deletes it
-    _, _, state = load_ema_model(checkpoint.path)
-    assert state["step"] == trainer.step and state["eta"] == 242.0
-    shutil.rmtree(checkpoint.path)

@@ -150,6 +150,34 @@ def test_inf_in_one_row_on_one_of_two_workers_stops_both_without_a_retry(ray_mod
     assert client.get_run(run_id_of(client, "inf")).info.status == "FAILED"
 
 
+def test_an_exception_before_the_first_step_is_recorded_and_not_retried(ray_module, data, tmp_path):
+    """Every rank raises while building its trainer (entropies without the Y plane, so the EBFR weights
+    fail): with max_failures=2 Ray Train used to start the group three times and meet the same error each
+    time; now one worker group runs and the driver raises the recorded error once."""
+    import dataclasses
+
+    import ray
+    from ray.util.state import list_actors
+
+    from dctdiff.training.config import build_config
+    from dctdiff.training.failure_record import FirstStepError
+    from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, plan_run
+
+    def train_workers() -> int:
+        return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+
+    config = build_config("demo", overrides=SMALL[1::2])
+    options = LaunchOptions(str(data), WorkerResources(max_failures=2), str(tmp_path / "runs"), "first-step")
+    plan = plan_run(config, options)
+    plan = dataclasses.replace(plan, info=dataclasses.replace(plan.info, entropy={"Cb": [1.0] * 4, "Cr": [1.0] * 4}))
+    before = train_workers()
+    with pytest.raises(FirstStepError, match=r"^rank 0 failed before the first training step of this attempt "
+                       r"completed, with ValueError: entropy needs planes .* missing \['Y'\].*not retried") as error:  # fmt: skip
+        launch(plan, None)
+    assert "\n" not in str(error.value)
+    assert train_workers() - before == 1  # one attempt: before the fix, three (max_failures=2)
+
+
 def test_bad_inputs_fail_fast_with_a_clear_message(ray_module, data, places, tmp_path, capsys):
     where, _, _ = places
     cases = [

@@ -25,6 +25,7 @@ from dctdiff.training.config import ConfigError, TrainConfig, build_config, chec
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError
+from dctdiff.training.failure_record import FirstStepError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def write_batches(request: TrainRequest) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff train`; returns the exit status (2: bad input, with one line saying what to fix; 1: a
-    non-finite loss stopped the run, with one line naming the step)."""
+    non-finite loss or a first-step exception stopped the run without a retry, with one line naming it)."""
     try:
         request = parse_args(argv)
         configure_logging(request.options.log_level)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         result, run_id = train(request.config, request.options, request.tracking)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
-    except NonFiniteLossError as error:  # the run failed (not the input): one line, exit 1
+    except (NonFiniteLossError, FirstStepError) as error:  # the run failed deterministically: one line, exit 1
         return flags.report_error(f"{error}", status=1)
     metrics = result.metrics or {}
     log.info(

@@ -57,7 +57,8 @@ def ebfr_weights(entropy: Mapping[str, Sequence[float]], layout: TokenLayout) ->
 
 @dataclass
 class LossOutput:
-    """``per_sample`` [N] (weighted, differentiable); ``bands``: unweighted batch MSE per band (detached)."""
+    """``per_sample`` [N] (weighted, differentiable); ``bands``: unweighted batch MSE per band (detached);
+    both float32, also under autocast."""
 
     per_sample: torch.Tensor
     bands: dict[str, torch.Tensor]
@@ -117,7 +118,9 @@ class TokenLoss:
         per_dim = sq.detach().mean(dim=(0, 1))  # [D]
         bands = {"mse": per_dim.mean()}
         if self._band_names:
-            bands.update(zip(self._band_names, (band_matrix @ per_dim).unbind(), strict=True))
+            # multiply and sum, not a matmul: autocast would run `@` in bf16 and round the logged MSEs
+            per_band = (band_matrix * per_dim).sum(dim=1)  # [bands] float32
+            bands.update(zip(self._band_names, per_band.unbind(), strict=True))
         return LossOutput(per_sample, bands)
 
 

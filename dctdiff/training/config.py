@@ -158,10 +158,7 @@ class TrainConfig:
             "diffusion.beta_min must be > 0 and below diffusion.beta_max",
         )
         _require(o.batch_size >= 1, f"optim.batch_size must be >= 1, got {o.batch_size}")
-        _require(
-            o.micro_batches >= 1 and o.batch_size % o.micro_batches == 0,
-            f"optim.micro_batches must be >= 1 and divide optim.batch_size {o.batch_size}, got {o.micro_batches}",
-        )
+        split_batch(o.batch_size, 1, o.micro_batches)
         _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}: set e.g. optim.lr=2e-4")
         _require(0 <= o.ema_decay < 1, f"optim.ema_decay must be in [0, 1), got {o.ema_decay}")
         _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
@@ -215,6 +212,32 @@ class TrainConfig:
             for section, values in self.to_dict().items()
             for key, value in (values.items() if isinstance(values, dict) else [(section, values)])
         }
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How one global batch is cut: ``per_worker`` rows per worker, in chunks of ``micro_batch`` rows."""
+
+    per_worker: int
+    micro_batch: int
+
+
+def split_batch(batch_size: int, workers: int, micro_batches: int) -> BatchSplit:
+    """The per-worker rule, checked once for the driver (``launcher.plan_run``, before Ray starts) and the
+    trainer (each step's chunks): the global batch divides into ``workers`` equal shares and each share
+    into ``micro_batches`` equal chunks; else ConfigError saying what to change."""
+    _require(micro_batches >= 1, f"optim.micro_batches must be >= 1, got {micro_batches}")
+    _require(
+        batch_size % workers == 0, f"optim.batch_size {batch_size} must be divisible by --workers {workers}"
+    )
+    per_worker = batch_size // workers
+    _require(
+        per_worker % micro_batches == 0,
+        f"optim.micro_batches {micro_batches} must divide the per-worker batch {per_worker} (optim.batch_size "
+        f"{batch_size} / {workers} worker{'s' if workers > 1 else ''}): use a divisor of {per_worker}, fewer "
+        "workers or a larger batch",
+    )
+    return BatchSplit(per_worker, per_worker // micro_batches)
 
 
 def _require(condition: bool, message: str) -> None:

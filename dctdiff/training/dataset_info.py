@@ -88,6 +88,8 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     rows = sum(map(sum, row_groups))
     if rows == 0:
         raise FileNotFoundError(f"--data {data_uri} has shards but no rows: every input image was rejected")
+    if d.class_conditional:
+        _check_labels(data_uri, files, d.num_classes)
     return DatasetInfo(
         shards_uri=storage.join(storage.normalize(data_uri), COEFFICIENT_DIR),
         rows=rows,
@@ -102,3 +104,25 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
         shard_files=tuple(files),
         row_groups=row_groups,
     )
+
+
+def _check_labels(data_uri: str, files: list[str], num_classes: int) -> None:
+    """Every label in 0..num_classes-1, else ValueError: the label embedding would raise at step 1 on every
+    rank (an unlabelled image's label is -1). Reads only the shards' label column."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    labels = np.concatenate([
+        pq.read_table(path, columns=["label"], filesystem=fs).column("label").to_numpy()
+        for fs, path in (storage.resolve(uri) for uri in files)
+    ])  # fmt: skip
+    if labels.min() < 0:
+        raise ValueError(
+            f"--data {data_uri} has unlabelled images (label -1), but data.class_conditional is on: train "
+            "without it or prepare a labelled source"
+        )
+    if labels.max() >= num_classes:
+        raise ValueError(
+            f"--data {data_uri} has labels up to {labels.max()}, but data.num_classes={num_classes}: set "
+            f"data.num_classes={labels.max() + 1}"
+        )

@@ -17,12 +17,12 @@ from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
 from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
 from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
-from dctdiff.training.config import ConfigError, TrainConfig
+from dctdiff.training.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.failure_record import FAILURE_FILE, clear_failure, raise_recorded_failure
-from dctdiff.training.training_fid import ensure_reference_stats
+from dctdiff.training.training_fid import check_reference_rows, ensure_reference_stats
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,15 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
     ``continue_existing``: resume the run if it exists, else start it (a Tune trial that Tuner.restore
     restarts); otherwise ``options.resume`` decides, and a mismatch is an error.
     """
+    split_batch(config.optim.batch_size, options.resources.workers, config.optim.micro_batches)
     info = load_dataset_info(options.data, config)
     if info.rows < config.optim.batch_size:
         raise ValueError(
             f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
             f"{config.optim.batch_size}); lower the batch size or prepare more images"
         )
-    workers = options.resources.workers
-    if config.optim.batch_size % workers:
-        raise ConfigError(f"optim.batch_size {config.optim.batch_size} must be divisible by --workers {workers}")
+    if config.cadence.fid_every:
+        check_reference_rows(info.rows)
     root = storage.normalize(options.storage)
     if options.name:
         name = options.name
@@ -156,6 +156,8 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from dctdiff.training.no_retry import StopOnRecordedFailure
 
     config, options, info, group = plan.config, plan.options, plan.info, plan.options.resources
     init_ray(options.address)
@@ -194,11 +196,15 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
             storage_path=storage.normalize(options.storage),
             failure_config=ray.train.FailureConfig(max_failures=group.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.cadence.keep_checkpoints),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, StopOnRecordedFailure(failure_file)],
         ),
     )
     with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError:
+            raise_recorded_failure(failure_file)  # a first-step exception: stopped by StopOnRecordedFailure
+            raise
     raise_recorded_failure(failure_file)  # a NaN/inf loss: the workers stopped together, without a retry
     return result
 

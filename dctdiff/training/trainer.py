@@ -17,7 +17,7 @@ from safetensors.torch import load as load_tensors
 
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
 from dctdiff.core.token_layout import DEFAULT_COLOUR
-from dctdiff.training.config import TrainConfig
+from dctdiff.training.config import TrainConfig, split_batch
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
@@ -67,7 +67,7 @@ def build_noise_schedule(config: TrainConfig) -> VPSchedule:
 class Batch:
     """One worker's share of a global batch: clean tokens [n, L, D] (any float dtype, any device; the
     trainer converts them on its device), labels [n] or None, the sample ids [n] and their ``id_keys``
-    (computed here when not given; ``worker_loop.batch_from_rows`` computes them ahead, on the device)."""
+    (computed here when not given; ``device_batches.batch_from_rows`` computes them ahead, on the device)."""
 
     tokens: torch.Tensor
     labels: torch.Tensor | None
@@ -142,14 +142,12 @@ class Trainer:
         """
         config = self.config
         n, chunks = len(batch.ids), config.optim.micro_batches
-        if n % chunks:
-            raise ValueError(f"the per-worker batch {n} must be divisible by optim.micro_batches = {chunks}")
+        size = split_batch(n, 1, chunks).micro_batch  # the rule plan_run checked for the global batch
         draws = draw_step(config.cadence.seed, self.step, batch.keys, self.codec_token_shape, self.device)
         x0 = self._clean_tokens(batch.tokens, draws)  # [n, L, D] float32 on the device
         labels = self._labels(batch.labels, draws)
         self.optimizer.zero_grad(set_to_none=True)
         per_sample, bands = [], []
-        size = n // chunks
         for index in range(chunks):
             rows, last = slice(index * size, (index + 1) * size), index == chunks - 1
             with nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync():
@@ -208,11 +206,9 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save(self, directory: str, extra: dict[str, Any]) -> None:
-        """Write the model, EMA, optimiser and state.json (with ``extra``: resolved config, stats, ...) as a
-        self-verifying checkpoint (``checkpoints.write_checkpoint``)."""
-        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
-
+    def checkpoint_contents(self, extra: dict[str, Any]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """What a checkpoint holds: the live model, EMA and optimiser tensors (on the device, not copied) and
+        state.json's content with ``extra`` (resolved config, stats, ...)."""
         optimizer_state = self.optimizer.state_dict()
         tensors = {
             f"{index}.{name}": value
@@ -228,7 +224,14 @@ class Trainer:
             "grad_scaler": self.scaler.state_dict(),
             **extra,
         }
-        weights = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": tensors}
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": tensors}, state
+
+    def save(self, directory: str, extra: dict[str, Any]) -> None:
+        """Write ``checkpoint_contents`` now, as a self-verifying checkpoint (``checkpoints.write_checkpoint``;
+        the worker loop writes in the background instead: ``checkpoint_writer``)."""
+        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
+
+        weights, state = self.checkpoint_contents(extra)
         checkpoints.write_checkpoint(str(directory), {k: _contiguous(v) for k, v in weights.items()}, state)
 
     def load(self, directory: str) -> dict[str, Any]:

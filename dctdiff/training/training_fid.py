@@ -70,6 +70,12 @@ def _cached_key(uri: str) -> tuple[int, str] | None:
         return int(data["images"]), str(data["precision"]) if "precision" in data.files else "auto"
 
 
+def check_reference_rows(rows: int) -> None:
+    """ValueError unless ``rows`` training images can serve as the FID/KID reference."""
+    if rows < MIN_FEATURES:
+        raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} training images, got {rows}")
+
+
 def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "auto") -> str:
     """URI of the FID/KID reference of the prepare output ``data_uri`` (``rows`` images), its Inception
     features computed in ``precision`` (as the samples' are) by a Ray Data job and cached; recomputed when
@@ -77,8 +83,7 @@ def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "aut
     from dctdiff.evaluation.feature_job import image_set_features
     from dctdiff.evaluation.image_sets import PreparedImages
 
-    if rows < MIN_FEATURES:
-        raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} training images, got {rows}")
+    check_reference_rows(rows)
     uri = reference_uri(data_uri)
     if _cached_key(uri) == (rows, precision):
         return uri

@@ -5,27 +5,24 @@ from __future__ import annotations
 import itertools
 import logging
 import posixpath
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from dctdiff.core.codec import Codec
 from dctdiff.data.row_group_reader import WindowReader
 from dctdiff.infra.logs import configure_logging
 from dctdiff.training.batch_order import BatchPlan, worker_batches
 from dctdiff.training.config import TrainConfig, config_from_dict
-from dctdiff.data.shards import PIXEL_COLUMN
 from dctdiff.training.dataset_info import DatasetInfo
+from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
-from dctdiff.training.failure_record import record_failure
+from dctdiff.training.failure_record import FirstStepError, record_failure
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
+from dctdiff.training.device_batches import batch_from_rows
 from dctdiff.training.prefetch import prefetched
-from dctdiff.training.randomness import id_keys
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
+from dctdiff.training.trainer import Trainer, build_codec, build_model
 from dctdiff.training.training_fid import load_reference, sample_metrics
 
 log = logging.getLogger(__name__)
@@ -43,7 +40,7 @@ class LoopSettings:
     log_level: str = "INFO"
     resume_from: str | None = None  # the checkpoint the driver verified and chose (None: start at step 0)
     planned_checkpoints: tuple[str, ...] = ()  # folder names that existed when the driver chose resume_from
-    failure_file: str | None = None  # where rank 0 records a NonFiniteLossError for the driver
+    failure_file: str | None = None  # where a worker records a deterministic failure for the driver
 
 
 def starting_checkpoint(settings: LoopSettings):
@@ -55,36 +52,6 @@ def starting_checkpoint(settings: LoopSettings):
     if reported is not None and posixpath.basename(reported.path.rstrip("/")) not in settings.planned_checkpoints:
         return reported
     return ray.train.Checkpoint(settings.resume_from) if settings.resume_from else None
-
-
-def batch_from_rows(
-    rows: dict[str, np.ndarray], config: TrainConfig, codec: Codec, column: str, device: torch.device
-) -> Batch:
-    """A worker's share of a global batch of shard rows (``batch_order.worker_batches``) -> clean tokens
-    for the codec being trained, on ``device``.
-
-    ``column`` (DatasetInfo.column) is the coefficients, or for the pixel baseline the stored source
-    pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels) and become
-    tokens there; values, labels and id keys go through pinned memory on CUDA, with non-blocking copies.
-    On CUDA it runs in the prefetch thread (``prefetched``), a step ahead of the training step.
-    """
-    ids = np.asarray(rows["id"]).astype(str)  # [n] (no per-sample Python work)
-    host = {"values": torch.from_numpy(np.array(rows[column])), "keys": id_keys(ids)}  # a writable copy
-    if config.data.class_conditional:
-        host["labels"] = torch.from_numpy(rows["label"].astype(np.int64))
-    moved = {name: _to_device(tensor, device) for name, tensor in host.items()}
-    if column == PIXEL_COLUMN:
-        tokens = codec.encode(moved["values"])  # uint8 [n, R, R, C] -> [n, L, C P^2]: the source pixels
-    else:
-        tokens = codec.tokens_from_coefficients(moved["values"])  # [n, L, blocks, B^2]: keep m, divide by eta
-    return Batch(tokens, moved.get("labels"), ids, moved["keys"])
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device``: through pinned memory and non-blocking on CUDA."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
@@ -103,8 +70,33 @@ def check_ranks_agree(model: torch.nn.Module, world_size: int) -> None:
         raise RuntimeError("the DDP ranks ended with different weights: gradients were not synchronised")
 
 
+@dataclass
+class FitProgress:
+    """How far this fit (this attempt of the run) got on this worker."""
+
+    stepped: bool = False  # a training step completed
+
+
 def train_loop_per_worker(settings: LoopSettings) -> None:
-    """Ray Train worker: restore the starting checkpoint if any, train to max_steps, report and log."""
+    """Ray Train worker: ``train_to_max_steps``. An exception raised before this fit's first step completed
+    is deterministic (the same config, data and counter-based draws meet it on every attempt): it is
+    recorded for the driver before it ends the worker, and ``no_retry.StopOnRecordedFailure`` ends the run
+    instead of restarting it."""
+    import ray.train
+
+    progress = FitProgress()
+    try:
+        train_to_max_steps(settings, progress)
+    except Exception as error:
+        if progress.stepped or settings.failure_file is None:
+            raise
+        rank = ray.train.get_context().get_world_rank()
+        record_failure(settings.failure_file, FirstStepError.of(error, rank))
+        raise
+
+
+def train_to_max_steps(settings: LoopSettings, progress: FitProgress) -> None:
+    """Restore the starting checkpoint if any, train to max_steps, report and log."""
     import ray.train
     import ray.train.torch
 
@@ -129,15 +121,18 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     plan = BatchPlan.for_run(info, cadence.seed, config.optim.batch_size)
     # Every worker reads the windows itself (docs/ARCHITECTURE.md, "Training data order").
     reader = WindowReader(info.shard_files, plan.groups, ["id", "label", info.column])
-    rows = itertools.islice(worker_batches(plan, reader, trainer.step, rank, world), max(0, cadence.max_steps - trainer.step))
+    to_train = max(0, cadence.max_steps - trainer.step)
+    rows = itertools.islice(worker_batches(plan, reader, trainer.step, rank, world), to_train)
     prepared = (batch_from_rows(batch, config, codec, info.column, device) for batch in rows)
     window = MetricWindow()
+    checkpoints = BackgroundCheckpoints()  # rank 0's writes; the others never start one
     window_start = time.perf_counter()
     # On CUDA the next batch is made while the GPU runs this step; on a CPU both would share the same
     # cores, and the thread only added contention (README "Performance": 10-15% slower on 2 cores).
     try:
         for batch in prefetched(prepared, device=device) if device.type == "cuda" else prepared:
             window.add(trainer.train_step(batch))
+            progress.stepped = True
             step = trainer.step
             last = step == cadence.max_steps
             save = step % cadence.checkpoint_every == 0 or last
@@ -150,7 +145,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             try:
                 metrics = window.reduce(world)  # the step's one collective and host sync
             except NonFiniteLossError as error:  # every rank is here at the same step
-                report_failure(error, step, rank, settings.failure_file)
+                report_failure(error, step, rank, settings.failure_file, checkpoints)
                 return
             epoch = (step - 1) // plan.steps_per_epoch
             metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
@@ -169,7 +164,7 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
             logger.metrics(metrics, step)
             if grid:
                 logger.sample_grid(trainer, step)
-            report(trainer, metrics, save, rank, info)
+            report(trainer, metrics, save, last, rank, info, checkpoints)
             window_start = time.perf_counter()
     finally:
         reader.close()
@@ -177,35 +172,51 @@ def train_loop_per_worker(settings: LoopSettings) -> None:
     logger.final_model(trainer, info.eta, info.colour)
 
 
-def report_failure(error: NonFiniteLossError, step: int, rank: int, failure_file: str | None) -> None:
+def report_failure(
+    error: NonFiniteLossError, step: int, rank: int, failure_file: str | None, checkpoints: BackgroundCheckpoints
+) -> None:
     """End this worker's loop after a deterministic failure without raising, so that Ray Train does not
     retry it (a retry would meet the same NaN): rank 0 records it for the driver to raise
-    (``raise_recorded_failure``), so that the job prints it once; every rank reports (a collective)
-    without a checkpoint, so the last good checkpoint stays the newest."""
-    import ray.train
-
+    (``raise_recorded_failure``), so that the job prints it once; every rank reports (a collective), rank 0
+    with the checkpoint still being written, if any (it passed its step's check), so the last good
+    checkpoint stays the newest."""
     if rank == 0 and failure_file is not None:
         record_failure(failure_file, error)
     elif rank == 0:
         log.error("%s", error)
-    ray.train.report({"step": step, "failed_step": error.step})
+    _report({"step": step, "failed_step": error.step}, checkpoints.ready(wait=True) if rank == 0 else None)
 
 
-def report(trainer: Trainer, metrics: dict[str, float], save: bool, rank: int, info: DatasetInfo) -> None:
-    """ray.train.report from every worker (a collective); rank 0 attaches the checkpoint.
+def report(
+    trainer: Trainer, metrics: dict[str, float], save: bool, last: bool, rank: int, info: DatasetInfo,
+    checkpoints: BackgroundCheckpoints,
+) -> None:
+    """ray.train.report from every worker (a collective); rank 0 attaches the newest checkpoint its
+    background writer has finished.
 
-    The checkpoint is written to a local folder and uploaded to the run's storage in the background
-    (``CheckpointUploadMode.ASYNC``; Ray deletes the local folder after the upload): the ranks go on
-    training while it travels. Ray Train registers a checkpoint only once its upload is complete, and
-    the manifest is its last file, so a resume never sees a partial one."""
+    At a save step rank 0 snapshots the state and starts writing it (``BackgroundCheckpoints.start``: it
+    waits for the previous write first); the ranks go on training while it is written, and it is attached
+    to the first report after it is complete (the last step's is waited for, so the loop ends with it
+    reported). Ray Train uploads the local folder in the background (``CheckpointUploadMode.ASYNC``) and
+    deletes it afterwards; it registers a checkpoint only once its upload is complete, and the manifest
+    is its last file, so a resume never sees a partial one."""
+    directory = None
+    if rank == 0:
+        if save:
+            extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
+            checkpoints.start(*trainer.checkpoint_contents(extra))
+        directory = checkpoints.ready(wait=last)
+    _report(metrics, directory)
+
+
+def _report(metrics: dict[str, float], directory: str | None) -> None:
+    """ray.train.report of ``metrics``, with the complete checkpoint in ``directory`` if given (uploaded in
+    the background, then deleted)."""
     import ray.train
 
-    if not (save and rank == 0):
+    if directory is None:
         ray.train.report(metrics)
         return
-    directory = tempfile.mkdtemp(prefix="dctdiff-checkpoint-")
-    extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
-    trainer.save(directory, extra)
     ray.train.report(
         metrics,
         checkpoint=ray.train.Checkpoint.from_directory(directory),

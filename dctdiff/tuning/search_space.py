@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from dctdiff.training.config import ConfigError, TrainConfig, config_from_dict
+from dctdiff.training.config import ConfigError, TrainConfig, config_from_dict, split_batch
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SCHEDULERS = ("asha", "grid")  # asha: stop poor trials early; grid: FIFO, every trial to --max-steps
@@ -118,8 +118,10 @@ def _candidates(key: str, spec: Any) -> list[Any]:
     raise ConfigError(f"space entry {key}: unknown kind {kind!r}; use one of {', '.join(LIST_KINDS + RANGE_KINDS)}")
 
 
-def validate_space(space: dict[str, Any], base: TrainConfig) -> None:
-    """Raise ConfigError unless every key is a sweepable config field and every value yields a valid config."""
+def validate_space(space: dict[str, Any], base: TrainConfig, workers: int = 1) -> None:
+    """Raise ConfigError unless every key is a sweepable config field and every value yields a valid config
+    that splits over ``workers`` (``split_batch``: the check a trial's ranks would otherwise meet at step 1)."""
+    split_batch(base.optim.batch_size, workers, base.optim.micro_batches)
     if not space:
         raise ConfigError("the search space is empty: give at least one config key to vary")
     allowed = set(base.flat()) - {"preset"}
@@ -135,7 +137,8 @@ def validate_space(space: dict[str, Any], base: TrainConfig) -> None:
             raise ConfigError(f"unknown space key {key!r}; sweepable keys: {', '.join(sweepable)}")
         for value in _candidates(key, spec):
             try:
-                with_values(base, {key: value})
+                config = with_values(base, {key: value})
+                split_batch(config.optim.batch_size, workers, config.optim.micro_batches)
             except ConfigError as error:
                 raise ConfigError(f"space entry {key}: value {value!r} is invalid: {error}") from None
 

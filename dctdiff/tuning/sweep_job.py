@@ -263,7 +263,7 @@ def new_plan(
     """The plan of a new sweep from the command line (validated)."""
     base = build_config(args.preset, args.config, args.set)
     study = load_study(args.study)
-    validate_space(study.space, base)
+    validate_space(study.space, base, worker_resources.workers)
     num_samples = args.num_samples or study.num_samples
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")

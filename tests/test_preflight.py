@@ -1,0 +1,132 @@
+"""What a rank would otherwise only meet at step 1 is checked before Ray starts: the per-worker batch rule
+(``config.split_batch``, by train and sweep alike, and the trainer cuts its micro-batches by the same rule),
+the labels of a class-conditional run and the rows of the FID reference."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dctdiff.training.config import BatchSplit, ConfigError, split_batch
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test when anything calls ``ray.init``."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.mark.parametrize(
+    ("batch", "workers", "micro", "expected"),
+    [(256, 8, 4, BatchSplit(32, 8)), (256, 1, 64, BatchSplit(256, 4)), (24, 3, 8, BatchSplit(8, 1)), (7, 7, 1, BatchSplit(1, 1))],
+)
+def test_a_batch_that_splits_gives_the_per_worker_and_micro_batch_sizes(batch, workers, micro, expected):
+    assert split_batch(batch, workers, micro) == expected
+    assert expected.per_worker * workers == batch and expected.micro_batch * micro == expected.per_worker
+
+
+@pytest.mark.parametrize(
+    ("batch", "workers", "micro", "message"),
+    [
+        (256, 8, 64, r"optim.micro_batches 64 must divide the per-worker batch 32 \(optim.batch_size 256 / 8 workers\)"),
+        (24, 4, 4, "optim.micro_batches 4 must divide the per-worker batch 6"),
+        (24, 5, 1, "optim.batch_size 24 must be divisible by --workers 5"),
+        (24, 1, 0, "optim.micro_batches must be >= 1, got 0"),
+    ],
+)
+def test_a_batch_that_does_not_split_is_one_line_saying_what_to_change(batch, workers, micro, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        split_batch(batch, workers, micro)
+    assert "\n" not in str(error.value)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+# The issue's case at a smaller size: the global batch divides by the workers and by the micro-batches, so
+# it passed validation and plan_run, then every rank raised at step 1, three times over (max_failures=2).
+BAD_SPLIT = ["--workers", "8", "--set", "optim.batch_size=64", "--set", "optim.micro_batches=16"]
+
+
+def test_train_refuses_micro_batches_that_do_not_divide_a_workers_share_before_ray_starts(tmp_path, capsys, no_ray):
+    from dctdiff.commands.train_command import main
+    from dctdiff.data.bundled_photos import photo_crops
+    from tests.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "data", photo_crops(64, 32, seed=0))  # enough rows for one global batch
+    start = time.monotonic()
+    where = ["--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["--data", str(data), *where, *BAD_SPLIT]) == 2
+    assert "optim.micro_batches 16 must divide the per-worker batch 8" in _one_error_line(capsys)
+    assert time.monotonic() - start < 30
+
+
+def test_sweep_refuses_it_for_the_base_config_and_for_a_swept_value(tmp_path, capsys, no_ray):
+    from dctdiff.commands.sweep_command import main
+
+    common = ["--data", str(tmp_path / "data"), "--storage", str(tmp_path / "runs"), "--mlflow-uri",
+              f"sqlite:///{tmp_path}/mlflow.db"]  # fmt: skip
+    assert main(["--study", "lr", *common, *BAD_SPLIT]) == 2
+    assert "optim.micro_batches 16 must divide the per-worker batch 8" in _one_error_line(capsys)
+    space = tmp_path / "micro.yaml"
+    space.write_text("space:\n  optim.micro_batches: {grid: [1, 16]}\n")
+    assert main(["--study", str(space), *common, "--workers", "8", "--set", "optim.batch_size=64"]) == 2
+    assert "value 16 is invalid: optim.micro_batches 16 must divide the per-worker batch 8" in _one_error_line(capsys)
+
+
+def test_the_trainer_cuts_micro_batches_by_the_same_rule():
+    import torch
+
+    from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
+    from dctdiff.training.config import build_config
+
+    config = build_config("demo", overrides=["model.embed_dim=32", "optim.micro_batches=4"])
+    codec = build_codec(config, eta=242.0)
+    trainer = Trainer(config, codec, build_model(config, codec), None, torch.device("cpu"))
+    tokens = torch.zeros(6, codec.num_tokens, codec.token_dim)
+    with pytest.raises(ConfigError, match="optim.micro_batches 4 must divide the per-worker batch 6"):
+        trainer.train_step(Batch(tokens, None, [f"img-{i}" for i in range(6)]))
+
+
+def _plan(tmp_path, labels, overrides: list[str], images: int = 16):
+    """plan_run of a small class-conditional demo run on ``images`` photos with ``labels``."""
+    from dctdiff.data.bundled_photos import photo_crops
+    from dctdiff.training.config import build_config
+    from dctdiff.training.launcher import LaunchOptions, plan_run
+    from tests.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "data", photo_crops(images, 32, seed=0), labels=labels)
+    config = build_config("demo", overrides=["optim.batch_size=2", "data.class_conditional=true", *overrides])
+    return plan_run(config, LaunchOptions(str(data), storage=str(tmp_path / "runs")))
+
+
+@pytest.mark.parametrize(
+    ("labels", "num_classes", "message"),
+    [
+        (None, 4, r"has unlabelled images \(label -1\), but data.class_conditional is on"),
+        (list(range(8)) * 2, 4, "has labels up to 7, but data.num_classes=4: set data.num_classes=8"),
+    ],
+)
+def test_labels_outside_the_label_embedding_are_refused_by_plan_run(tmp_path, labels, num_classes, message):
+    """Before: every rank raised an IndexError in the label embedding at step 1 (on CUDA a device assert
+    that surfaced only at the next sync), and Ray Train retried it."""
+    with pytest.raises(ValueError, match=message):
+        _plan(tmp_path, labels, [f"data.num_classes={num_classes}"])
+
+
+def test_labels_that_fit_the_embedding_plan(tmp_path):
+    assert _plan(tmp_path, list(range(8)) * 2, ["data.num_classes=8"]).info.rows == 16
+
+
+def test_too_few_images_for_the_fid_reference_are_refused_before_ray_starts(tmp_path):
+    with pytest.raises(ValueError, match="FID and KID during training need at least 4 training images, got 3"):
+        _plan(tmp_path, [0, 1, 2], ["data.num_classes=3", "cadence.fid_every=2"], images=3)
