@@ -1,11 +1,14 @@
 """Sampling throughput: DCT vs pixel U-ViT of equal width and depth at NFE 50, and Inception feature
 extraction, in one run.
 
-    python -m benchmarks.sample [--images 16] [--nfe 50] [--embed-dim 256] [--depth 8] [--device cuda]
+    python -m benchmarks.sample [--part all|rate|host] [--images 16] [--nfe 50] [--embed-dim 256] [--depth 8]
+                                [--device cuda] [--repeats 10]
 
 Both models sample 32x32 images with DPM-Solver++ 2M through ``dctdiff.core.generation.generate_images``
 (DCT: B = 2, keep = 4, 64 tokens of dim 24; pixel: P = 2, 256 tokens of dim 12); the table gives
 images/s and the DCT/pixel ratio, and the Inception row the rate of the FID feature extractor.
+``--part host``: the host time per step of the sampler's noise before vs after drawing it on the device
+(``benchmarks.sampler_host``, at the cifar10 and ffhq256 shapes).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 import torch
 
 
+from benchmarks.sampler_host import sampler_host_table
 from dctdiff.core.codec import DCTCodec, PixelCodec
 from dctdiff.evaluation.fid import extract_features, load_inception
 from dctdiff.core.generation import generate_images
@@ -40,7 +44,14 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--part", choices=("all", "rate", "host"), default="all", help="which table(s)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per host-time cell (median)")
     args = parser.parse_args()
+    if args.part in ("all", "host"):
+        print("host time per Euler-Maruyama step for the noise (one CPU thread):")
+        print(sampler_host_table(args.repeats))
+    if args.part == "host":
+        return
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     schedule = VPSchedule(snr_scale=4.0)

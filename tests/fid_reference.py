@@ -23,7 +23,7 @@ def _batches(images: ImageArray | Iterable[ImageArray], batch_size: int) -> Iter
 def compute_fid_stats(
     images: ImageArray | Iterable[ImageArray],
     weights: str | Path | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     batch_size: int = 50,
 ) -> FIDStats:
     """FID statistics (mu, sigma) of uint8 images [N, H, W, 3], or of an iterable of such batches."""
@@ -38,7 +38,7 @@ def reconstruction_analysis(
     images: np.ndarray, block_size: int, weights: str | None = None, batch_size: int = 50
 ) -> list[ReconstructionRow]:
     """In-process analysis of uint8 images [N, H, W, 3] (no Ray)."""
-    model = load_inception(weights)
+    model = load_inception(weights, "cpu")
     moments: dict[int, FeatureMoments] = {}
     squared: dict[int, float] = {}
     for start in range(0, len(images), batch_size):

@@ -169,7 +169,7 @@ def tracking_uri(tmp_path):
 
 
 @pytest.mark.slow
-def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, tracking_uri):
+def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, tracking_uri, capsys):
     from mlflow.tracking import MlflowClient
 
     from dctdiff.commands.evaluate_command import main
@@ -186,6 +186,7 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     assert main(argv) == 0
     ref = load_fid_stats(tmp_path / "ref.npz")
     np.testing.assert_allclose(ref.mu, reference.mu, rtol=1e-5, atol=1e-7)
+    assert (ref.precision, ref.images, ref.source) == ("fp32", 5, str(tmp_path / "prep"))  # fp32 by default
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
     assert run.data.metrics["fid"] == pytest.approx(expected, rel=1e-5)
@@ -202,8 +203,15 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     assert client.get_run(training_run).info.status == "RUNNING"
 
     # --precision reaches the Inception actors: bf16 (here CPU autocast) moves the FID a little
-    bf16 = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")], tracking=None, precision="bf16")
+    bf16 = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "prep")], tracking=None, precision="bf16")
     assert bf16 != pytest.approx(expected, rel=1e-5) and bf16 == pytest.approx(expected, rel=0.01)  # measured 0.13%
+
+    # bf16 samples against the fp32 statistics: refused with one line, unless asked for (then a warning)
+    argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz"), "--precision", "bf16", "--no-mlflow"]
+    assert main(argv) == 2
+    assert "different precisions (bf16 vs fp32)" in capsys.readouterr().err.splitlines()[-1]
+    assert main(argv + ["--allow-mixed-precision"]) == 0
+    assert "different precisions (bf16 vs fp32)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ on real images (bundled photos, Fashion-MNIST); statistics files."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import numpy as np
@@ -14,6 +15,8 @@ from dctdiff.evaluation.fid import (
     FEATURE_DIM,
     FeatureMoments,
     FIDStats,
+    check_same_precision,
+    default_batch_size,
     extract_features,
     fid_from_stats,
     frechet_distance,
@@ -65,7 +68,7 @@ def test_feature_moments_match_numpy_and_merge():
     whole = FeatureMoments.empty(32).update(features)
     parts = FeatureMoments.empty(32).update(features[:110]).merge(FeatureMoments.empty(32).update(features[110:]))
     for moments in (whole, parts):
-        mu, sigma = moments.stats()
+        mu, sigma = moments.stats()[:2]
         np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-12)
         np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="at least 2 images"):
@@ -166,6 +169,39 @@ def test_stats_file_round_trip_and_bad_width(tmp_path):
     np.savez(tmp_path / "other.npz", mean=np.zeros(3))
     with pytest.raises(ValueError, match="missing"):
         load_fid_stats(tmp_path / "other.npz")
+
+
+def test_stats_record_precision_images_and_source(tmp_path):
+    """What saved statistics were computed from comes back on load; pytorch-fid files read as unrecorded."""
+    stats = FIDStats(np.zeros(FEATURE_DIM), np.eye(FEATURE_DIM), precision="bf16", images=1234, source="photos:1234")
+    save_fid_stats(tmp_path / "ref.npz", stats)
+    with np.load(tmp_path / "ref.npz") as data:
+        assert sorted(data.files) == ["images", "mu", "precision", "sigma", "source"]
+    loaded = load_fid_stats(tmp_path / "ref.npz")
+    assert (loaded.precision, loaded.images, loaded.source) == ("bf16", 1234, "photos:1234")
+    np.savez(tmp_path / "pytorch_fid.npz", mu=np.zeros(FEATURE_DIM), sigma=np.eye(FEATURE_DIM))
+    assert load_fid_stats(tmp_path / "pytorch_fid.npz")[2:] == (None, None, None)
+
+
+def test_statistics_of_different_precision_are_refused_or_warned(caplog):
+    fp32, bf16 = FIDStats(np.zeros(2), np.eye(2), "fp32"), FIDStats(np.zeros(2), np.eye(2), "bf16")
+    unrecorded = FIDStats(np.zeros(2), np.eye(2))
+    check_same_precision(fp32, unrecorded)  # published statistics are fp32
+    with pytest.raises(ValueError, match=r"different precisions \(bf16 vs fp32\).*--allow-mixed-precision"):
+        check_same_precision(bf16, unrecorded)
+    caplog.clear()
+    check_same_precision(bf16, fp32, allow=True)
+    assert "different precisions (bf16 vs fp32)" in caplog.text
+
+
+def test_features_default_to_fp32_and_large_batches_on_gpus():
+    """fp32 Inception unless bf16 is asked for, in `evaluate` and in the library (on a GPU "auto" is bf16)."""
+    from dctdiff.commands.evaluate_command import parse_args
+
+    assert parse_args(["fid", "a.npz", "--save-stats", "b.npz"]).precision == "fp32"
+    assert parse_args(["reconstruction", "a", "--block-size", "2"]).precision == "fp32"
+    assert inspect.signature(extract_features).parameters["precision"].default == "fp32"
+    assert (default_batch_size("cuda"), default_batch_size("cpu")) == (256, 50)
 
 
 def test_bad_weights_give_clear_errors(tmp_path):

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 import pytest
 import torch
 
 from dctdiff.training.randomness import draw_step, id_keys
-
-MASK = (1 << 64) - 1
-
-
-GOLDEN, MIX1 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
-
-
-def mix(z: int) -> int:
-    """The SplitMix64 finaliser on a uint64 Python int."""
-    z = ((z ^ (z >> 30)) * MIX1) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return z ^ (z >> 31)
-
-
-def reference_bits(key: int, counter: int) -> int:
-    """SplitMix64 output number ``counter`` of the stream seeded with ``key`` (uint64 Python ints)."""
-    return mix((key + (counter + 1) * GOLDEN) & MASK)
+from tests.counter_reference import GOLDEN, MASK, MIX1, mix, reference_bits, reference_normals
 
 
 def reference_id_key(sample_id: str) -> int:
@@ -46,13 +28,7 @@ def reference_draws(seed: int, step: int, sample_id: str, elements: int) -> tupl
     """(t, flip uniform, drop uniform) and the first ``elements`` normals of one sample, in float64."""
     key = reference_key(seed, step, sample_id)
     scalars = [(reference_bits(key, c) >> 40) / 2**24 for c in range(3)]
-    normals = []
-    for c in range(3, 3 + (elements + 1) // 2):
-        bits = reference_bits(key, c)
-        radius = math.sqrt(-2 * math.log(((bits >> 40) + 1) / 2**24))
-        angle = 2 * math.pi * (((bits >> 16) & 0xFFFFFF) / 2**24)
-        normals += [radius * math.cos(angle), radius * math.sin(angle)]
-    return scalars, normals[:elements]
+    return scalars, reference_normals(key, elements, first_counter=3)
 
 
 def test_id_keys_match_the_reference_and_ignore_the_batch_width():

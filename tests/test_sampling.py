@@ -11,9 +11,11 @@ import math
 import pytest
 import torch
 
-from dctdiff.core.uvit import build_uvit
-from dctdiff.core.samplers import SAMPLERS, model_eps_fn, sample, time_grid
+from dctdiff.core.counter_rng import SeedNoise
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.samplers import SAMPLERS, model_eps_fn, sample, time_grid
+from dctdiff.core.uvit import build_uvit
+from tests.counter_reference import reference_seed_noise
 
 SHAPE = (4, 6)
 MU = torch.linspace(-1.0, 1.0, 24, dtype=torch.float64).reshape(SHAPE)
@@ -39,7 +41,9 @@ def exact_ode_end(x1: torch.Tensor) -> torch.Tensor:
 
 
 def start_noise(seeds):
-    return torch.stack([torch.randn(SHAPE, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    """x_1 of each seed from the pure-Python reference of the sampler's stream (draw 0) -> [N, *SHAPE]."""
+    count = math.prod(SHAPE)
+    return torch.tensor([reference_seed_noise(s, 0, count) for s in seeds], dtype=torch.float64).reshape(-1, *SHAPE)
 
 
 def ode_error(sampler: str, nfe: int, seeds=range(64)) -> float:
@@ -90,6 +94,44 @@ def test_same_seed_same_image_at_any_batch_size(sampler):
     singles = torch.cat([sample(gaussian_eps_fn(), SHAPE, [s], SCHEDULE, sampler, nfe=8) for s in seeds])
     assert torch.equal(batch, singles)
     assert torch.equal(batch[1], batch[2]) and not torch.equal(batch[0], batch[1])
+
+
+def test_seed_noise_matches_the_reference_and_is_standard_normal():
+    """Every draw of every seed is the reference stream's (float32 Box-Muller within rounding); draws are
+    independent of each other and of the batch they come in."""
+    noise = SeedNoise([0, 7, 2**40 + 3], "cpu")
+    for draw in (0, 1, 9):
+        expected = torch.tensor([reference_seed_noise(s, draw, 24) for s in (0, 7, 2**40 + 3)], dtype=torch.float64)
+        torch.testing.assert_close(noise(draw, SHAPE).reshape(3, 24).double(), expected, rtol=0, atol=2e-6)
+    assert torch.equal(SeedNoise([7], "cpu")(1, SHAPE)[0], noise(1, SHAPE)[1])
+    many = SeedNoise(range(4096), "cpu")
+    z0, z1 = many(0, (96,)).double(), many(1, (96,)).double()  # 393216 draws each
+    assert abs(z0.mean().item()) < 0.01 and abs(z0.std().item() - 1) < 0.005 and abs((z0**4).mean().item() - 3) < 0.05
+    assert abs((z0 * z1).mean().item()) < 0.01  # draws uncorrelated
+    assert abs((z0[:-1] * z0[1:]).mean().item()) < 0.01  # neighbouring seeds uncorrelated
+
+
+def test_euler_maruyama_adds_the_seeds_step_noise():
+    """One stochastic step from x_1 with eps = 0: x_1 + dt (-beta/2 x_1) plus sqrt(beta |dt|) times draw 1."""
+    seeds = [3, 4]
+    zero_eps = lambda x, t, labels: torch.zeros_like(x)  # noqa: E731
+    out = sample(zero_eps, SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=2, spacing="time", t_min=0.5, dtype=torch.float64)
+    t = torch.tensor([1.0, 0.75], dtype=torch.float64)
+    beta = SCHEDULE.sde_beta(t).tolist()
+    x1 = start_noise(seeds)
+    z1 = torch.tensor([reference_seed_noise(s, 1, 24) for s in seeds], dtype=torch.float64).reshape(-1, *SHAPE)
+    x = x1 - 0.25 * (-0.5 * beta[0] * x1) + math.sqrt(beta[0] * 0.25) * z1
+    expected = x - 0.25 * (-0.5 * beta[1] * x)  # the last step adds no noise
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_sampling_matches_cpu_sampling():
+    """The noise is drawn on the GPU from the same stream: the same samples up to float32 rounding."""
+    seeds = list(range(32))
+    cpu = sample(gaussian_eps_fn(), SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=10)
+    cuda = sample(gaussian_eps_fn(MU.cuda(), STD.cuda()), SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=10, device="cuda")
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-4)
 
 
 def test_same_seed_same_image_with_a_uvit_and_guidance():

@@ -343,6 +343,25 @@ def test_cuda_batches_from_rows_equal_the_cpu_batches():
     torch.testing.assert_close(cuda.tokens.cpu(), cpu.tokens)
 
 
+def test_only_kept_coefficients_cross_to_the_device(monkeypatch):
+    """keep = 2 of B^2 = 4: the values sent to the device hold 2 coefficients per block (half the bytes),
+    and the tokens equal those the codec makes from all stored coefficients."""
+    from dctdiff.training import device_batches
+
+    config = build_config("demo", overrides=["model.embed_dim=32", "data.keep=2"])
+    codec = build_codec(config, eta=242.0)
+    coefficients = codec.analyze(photo_crops(4, 32, seed=5)).numpy().astype(np.float16)  # [4, L, 6, 4]
+    rows = {"id": np.array([f"img-{i}" for i in range(4)], dtype=object), "label": np.arange(4),
+            "coefficients": coefficients}  # fmt: skip
+    moved = []
+    to_device = device_batches._to_device
+    monkeypatch.setattr(device_batches, "_to_device", lambda t, d: moved.append(t.shape) or to_device(t, d))
+    batch = device_batches.batch_from_rows(rows, config, codec, "coefficients", torch.device("cpu"))
+    assert codec.keep == 2 and coefficients.shape[-1] == 4
+    assert moved[0] == (*coefficients.shape[:-1], 2)
+    torch.testing.assert_close(batch.tokens, codec.tokens_from_coefficients(torch.from_numpy(coefficients)), rtol=0, atol=0)
+
+
 def test_logged_metrics_are_float32_under_bf16_autocast(batches):
     """A bf16-autocast step (CPU autocast here, the GPU's default) hands the metric window float32 values,
     and its band MSEs equal those of the same step's losses recomputed in float64 from the band masks."""

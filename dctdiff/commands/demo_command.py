@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     banner(f"4/5 sample {args.samples} images from the EMA weights")
     spec = SamplingSpec(result.checkpoint.path)  # the run's sampler and NFE
-    samples = run_sampling(spec, args.samples, str(out / "samples"), workers=1)
+    samples = run_sampling(spec, args.samples, str(out / "samples"))
     grid = out / "samples.png"
     save_png(sample_grid(samples), str(grid), scale=3)
     client = MlflowClient(tracking_uri)

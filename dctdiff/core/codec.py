@@ -312,11 +312,17 @@ class DCTCodec(Codec):
         return coefficients.reshape(coefficients.shape[0], coefficients.shape[1], self.layout.blocks_per_token, -1)
 
     def tokens_from_coefficients(self, coefficients: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Coefficients [N, L, blocks, B*B] (as ``analyze`` returns) -> tokens [N, L, blocks * keep]."""
+        """Coefficients [N, L, blocks, K] -> tokens [N, L, blocks * keep]: the first K >= keep zigzag
+        frequencies of each block (K = B*B as ``analyze`` returns, or K = keep as the trainer sends them)."""
         coefficients = torch.as_tensor(coefficients)
-        expected = (self.num_tokens, self.layout.blocks_per_token, self.block_size**2)
-        if coefficients.ndim != 4 or tuple(coefficients.shape[1:]) != expected:
-            raise ValueError(f"coefficients must have shape [N, {', '.join(map(str, expected))}], got {list(coefficients.shape)}")
+        expected = (self.num_tokens, self.layout.blocks_per_token)
+        if coefficients.ndim != 4 or tuple(coefficients.shape[1:3]) != expected or not (
+            self.keep <= coefficients.shape[3] <= self.block_size**2
+        ):
+            raise ValueError(
+                f"coefficients must have shape [N, {', '.join(map(str, expected))}, K] with keep = {self.keep} <= K <= "
+                f"{self.block_size**2}, got {list(coefficients.shape)}"
+            )
         kept = coefficients[..., : self.keep].to(self.dtype) / self.eta
         return kept.reshape(coefficients.shape[0], self.num_tokens, self.token_dim)
 

@@ -28,8 +28,10 @@ def generate_images(
     batch_size: int = 256,
     progress: bool = False,
     precision: Precision = "auto",
+    on_device: bool = False,
 ) -> torch.Tensor:
-    """uint8 images [len(seeds), H, W, 3]; image i depends only on seeds[i] (and labels[i]).
+    """uint8 images [len(seeds), H, W, 3] on the CPU (``on_device``: left on ``device``, e.g. for Inception
+    features on the same GPU); image i depends only on seeds[i] (and labels[i]).
 
     Class-conditional models without ``labels`` get the null label (unconditional samples). ``precision``:
     the network's (``dctdiff.core.precision``; bf16 on CUDA by default); the sampler's own arithmetic stays
@@ -57,7 +59,8 @@ def generate_images(
             progress=progress,
             x0_bound=codec.token_bound,  # static thresholding to the tokens' exact range
         )  # [n, L, D]
-        out.append(codec.decode(tokens.float()).cpu())
+        images = codec.decode(tokens.float())  # [n, H, W, 3] uint8 on the device
+        out.append(images if on_device else images.cpu())
     model.train(was_training)
     return torch.cat(out)
 

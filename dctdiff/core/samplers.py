@@ -5,8 +5,9 @@ noise predictor once per step (``nfe`` network evaluations; with classifier-free
 evaluation runs the conditional and the null-label batch together). The grid is uniform in log-SNR
 (``spacing="logsnr"``, DPM-Solver's choice for low-resolution data) or in t (``spacing="time"``).
 
-Randomness comes only from one ``torch.Generator`` per image, seeded from the ``seeds`` list and
-drawn on the CPU, so an image depends on its seed alone, not on batch size or worker count.
+Randomness comes only from a counter-based stream per image (``counter_rng.SeedNoise``), keyed by its
+seed and generated on the sampling device: an image depends on its seed alone, not on batch size, worker
+count or device, and no step waits for the host (no generator on the CPU, no host -> device copy).
 
 Notation (Lu et al. 2022, "DPM-Solver++"): alpha_t = sqrt(alpha_bar), sigma_t = sqrt(1 - alpha_bar),
 half-log-SNR lambda_t = log(alpha_t / sigma_t), data prediction x0 = (x_t - sigma_t eps) / alpha_t.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from dctdiff.core.counter_rng import SeedNoise
 from dctdiff.core.noise_schedule import VPSchedule, network_time
 
 # eps_fn(x_t [N, ...], t [N] in [0, 1], labels [N] | None) -> predicted noise [N, ...]
@@ -113,11 +115,6 @@ class _BoundedEps:
         return (x - alpha * x0) / sigma
 
 
-def _per_image_normal(generators: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
-    """One standard-normal draw of ``shape`` per image from its own CPU generator -> [N, *shape]."""
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
 def _dpm_solver_pp(x: torch.Tensor, eps_at: _GuidedEps, grid: _Grid, order: int, progress: bool) -> torch.Tensor:
     """Multistep DPM-Solver++ of the given order (Lu et al. 2022, Alg. 2 and its 3rd-order extension).
 
@@ -157,10 +154,10 @@ def _euler(
     x: torch.Tensor,
     eps_at: _GuidedEps,
     grid: _Grid,
-    generators: Sequence[torch.Generator] | None,
+    noise: SeedNoise | None,
     progress: bool,
 ) -> torch.Tensor:
-    """Euler on the probability-flow ODE (``generators`` None) or Euler-Maruyama on the reverse SDE.
+    """Euler on the probability-flow ODE (``noise`` None) or Euler-Maruyama on the reverse SDE.
 
     Forward SDE dx = -beta_c/2 x dt + sqrt(beta_c) dw, score = -eps / sigma (Song et al. 2021):
     ODE drift -beta_c/2 (x - eps/sigma); reverse-SDE drift -beta_c/2 x + beta_c eps/sigma plus noise
@@ -171,12 +168,12 @@ def _euler(
         eps = eps_at(x, grid.t[i])
         dt = grid.t[i + 1] - grid.t[i]  # negative
         beta, score_term = grid.beta[i], eps / grid.sigma[i]
-        if generators is None:
+        if noise is None:
             x = x + dt * (-0.5 * beta) * (x - score_term)
         else:
             x = x + dt * (-0.5 * beta * x + beta * score_term)
             if i < steps - 1:
-                z = _per_image_normal(generators, tuple(x.shape[1:])).to(x.device, x.dtype)
+                z = noise(i + 1, tuple(x.shape[1:])).to(x.dtype)  # [N, *shape], drawn on x's device
                 x = x + math.sqrt(beta * -dt) * z
     return x
 
@@ -225,8 +222,8 @@ def sample(
         if labels.shape != (len(seeds),):
             raise ValueError(f"labels must have one entry per seed ({len(seeds)}), got shape {list(labels.shape)}")
 
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-    x = _per_image_normal(generators, shape).to(device, dtype)  # x_1 ~ N(0, I), [N, *shape]
+    noise = SeedNoise(seeds, device)
+    x = noise(0, shape).to(dtype)  # x_1 ~ N(0, I), [N, *shape]
     eps_at = _GuidedEps(eps_fn, labels, guidance_scale, null_label)
     if x0_bound is not None:
         eps_at = _BoundedEps(eps_at, schedule, x0_bound)
@@ -234,4 +231,4 @@ def sample(
     if sampler.startswith("dpm++") or sampler == "ddim":
         order = {"dpm++2m": 2, "dpm++3m": 3, "ddim": 1}[sampler]
         return _dpm_solver_pp(x, eps_at, grid, order, progress)
-    return _euler(x, eps_at, grid, generators if sampler == "euler_maruyama" else None, progress)
+    return _euler(x, eps_at, grid, noise if sampler == "euler_maruyama" else None, progress)

@@ -27,9 +27,9 @@ import numpy as np
 
 from dctdiff.core.codec import DCTCodec
 from dctdiff.core.precision import Precision
-from dctdiff.evaluation.fid import FIDStats, fid_from_stats, save_fid_stats
-from dctdiff.evaluation.feature_job import dataset_moments, image_set_features
-from dctdiff.evaluation.feature_metrics import MIN_IMAGES, feature_metrics
+from dctdiff.evaluation.feature_job import dataset_moments, feature_precision, image_set_features, related_metrics
+from dctdiff.evaluation.feature_metrics import MIN_IMAGES
+from dctdiff.evaluation.fid import FIDStats, check_same_precision, fid_from_stats, save_fid_stats
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
 from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.evaluation.reconstruction import (
@@ -101,19 +101,23 @@ def run_fid(
     specs: Sequence[str],
     save_stats_to: str | None = None,
     weights: str | None = None,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     actors: int | None = None,
     limit: int | None = None,
     resolution: int | None = None,
     tracking: Tracking | None = Tracking(),
     metric: str = "fid",
     step: int = 0,
-    precision: Precision = "auto",
+    precision: Precision = "fp32",
+    allow_mixed_precision: bool = False,
 ) -> float | None:
     """FID of ``specs[0]`` against ``specs[1]`` (None with one set: then its statistics are only saved).
 
-    When both are image sets, KID, its standard error and improved precision/recall are computed from
-    the same features and logged beside FID (``related_metric``); statistics files hold moments only.
+    Inception runs in fp32 by default, as published statistics; saved statistics record their precision,
+    image count and source, and two sets of different precision are refused (``check_same_precision``)
+    unless ``allow_mixed_precision``. When both are image sets, KID, its standard error and improved
+    precision/recall are computed from the same features and logged beside FID (``related_metric``);
+    statistics files hold moments only.
     """
     if not 1 <= len(specs) <= 2:
         raise ValueError(f"fid takes one or two image sets, got {len(specs)}")
@@ -127,16 +131,21 @@ def run_fid(
     groups = (
         image_set_features(to_compute, weights, batch_size, actors, with_features, precision=precision) if to_compute else []
     )
+    resolved = feature_precision(precision) if to_compute else None
     computed = iter([group.moments.stats() for group in groups])
-    stats = [s if isinstance(s, FIDStats) else next(computed) for s in opened]
+    stats = [
+        s if isinstance(s, FIDStats) else next(computed)._replace(precision=resolved, images=s.count, source=spec)
+        for s, spec in zip(opened, specs)
+    ]
     if save_stats_to:
         save_fid_stats(save_stats_to, stats[-1])
         logger.info("statistics of %s written to %s", specs[-1], save_stats_to)
     if len(specs) == 1:
         return None
+    check_same_precision(stats[0], stats[1], allow_mixed_precision)
     fid = fid_from_stats(stats[0], stats[1])
     logger.info("FID %.4f  (%s vs %s)", fid, _describe(opened[0], specs[0]), _describe(opened[1], specs[1]))
-    related = feature_metrics(groups[0].features(), groups[1].features()) if with_features else {}
+    related = related_metrics(groups[0].features(), groups[1].features()) if with_features else {}
     if related:
         logger.info("KID %.5f +- %.5f, precision %.4f, recall %.4f", related["kid"], related["kid_std_error"],
                     related["precision"], related["recall"])
@@ -145,6 +154,8 @@ def run_fid(
                     "file holds moments only)", MIN_IMAGES)
     if tracking is not None:
         tags = {f"{metric}.set": specs[0], f"{metric}.reference": specs[1]}
+        for name, side in zip(("set", "reference"), stats):
+            tags[f"{metric}.precision.{name}"] = side.precision or "fp32 (not recorded)"
         for name, opened_set in zip(("set", "reference"), opened):
             if isinstance(opened_set, ImageSet):
                 tags[f"{metric}.images.{name}"] = str(opened_set.count)
@@ -183,11 +194,11 @@ def run_reconstruction(
     gamma: float = DEFAULT_GAMMA,
     output: str = "outputs/reconstruction",
     weights: str | None = None,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     actors: int | None = None,
     limit: int | None = None,
     tracking: Tracking | None = Tracking(),
-    precision: Precision = "auto",
+    precision: Precision = "fp32",
 ) -> tuple[list[ReconstructionRow], int | None]:
     """rFID and PSNR for keep = 1..B*B on ``source``; the smallest keep with rFID < gamma.
 

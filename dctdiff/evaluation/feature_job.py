@@ -1,6 +1,8 @@
 """Inception feature extraction as a Ray Data job: one FID network per actor (a GPU each when the
-cluster has GPUs), feature moments merged in the driver, optionally per group (e.g. per ``keep``), and
-optionally the features themselves (for KID and precision/recall: float32 [N, 2048], 8 KiB per image)."""
+cluster has GPUs; an actor uses only the device Ray reserved for it), feature moments merged in the
+driver, optionally per group (e.g. per ``keep``), and optionally the features themselves (for KID and
+precision/recall: float32 [N, 2048], 8 KiB per image). The driver does no GPU work: the metrics that need
+the features run as a Ray task on a GPU of the cluster (``related_metrics``)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dctdiff.core.precision import Precision
-from dctdiff.evaluation.fid import FeatureMoments, FIDStats, extract_features, load_inception
+from dctdiff.core.precision import Precision, resolved_precision
+from dctdiff.evaluation.feature_metrics import feature_metrics
+from dctdiff.evaluation.fid import FeatureMoments, FIDStats, default_batch_size, extract_features, load_inception
 from dctdiff.evaluation.image_sets import ImageSet
 from dctdiff.infra.logs import show_progress
+from dctdiff.infra.ray_cluster import reserved_device
 
 
 class InceptionActor:
@@ -26,9 +30,10 @@ class InceptionActor:
     """
 
     def __init__(self, weights: str | None, batch_size: int, actors_per_node: int, precision: Precision) -> None:
-        if not torch.cuda.is_available():
+        device = reserved_device()
+        if device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // actors_per_node))
-        self.model = load_inception(weights)
+        self.model = load_inception(weights, device)
         self.batch_size = batch_size
         self.precision = precision
 
@@ -46,15 +51,30 @@ def default_actor_count() -> int:
     return gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
 
 
+def feature_device() -> str:
+    """Where the feature actors run: "cuda" on a cluster with GPUs (one each), else "cpu"."""
+    import ray
+
+    return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+
+
+def feature_precision(precision: Precision) -> str:
+    """What the feature actors' ``precision`` runs as ("fp32" or "bf16"), as saved statistics record it."""
+    return resolved_precision(feature_device(), precision)
+
+
 def dataset_features(
-    ds: Any, weights: str | None = None, batch_size: int = 50, actors: int | None = None, precision: Precision = "auto"
-) -> Any:
+    ds: Any, weights: str | None = None, batch_size: int | None = None, actors: int | None = None,
+    precision: Precision = "fp32",
+) -> Any:  # fmt: skip
     """The Ray dataset ``ds`` (column ``image``) with the ``image`` column replaced by ``features``, computed
-    in ``precision`` (bf16 autocast on GPUs by default; ``dctdiff.core.precision``)."""
+    in ``precision`` (fp32 by default, as published statistics; ``dctdiff.core.precision``), ``batch_size``
+    images per forward pass (None: 256 on GPUs, 50 on CPUs)."""
     import ray
 
     actors = actors or default_actor_count()
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = feature_device() == "cuda"
+    batch_size = batch_size or default_batch_size(feature_device())
     nodes = max(1, len([n for n in ray.nodes() if n.get("Alive")]))
     return ds.map_batches(
         InceptionActor,
@@ -95,12 +115,12 @@ def dataset_moments(
     group: str | None = None,
     mean_columns: Sequence[str] = (),
     weights: str | None = None,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     actors: int | None = None,
     progress: bool = True,
     keep_features: bool = False,
     keep_positions: np.ndarray | None = None,
-    precision: Precision = "auto",
+    precision: Precision = "fp32",
 ) -> dict[Any, GroupFeatures]:
     """Inception feature moments of the images of ``ds`` per value of its column ``group`` (one group,
     key None, without it), and the sums of the per-image columns ``mean_columns``.
@@ -137,11 +157,11 @@ def dataset_moments(
 def image_set_features(
     sets: Sequence[ImageSet],
     weights: str | None = None,
-    batch_size: int = 50,
+    batch_size: int | None = None,
     actors: int | None = None,
     keep_features: bool = False,
     keep_positions: np.ndarray | None = None,
-    precision: Precision = "auto",
+    precision: Precision = "fp32",
 ) -> list[GroupFeatures]:
     """Feature moments (and the features, with ``keep_features``: all, or those at ``keep_positions`` of
     each set) of several image sets in one Ray Data job (the sets tagged by a ``set`` column)."""
@@ -158,7 +178,20 @@ def image_set_features(
 
 
 def image_set_stats(
-    sets: Sequence[ImageSet], weights: str | None = None, batch_size: int = 50, actors: int | None = None
+    sets: Sequence[ImageSet], weights: str | None = None, batch_size: int | None = None, actors: int | None = None
 ) -> list[FIDStats]:
     """FID statistics of several image sets in one Ray Data job."""
     return [group.moments.stats() for group in image_set_features(sets, weights, batch_size, actors)]
+
+
+def _related_metrics_task(samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    return feature_metrics(samples, reference, device=reserved_device())
+
+
+def related_metrics(samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """``feature_metrics`` of sample features [m, 2048] against reference features [n, 2048], computed in a
+    Ray task: on a GPU of the cluster when it has GPUs (precision/recall is O((m + n)^2 d)), else on a CPU."""
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=1 if feature_device() == "cuda" else 0)(_related_metrics_task)
+    return ray.get(task.remote(samples, reference))

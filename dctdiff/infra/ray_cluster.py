@@ -143,6 +143,30 @@ def plan_worker_cpus(
     return cpus
 
 
+def plan_gpu_actors(workers: int | None, gpus_per_worker: float | None, cluster_gpus: float) -> tuple[int, float]:
+    """(actors, GPUs per actor) of a sampling or feature job (docs/ARCHITECTURE.md, "Sampling and evaluation").
+
+    ``gpus_per_worker`` None takes one GPU per actor when the cluster has GPUs, else none; an explicit 0
+    runs on CPUs even on a GPU cluster. ``workers`` None takes one actor per GPU share (one on CPUs).
+    """
+    gpus = (1.0 if cluster_gpus >= 1 else 0.0) if gpus_per_worker is None else float(gpus_per_worker)
+    if gpus < 0:
+        raise ResourceError(f"--gpus-per-worker must be >= 0, got {gpus:g}")
+    if workers is None:
+        workers = max(1, int(cluster_gpus // gpus + 1e-9)) if gpus > 0 else 1
+    return workers, gpus
+
+
+def reserved_device():
+    """The torch device a Ray actor or task may use: the GPU Ray reserved for it (Ray points
+    ``CUDA_VISIBLE_DEVICES`` at it), else the CPU. Ray leaves ``CUDA_VISIBLE_DEVICES`` unset for an
+    actor that reserved no GPU, so ``torch.cuda.is_available()`` alone would put it on GPU 0, unreserved."""
+    import ray
+    import torch
+
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+
+
 # --- DDP rendezvous on loopback -------------------------------------------------------------------------
 # Ray Train's TorchConfig makes rank 0 host torch's TCPStore (the DDP rendezvous store) with env://, and the
 # TCPStore server binds every interface (libuv: [::] dual-stack, else 0.0.0.0; MASTER_ADDR only tells the

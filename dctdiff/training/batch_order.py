@@ -22,7 +22,7 @@ import torch
 
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
 from dctdiff.training.dataset_info import DatasetInfo
-from dctdiff.training.randomness import GOLDEN, MIX1, _signed, splitmix64
+from dctdiff.core.counter_rng import MIX1, salted, stream_bits
 
 MATERIALIZE_BYTES = 512 * 2**20  # a dataset up to this size is one window: read once, kept for every epoch
 WINDOW_BYTES = 256 * 2**20  # a larger dataset is read in shuffle windows of about this size (two in memory)
@@ -31,14 +31,14 @@ WINDOW_BYTES = 256 * 2**20  # a larger dataset is read in shuffle windows of abo
 def permutation(n: int, *salts: int) -> np.ndarray:
     """A pseudo-random permutation of range(n), a pure function of (n, salts): int64 [n].
 
-    Counter-based like the training stream (``randomness``): SplitMix64 of (key + (i + 1) * GOLDEN) for
-    every i, with the key folded from the salts; argsort of those 64-bit values (a tie would take the
+    Counter-based like the training stream (``dctdiff.core.counter_rng``): SplitMix64 of
+    (key + (i + 1) * GOLDEN) for every i, with the key folded from the salts; argsort of those 64-bit values (a tie would take the
     lower index first, so the result is defined everywhere). Independent of NumPy's generators.
     """
     key = torch.zeros(1, dtype=torch.int64)
     for salt in salts:
-        key = splitmix64(key + torch.tensor([salt + 1], dtype=torch.int64).mul_(_signed(MIX1)))
-    bits = splitmix64(torch.arange(1, n + 1, dtype=torch.int64).mul_(_signed(GOLDEN)).add_(key))  # [n]
+        key = salted(key, salt + 1, MIX1)
+    bits = stream_bits(key[:, None], torch.arange(n, dtype=torch.int64))[0]  # [n]
     return torch.argsort(bits, stable=True).numpy()
 
 

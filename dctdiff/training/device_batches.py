@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dctdiff.core.codec import Codec, PixelCodec
+from dctdiff.core.codec import Codec, DCTCodec, PixelCodec
 from dctdiff.training.config import TrainConfig
 from dctdiff.training.randomness import id_keys
 from dctdiff.training.trainer import Batch
@@ -20,12 +20,15 @@ def batch_from_rows(
     for the codec being trained, on ``device``.
 
     ``column`` (DatasetInfo.column) is the coefficients, or for the pixel baseline the stored source
-    pixels. The values travel to the device as stored (float16 coefficients or uint8 pixels) and become
-    tokens there; values, labels and id keys go through pinned memory on CUDA, with non-blocking copies.
+    pixels. The values travel to the device as stored (float16 coefficients, only the ``keep`` kept of
+    the B^2 per block, or uint8 pixels) and become tokens there; values, labels and id keys go through pinned memory on CUDA, with non-blocking copies.
     On CUDA it runs in the prefetch thread (``prefetched``), a step ahead of the training step.
     """
     ids = np.asarray(rows["id"]).astype(str)  # [n] (no per-sample Python work)
-    host = {"values": torch.from_numpy(np.array(rows[column])), "keys": id_keys(ids)}  # a writable copy
+    values = rows[column]  # [n, L, blocks, B^2] coefficients or [n, R, R, C] pixels
+    if isinstance(codec, DCTCodec):
+        values = values[..., : codec.keep]  # [n, L, blocks, keep]: the dropped frequencies stay on the host
+    host = {"values": torch.from_numpy(np.array(values)), "keys": id_keys(ids)}  # a writable copy
     if config.data.class_conditional:
         host["labels"] = torch.from_numpy(rows["label"].astype(np.int64))
     moved = {name: _to_device(tensor, device) for name, tensor in host.items()}

@@ -27,7 +27,7 @@ from dctdiff.infra import storage
 from dctdiff.core.codec import Codec
 from dctdiff.core.precision import Precision
 from dctdiff.evaluation.fid import (
-    FeatureMoments, FIDStats, checked_stats, extract_features, fid_from_stats, load_inception,
+    FeatureMoments, FIDStats, extract_features, fid_from_stats, load_inception, save_fid_stats, stats_from_npz,
 )  # fmt: skip
 from dctdiff.evaluation.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.core.generation import generate_images
@@ -61,7 +61,8 @@ def reference_positions(rows: int, size: int) -> np.ndarray:
 
 def _cached_key(uri: str) -> tuple[int, str] | None:
     """(images, precision) of the cached reference at ``uri`` (None: no usable cache, e.g. one written
-    before the KID features were kept; references written before the precision was kept were "auto")."""
+    before the KID features were kept; references written before the precision was kept read as "auto",
+    which no longer matches the resolved "fp32"/"bf16" and is recomputed once)."""
     if not storage.exists(uri):
         return None
     with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
@@ -79,13 +80,15 @@ def check_reference_rows(rows: int) -> None:
 def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "auto") -> str:
     """URI of the FID/KID reference of the prepare output ``data_uri`` (``rows`` images), its Inception
     features computed in ``precision`` (as the samples' are) by a Ray Data job and cached; recomputed when
-    missing or made from another number of images or in another precision. Needs Ray initialised."""
-    from dctdiff.evaluation.feature_job import image_set_features
+    missing or made from another number of images or in another precision (as resolved on the feature
+    actors' device: "auto" is bf16 on GPUs). Needs Ray initialised."""
+    from dctdiff.evaluation.feature_job import feature_precision, image_set_features
     from dctdiff.evaluation.image_sets import PreparedImages
 
     check_reference_rows(rows)
     uri = reference_uri(data_uri)
-    if _cached_key(uri) == (rows, precision):
+    resolved = feature_precision(precision)
+    if _cached_key(uri) == (rows, resolved):
         return uri
     positions = reference_positions(rows, REFERENCE_FEATURES)
     log.info("FID/KID reference: Inception features of the %d training images of %s (%d kept) -> %s",
@@ -93,17 +96,15 @@ def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "aut
     (group,) = image_set_features(
         [PreparedImages(data_uri)], keep_features=True, keep_positions=positions, precision=precision
     )
-    stats = group.moments.stats()
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=stats.mu, sigma=stats.sigma, images=rows, features=group.features(), precision=precision)
-    storage.write_bytes(uri, buffer.getvalue())
+    stats = group.moments.stats()._replace(precision=resolved, images=rows, source=data_uri)
+    save_fid_stats(uri, stats, features=group.features())
     return uri
 
 
 def load_reference(uri: str) -> TrainingReference:
     """The reference that ``ensure_reference_stats`` cached at ``uri``."""
     with np.load(io.BytesIO(storage.read_bytes(uri))) as data:
-        return TrainingReference(checked_stats(data["mu"], data["sigma"], uri), data["features"])
+        return TrainingReference(stats_from_npz(data, uri), data["features"])
 
 
 def gather_features(features: np.ndarray, count: int, world: int, device: torch.device | str) -> np.ndarray:
@@ -150,7 +151,9 @@ def sample_metrics(
     seeds = list(range(rank, count, world))
     features = np.zeros((0, reference.features.shape[1]), dtype=np.float32)
     if seeds:
-        images = generate_images(model, codec, schedule, seeds, sampler, nfe, device=device, precision=precision)
+        images = generate_images(
+            model, codec, schedule, seeds, sampler, nfe, device=device, precision=precision, on_device=True
+        )  # [n, H, W, 3] uint8, still on the device
         features = extract_features(images, load_inception(device=device), precision=precision)  # [n, 2048]
     if world > 1:
         features = gather_features(features, count, world, device)
