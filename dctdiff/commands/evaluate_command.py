@@ -36,9 +36,7 @@ from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `dctdiff evaluate fid`, `reconstruction` and `spectrum`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff evaluate", __doc__)
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--limit", type=int, help="use only the first N images of each set")
     sets.add_argument(

@@ -5,10 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import NoReturn
 
-from dctdiff.infra.logs import LEVELS
+from dctdiff.infra.logs import LEVELS, configure_logging
 from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions, redact
 from dctdiff.training.launcher import WorkerResources
+
+
+class JobParser(argparse.ArgumentParser):
+    """The parser of every job: an argument error is one ``error: ...`` line on stderr and exit status 2;
+    the usage comes with ``--help`` only. Its subcommand parsers are JobParsers too."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report ``message`` as the job's one error line and exit with status 2."""
+        if not logging.getLogger("dctdiff").handlers:  # argument errors come before the job configures logging
+            configure_logging()
+        self.exit(report_error(f"{message} (see {self.prog} --help)"))
+
+
+def job_parser(prog: str, description: str | None) -> JobParser:
+    """A job's parser: ``prog`` and its module docstring as the help text, kept as written."""
+    return JobParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def positive_int(text: str) -> int:

@@ -25,9 +25,7 @@ from dctdiff.data.shards import DTYPES
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff prepare", __doc__)
     parser.add_argument(
         "--source", required=True, help="folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
     )

@@ -27,9 +27,7 @@ from dctdiff.infra.logs import configure_logging
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `dctdiff upsample`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff upsample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff upsample", __doc__)
     parser.add_argument("source", help="input folder (or, with --compare, any held-out image set)")
     parser.add_argument("output", help="output folder (with --compare: the report folder)")
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="DCT block size B")
