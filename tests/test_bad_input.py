@@ -80,3 +80,44 @@ def test_help_still_prints_the_usage(capsys):
 def test_an_unknown_subcommand_is_one_error_line(capsys):
     assert dctdiff_main(["bogus"]) == 2
     assert "unknown subcommand 'bogus'" in one_error_line(capsys)
+
+
+# --- 5. a missing path: "does not exist", naming the flag and the path --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "job,argv,flag",
+    [
+        (sample_command, ["--checkpoint", "{missing}", "--output", "{tmp}/out"], "--checkpoint"),
+        (sample_command, ["--checkpoint", "{missing}.pth", "--output", "{tmp}/out"], "--checkpoint"),
+        (train_command, ["--data", "{missing}", "--storage", "{tmp}/runs", "--mlflow-uri", "sqlite:///{tmp}/m.db"], "--data"),
+        (train_command, ["--config", "{missing}.yaml", "--dry-run"], "--config"),
+        (sweep_command, ["--study", "{missing}.yaml", "--data", "d", "--dry-run"], "--study"),
+        (prepare_command, ["--source", "folder:{missing}", "--preset", "demo", "--output", "{tmp}/o"], "--source folder:PATH"),
+        (prepare_command, ["--source", "cifar10:{missing}", "--preset", "cifar10", "--output", "{tmp}/o"], "--source cifar10:PATH"),
+        (prepare_command, ["--source", "parquet:{missing}", "--preset", "demo", "--output", "{tmp}/o"], "--source parquet:PATH"),
+        (prepare_command, ["--source", "fashion-mnist:{missing}", "--preset", "demo", "--output", "{tmp}/o"],
+         "--source fashion-mnist:PATH"),
+        (evaluate_command, ["fid", "photos:8", "{missing}.npz", "--resolution", "32", "--no-mlflow"], "image set"),
+        (evaluate_command, ["fid", "photos:8", "--save-stats", "{tmp}/s.npz", "--weights", "{missing}.pt",
+                            "--resolution", "32", "--no-mlflow"], "--weights"),
+        (upsample_command, ["{missing}", "{tmp}/out"], "input folder"),
+        (upsample_command, ["photos:8", "{tmp}/out", "--compare", "--resolution", "32", "--weights", "{missing}.pt"],
+         "--weights"),
+    ],
+)
+def test_a_missing_path_does_not_exist_naming_its_flag(job, argv, flag, tmp_path, capsys, no_ray):
+    missing = tmp_path / "nothing-here"
+    assert exit_status(job, [a.format(missing=missing, tmp=tmp_path) for a in argv]) == 2
+    line = one_error_line(capsys)
+    assert f"{flag} {missing}" in line and "does not exist" in line, line
+
+
+def test_require_exists_is_a_value_error_and_a_file_not_found_error(tmp_path):
+    from dctdiff.infra import storage
+
+    assert storage.require_exists(str(tmp_path), "--data") == str(tmp_path)
+    for uri in ("", str(tmp_path / "x")):
+        with pytest.raises(ValueError, match="--data .* does not exist: run it") as error:
+            storage.require_exists(uri, "--data", "run it")
+        assert isinstance(error.value, FileNotFoundError)

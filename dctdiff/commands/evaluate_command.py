@@ -26,6 +26,7 @@ from ray.exceptions import RayError
 from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
 from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
+from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if tracking is not None:
             open_tracking(tracking.uri)  # an unreachable server fails here, in seconds, before any work
+        if args.command != "spectrum":
+            check_weights(args.weights)
         if args.command != "fid":
             storage.check_writable(args.output)
         if args.command == "spectrum":

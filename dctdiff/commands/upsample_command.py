@@ -19,6 +19,7 @@ from ray.exceptions import RayError
 
 from dctdiff.commands import options as flags
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS
+from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, error_message, open_image_set
 from dctdiff.evaluation.upsampling_job import DEFAULT_BLOCK_SIZE, compare, upsample_folder
 from dctdiff.infra import storage
@@ -50,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return flags.print_dry_run("upsample", {k: v for k, v in vars(args).items() if k not in ("dry_run",)})
     try:
-        if not args.compare and not storage.is_dir(args.source):
-            raise FileNotFoundError(f"input folder {args.source} does not exist; give a folder of images")
+        if not args.compare:
+            storage.require_exists(args.source, "input folder", "give a folder of images")
+            if not storage.is_dir(args.source):
+                raise ValueError(f"input folder {args.source} is a file; give a folder of images")
         storage.check_writable(args.output)
         if args.compare:
+            check_weights(args.weights)
             image_set = open_image_set(args.source, resolution=args.resolution, limit=args.limit, progress=True)
             if not isinstance(image_set, ImageSet):
                 raise ImageSetError(f"{args.source} holds FID statistics; --compare needs images")

@@ -69,6 +69,7 @@ def newest_checkpoint(path: str) -> str:
 
 def load_sampler(spec: SamplingSpec, device: torch.device):
     """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
+    storage.require_exists(spec.checkpoint, "--checkpoint", "give a checkpoint folder, a run folder or a published .pth")
     if spec.checkpoint.endswith((".pth", ".pt", ".safetensors")):
         config = build_config(spec.preset, overrides=list(spec.overrides))
         if config.data.eta is None and config.data.space == "dct":

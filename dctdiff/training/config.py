@@ -430,6 +430,9 @@ def build_config(
     config = TrainConfig(preset=preset)
     _apply(config, PRESETS[preset])
     for path in files or []:
+        from dctdiff.infra.storage import require_exists  # here: benchmarks/gpu.py imports this module without pyarrow
+
+        require_exists(path, "--config", "give a YAML file of overrides")
         with open(path) as handle:
             loaded = _load_yaml(handle, path) or {}
         if not isinstance(loaded, dict):
