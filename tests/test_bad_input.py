@@ -121,3 +121,30 @@ def test_require_exists_is_a_value_error_and_a_file_not_found_error(tmp_path):
         with pytest.raises(ValueError, match="--data .* does not exist: run it") as error:
             storage.require_exists(uri, "--data", "run it")
         assert isinstance(error.value, FileNotFoundError)
+
+
+# --- 2. run names: one folder name, no control character, at most 255 bytes ---------------------------------
+
+BAD_NAMES = ["a\nb", "tab\there", "bell\x07", "nul\x00", "del\x7f", "c1\x85", "x" * 256, "é" * 128]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_run_name_with_a_control_character_or_too_long_is_refused_in_a_dry_run(name, capsys, no_ray):
+    assert exit_status(train_command, ["--dry-run", "--name", name]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("error: --name ") and ("control character" in line or "at most 255" in line), line
+    assert capsys.readouterr().out == ""  # no config printed
+
+
+@pytest.mark.parametrize("name", BAD_NAMES[:2] + BAD_NAMES[-1:])
+def test_a_sweep_name_is_checked_by_the_same_rule(name, tmp_path, capsys, no_ray):
+    argv = ["--study", "lr", "--data", "d", "--storage", str(tmp_path), "--name", name, "--dry-run"]
+    assert exit_status(sweep_command, argv) == 2
+    assert one_error_line(capsys).startswith("error: --name ")
+
+
+def test_names_up_to_255_bytes_of_printable_text_pass():
+    from dctdiff.training.config import check_run_name
+
+    for name in ("x" * 255, "é" * 127, "run 1 (lr=3e-4)", "日本語-run"):
+        assert check_run_name(name) == name

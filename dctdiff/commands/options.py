@@ -18,8 +18,6 @@ class JobParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Report ``message`` as the job's one error line and exit with status 2."""
-        if not logging.getLogger("dctdiff").handlers:  # argument errors come before the job configures logging
-            configure_logging()
         self.exit(report_error(f"{message} (see {self.prog} --help)"))
 
 
@@ -115,5 +113,8 @@ def print_dry_run(job: str, settings: dict) -> int:
 
 def report_error(message: str, status: int = 2) -> int:
     """Log a job's one-line error (``error: ...`` on stderr) and return its exit status."""
-    logging.getLogger("dctdiff").error("error: %s", redact(message))
+    logger = logging.getLogger("dctdiff")
+    if not logger.handlers:  # an argument error comes before the job configures its logging
+        configure_logging()
+    logger.error("error: %s", redact(message))
     return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -263,12 +264,25 @@ def _require_finite(config: TrainConfig) -> None:
                 raise ConfigError(f"{key} must be a finite number, got {value}: set e.g. {key}={item.default}")
 
 
+MAX_NAME_BYTES = 255  # the longest file name of common file systems (ext4, XFS, APFS, NTFS), in UTF-8 bytes
+
+
 def check_run_name(name: str | None) -> str | None:
-    """``name`` (None: the job picks one) if it is one folder name under --storage; else ConfigError."""
-    if name is not None and (name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0")):
+    """``name`` (None: the job picks one) if it is one folder name under --storage; else ConfigError: not
+    empty, '.' or '..', no '/', '\\' or control character (newline, tab, ...), at most MAX_NAME_BYTES."""
+    if name is None:
+        return name
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if name.strip() in ("", ".", "..") or any(c in name for c in "/\\") or control is not None:
+        held = f" (it holds U+{ord(control):04X})" if control is not None else ""
         raise ConfigError(
-            f"--name {name!r} must be one folder name under --storage: not empty, '.' or '..', "
-            "no '/' or '\\' (e.g. --name cifar10-run1)"
+            f"--name {name!r} must be one folder name under --storage{held}: not empty, '.' or '..', "
+            "no '/', '\\' or control character such as a newline or tab (e.g. --name cifar10-run1)"
+        )
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"--name {name[:32]!r}... is {size} bytes in UTF-8; a folder name holds at most {MAX_NAME_BYTES}: shorten it"
         )
     return name
 
