@@ -148,3 +148,69 @@ def test_names_up_to_255_bytes_of_printable_text_pass():
 
     for name in ("x" * 255, "é" * 127, "run 1 (lr=3e-4)", "日本語-run"):
         assert check_run_name(name) == name
+
+
+# --- 6. the --max-pixels rule in a bomb's reason; the summary rate; "did you mean" --------------------------
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none: enough for Pillow's size check."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20_000, 5_000])  # over Pillow's own hard limit; over ours only
+def test_a_decompression_bomb_is_rejected_by_the_max_pixels_rule(side):
+    from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, ImageRejected, decode
+
+    limit = DEFAULT_MAX_PIXELS if side > 10_000 else 1_000_000
+    with pytest.raises(ImageRejected) as rejected:
+        decode(png_header(side, side), max_pixels=limit)
+    assert rejected.value.kind == "decompression bomb"
+    assert f"{side * side} pixels exceeds --max-pixels {limit} (raise it with --max-pixels" in rejected.value.detail
+
+
+def test_max_pixels_above_what_pillow_opens_is_refused(tmp_path, capsys, no_ray):
+    from dctdiff.data.image_decoding import PILLOW_MAX_PIXELS
+
+    argv = ["--source", "photos", "--preset", "demo", "--output", str(tmp_path / "o"), "--max-pixels", str(10**10)]
+    assert exit_status(prepare_command, argv) == 2
+    assert f"--max-pixels must be at most {PILLOW_MAX_PIXELS}" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "count,seconds,text", [(9, 30.0, "0.3 images/s"), (2, 7.0, "0.286 images/s"), (24, 0.5, "48 images/s"),
+                           (5000, 12.5, "400 images/s"), (0, 3.0, "0 images/s")],
+)  # fmt: skip
+def test_the_summary_rate_has_the_digits_of_a_small_input(count, seconds, text):
+    from dctdiff.infra.logs import rate
+
+    assert rate(count, seconds) == text
+
+
+@pytest.mark.parametrize(
+    "override,suggestion",
+    [
+        ("optim.ema_decya=0.9", "did you mean 'optim.ema_decay'?"),
+        ("optimm.lr=1e-4", "did you mean 'optim'?"),
+        ("cadence.sampler=dpm2m", "did you mean 'dpm++2m'?"),
+        ("optim.precision=bf61", "did you mean 'bf16'?"),
+        ("model.size=SS", "did you mean 'S'?"),
+    ],
+)
+def test_a_near_miss_key_or_value_gets_a_did_you_mean(override, suggestion, capsys, no_ray):
+    assert exit_status(train_command, ["--dry-run", "--set", override]) == 2
+    assert suggestion in one_error_line(capsys)
+
+
+def test_a_near_miss_choice_of_a_flag_gets_a_did_you_mean_and_a_far_one_none(capsys, no_ray):
+    assert exit_status(sample_command, [*SAMPLE, "--sampler", "dpm2m"]) == 2
+    assert "did you mean 'dpm++2m'?" in one_error_line(capsys)
+    assert exit_status(train_command, ["--dry-run", "--set", "cadence.sampler=zzz"]) == 2
+    assert "did you mean" not in one_error_line(capsys)

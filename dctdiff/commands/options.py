@@ -8,6 +8,7 @@ import os
 from typing import NoReturn
 
 from dctdiff.infra.logs import LEVELS, configure_logging
+from dctdiff.infra.suggestions import did_you_mean
 from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions, redact
 from dctdiff.training.launcher import WorkerResources
 
@@ -15,6 +16,13 @@ from dctdiff.training.launcher import WorkerResources
 class JobParser(argparse.ArgumentParser):
     """The parser of every job: an argument error is one ``error: ...`` line on stderr and exit status 2;
     the usage comes with ``--help`` only. Its subcommand parsers are JobParsers too."""
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        """argparse's check of ``choices``, with the nearest choice suggested (``--sampler dpm2m``)."""
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            raise argparse.ArgumentError(action, error.message + did_you_mean(value, action.choices)) from None
 
     def error(self, message: str) -> NoReturn:
         """Report ``message`` as the job's one error line and exit with status 2."""

@@ -35,7 +35,7 @@ from dctdiff.infra.ray_cluster import init_ray, plan_worker_cpus
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
-from dctdiff.infra.logs import show_progress
+from dctdiff.infra.logs import rate, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -168,5 +168,5 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
         np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)
         handle.seek(0)
         storage.write_bytes(storage.join(output, "images.npz"), handle.read())
-    logger.info("sampled %d images in %.1f s (%.2f images/s) with %d worker(s) -> %s", num, elapsed, num / elapsed, workers, output)
+    logger.info("sampled %d images in %.1f s (%s) with %d worker(s) -> %s", num, elapsed, rate(num, elapsed), workers, output)
     return result
