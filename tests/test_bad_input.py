@@ -214,3 +214,91 @@ def test_a_near_miss_choice_of_a_flag_gets_a_did_you_mean_and_a_far_one_none(cap
     assert "did you mean 'dpm++2m'?" in one_error_line(capsys)
     assert exit_status(train_command, ["--dry-run", "--set", "cadence.sampler=zzz"]) == 2
     assert "did you mean" not in one_error_line(capsys)
+
+
+# --- 3. every tracking URI checked before Ray, in bounded time, in one redacted line ------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql://u:secret@127.0.0.1:{port}/db",
+        "postgresql://u:p@ssecret@127.0.0.1:{port}/db",  # a password holding '@'
+        "postgresql+psycopg2://u:secret@127.0.0.1:{port}/db",
+        "mysql+pymysql://u:secret@127.0.0.1:{port}/db",
+        "mssql+pyodbc://u:secret@127.0.0.1:{port}/db",
+        "http://u:secret@127.0.0.1:{port}",
+    ],
+)
+def test_an_unreachable_tracking_store_is_one_redacted_line_before_ray(uri, tmp_path, capsys, no_ray):
+    import time
+
+    uri = uri.format(port=closed_port())
+    argv = ["--data", str(tmp_path / "unused"), "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri]
+    started = time.monotonic()
+    assert exit_status(train_command, argv) == 2
+    assert time.monotonic() - started < 10
+    line = one_error_line(capsys)
+    assert "did not answer" in line and "127.0.0.1" in line and "secret" not in line and "--mlflow-uri" in line
+
+
+def test_the_default_database_ports_are_the_servers(monkeypatch):
+    from dctdiff.infra import mlflow_tracking
+
+    tried = []
+    monkeypatch.setattr(mlflow_tracking.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed())
+    for uri in ("postgresql://u:pw@db/x", "mysql://u:pw@db/x", "mssql+pyodbc://u:pw@db/x", "postgresql://db:6543/x"):
+        mlflow_tracking.check_tracking_uri(uri)
+    assert tried == [("db", 5432), ("db", 3306), ("db", 1433), ("db", 6543)]
+
+
+class _Closed:
+    def close(self) -> None:
+        pass
+
+
+def test_a_probe_that_hangs_is_cut_at_its_bound(monkeypatch):
+    """A name lookup or a loaded machine could hold the probe past its socket timeout (70 s were seen)."""
+    import time
+
+    from dctdiff.infra import mlflow_tracking
+
+    monkeypatch.setattr(mlflow_tracking.urllib.request, "urlopen", lambda *args, **kwargs: time.sleep(30))
+    monkeypatch.setattr(mlflow_tracking.socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    for uri in ("http://u:secret@127.0.0.1:5000", "postgresql://u:secret@127.0.0.1/db"):
+        started = time.monotonic()
+        with pytest.raises(mlflow_tracking.TrackingError, match="did not answer within 0.5 s") as caught:
+            mlflow_tracking.check_tracking_uri(uri, timeout_s=0.5)
+        assert time.monotonic() - started < 3 and "secret" not in str(caught.value)
+
+
+def test_a_sqlite_store_needs_a_folder_it_can_create(tmp_path, capsys, no_ray):
+    from dctdiff.infra.mlflow_tracking import check_tracking_uri
+
+    check_tracking_uri(f"sqlite:///{tmp_path}/new/folder/mlflow.db")
+    assert (tmp_path / "new" / "folder").is_dir()
+    (tmp_path / "file").write_text("x")
+    argv = ["fid", "a.npz", "b.npz", "--mlflow-uri", f"sqlite:///{tmp_path}/file/mlflow.db"]
+    assert exit_status(evaluate_command, argv) == 2
+    line = one_error_line(capsys)
+    assert "SQLite tracking store" in line and f"cannot create its folder {tmp_path / 'file'}" in line
+
+
+def test_a_database_server_that_listens_passes():
+    import socket
+
+    from dctdiff.infra.mlflow_tracking import check_tracking_uri
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_tracking_uri(f"postgresql://u:secret@127.0.0.1:{server.getsockname()[1]}/db", timeout_s=2.0)
