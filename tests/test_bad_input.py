@@ -302,3 +302,66 @@ def test_a_database_server_that_listens_passes():
         server.bind(("127.0.0.1", 0))
         server.listen()
         check_tracking_uri(f"postgresql://u:secret@127.0.0.1:{server.getsockname()[1]}/db", timeout_s=2.0)
+
+
+# --- 4. Ray that does not start, or an --address that does not answer: one line naming it -----------------
+
+
+def test_an_address_that_does_not_answer_is_one_line_without_ray(tmp_path, capsys, no_ray):
+    import time
+
+    address = f"127.0.0.1:{closed_port()}"
+    argv = ["--source", "photos", "--preset", "demo", "--limit", "4", "--output", str(tmp_path / "o"), "--no-progress"]
+    started = time.monotonic()
+    assert exit_status(prepare_command, [*argv, "--address", address]) == 2
+    assert time.monotonic() - started < 10
+    line = one_error_line(capsys)
+    assert f"the Ray cluster at {address} does not answer" in line and "omit --address for a local Ray" in line
+
+
+def test_train_with_an_address_that_does_not_answer_is_one_line(tmp_path, capsys, no_ray):
+    import time
+
+    from dctdiff.data.bundled_photos import photo_crops
+    from tests.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "data", photo_crops(64, 32, seed=0))
+    address = f"ray://127.0.0.1:{closed_port()}"
+    argv = ["--data", str(data), "--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
+    started = time.monotonic()
+    assert exit_status(train_command, [*argv, "--address", address]) == 2
+    assert time.monotonic() - started < 30  # MLflow's first SQLite store takes seconds; Ray's retries took minutes
+    assert f"the Ray cluster at {address} does not answer" in one_error_line(capsys)
+
+
+def test_the_ray_address_check_reads_the_default_ports(monkeypatch):
+    from dctdiff.infra import ray_cluster
+
+    tried = []
+    monkeypatch.setattr(ray_cluster.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed())
+    for address in ("head:6380", "head", "ray://head", "ray://head:10002", "[::1]:6379", "auto", "local"):
+        ray_cluster.check_ray_address(address)
+    assert tried == [("head", 6380), ("head", 6379), ("head", 10001), ("head", 10002), ("::1", 6379)]
+
+
+TIMED_OUT = "The current node timed out during startup. This could happen because some of the raylet failed to startup."
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_a_ray_that_times_out_at_start_is_one_line_with_the_traceback_at_debug_only(level, tmp_path, capsys, monkeypatch):
+    import ray
+
+    def time_out(*args, **kwargs):
+        raise Exception(TIMED_OUT)  # what ray._private.node raises
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", time_out)
+    argv = ["--source", "photos", "--preset", "demo", "--limit", "4", "--output", str(tmp_path / "o"), "--no-progress"]
+    assert exit_status(prepare_command, [*argv, "--log-level", level]) == 2
+    err = capsys.readouterr().err
+    line = f"error: could not start or reach a local Ray: {TIMED_OUT}; check `ray status`"
+    assert line in err
+    if level == "INFO":
+        assert err.strip().count("\n") == 0
+    else:
+        assert "Traceback" in err and "time_out" in err

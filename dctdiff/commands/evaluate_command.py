@@ -32,6 +32,7 @@ from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             run_reconstruction(args.source, args.block_size, args.resolution, args.gamma, args.output, **common)
-    except (ValueError, FileNotFoundError, RayError) as error:
+    except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
 

@@ -24,6 +24,7 @@ from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, error_message
 from dctdiff.evaluation.upsampling_job import DEFAULT_BLOCK_SIZE, compare, upsample_folder
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.ray_cluster import ResourceError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             compare(image_set, args.output, args.block_size, args.weights, args.batch_size, args.actors)
         else:
             upsample_folder(args.source, args.output, args.block_size, args.factor)
-    except (ValueError, FileNotFoundError, RayError) as error:
+    except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
 
