@@ -307,7 +307,19 @@ def test_a_database_server_that_listens_passes():
 # --- 4. Ray that does not start, or an --address that does not answer: one line naming it -----------------
 
 
-def test_an_address_that_does_not_answer_is_one_line_without_ray(tmp_path, capsys, no_ray):
+@pytest.fixture
+def no_ray_yet(monkeypatch):
+    """As if no Ray ran in this process (another test's may), and ``ray.init`` fails the test."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def test_an_address_that_does_not_answer_is_one_line_without_ray(tmp_path, capsys, no_ray_yet):
     import time
 
     address = f"127.0.0.1:{closed_port()}"
@@ -319,7 +331,7 @@ def test_an_address_that_does_not_answer_is_one_line_without_ray(tmp_path, capsy
     assert f"the Ray cluster at {address} does not answer" in line and "omit --address for a local Ray" in line
 
 
-def test_train_with_an_address_that_does_not_answer_is_one_line(tmp_path, capsys, no_ray):
+def test_train_with_an_address_that_does_not_answer_is_one_line(tmp_path, capsys, no_ray_yet):
     import time
 
     from dctdiff.data.bundled_photos import photo_crops
