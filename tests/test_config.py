@@ -49,7 +49,7 @@ def test_overrides_are_typed_and_layered(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["optim.lrr=1"], "unknown config key 'optim.lrr'; allowed here: batch_size, lr"),
+        (["optim.lrr=1"], r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\); allowed here: batch_size, lr"),
         (["nope.x=1"], "unknown config key 'nope'"),
         (["data.keep=5"], r"data.keep must be in 1..data.block_size\*\*2 = 1..4"),
         (["data.resolution=30"], "multiple of 2 x block size"),

@@ -241,7 +241,7 @@ def test_photos_source_is_deterministic_per_index():
         ("folder:", "needs a path"),
         ("folder:/does/not/exist", "does not exist"),
         ("parquet:/does/not/exist", "does not exist"),
-        ("fashion-mnist:/does/not/exist", "no train-images-idx3-ubyte"),
+        ("fashion-mnist:/does/not/exist", "--source fashion-mnist:PATH /does/not/exist does not exist"),
     ],
 )
 def test_bad_source_specs_say_what_to_give(text, message):

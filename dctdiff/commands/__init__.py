@@ -42,6 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
-        sys.stderr.write(f"dctdiff: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}\n")
+        sys.stderr.write(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)} (see dctdiff --help)\n")
         return 2
     return run_subcommand(name, rest)

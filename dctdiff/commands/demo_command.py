@@ -13,7 +13,6 @@ Everything lands in --output (default outputs/demo); re-running reuses the prepa
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     from mlflow.tracking import MlflowClient
 
-    parser = argparse.ArgumentParser(
-        prog="dctdiff demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff demo", __doc__)
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--images", type=int, default=2000, help="photo crops to train on")
     parser.add_argument("--steps", type=int, help="training steps (default: the demo preset's)")

@@ -12,7 +12,6 @@ crops round-tripped with B = 2 and B = 4, one labelled row per block size and ke
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import sys
@@ -72,10 +71,7 @@ def plot_picture(png: Path, width: int = 800) -> Image.Image:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the docs' PNGs; 2 with one line when the demo's outputs are missing."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dctdiff.commands.docs_images", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    parser = flags.job_parser("python -m dctdiff.commands.docs_images", __doc__)
     parser.add_argument("--demo", type=Path, help="a finished `dctdiff demo` output (default: outputs/demo)")
     parser.add_argument("--study", type=Path, help="a finished study's sweep folder (its study_curves.png)")
     parser.add_argument("--output", type=Path, default=Path("docs"), help="folder for the PNGs")

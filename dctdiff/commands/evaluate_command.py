@@ -26,19 +26,19 @@ from ray.exceptions import RayError
 from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
 from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
+from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `dctdiff evaluate fid`, `reconstruction` and `spectrum`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff evaluate", __doc__)
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--limit", type=int, help="use only the first N images of each set")
     sets.add_argument(
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if tracking is not None:
             open_tracking(tracking.uri)  # an unreachable server fails here, in seconds, before any work
+        if args.command != "spectrum":
+            check_weights(args.weights)
         if args.command != "fid":
             storage.check_writable(args.output)
         if args.command == "spectrum":
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         else:
             run_reconstruction(args.source, args.block_size, args.resolution, args.gamma, args.output, **common)
-    except (ValueError, FileNotFoundError, RayError) as error:
+    except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
 

@@ -5,10 +5,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import NoReturn
 
-from dctdiff.infra.logs import LEVELS
+from dctdiff.infra.logs import LEVELS, configure_logging
+from dctdiff.infra.suggestions import did_you_mean
 from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions, redact
 from dctdiff.training.launcher import WorkerResources
+
+
+class JobParser(argparse.ArgumentParser):
+    """The parser of every job: an argument error is one ``error: ...`` line on stderr and exit status 2;
+    the usage comes with ``--help`` only. Its subcommand parsers are JobParsers too."""
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        """argparse's check of ``choices``, with the nearest choice suggested (``--sampler dpm2m``)."""
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            raise argparse.ArgumentError(action, error.message + did_you_mean(value, action.choices)) from None
+
+    def error(self, message: str) -> NoReturn:
+        """Report ``message`` as the job's one error line and exit with status 2."""
+        self.exit(report_error(f"{message} (see {self.prog} --help)"))
+
+
+def job_parser(prog: str, description: str | None) -> JobParser:
+    """A job's parser: ``prog`` and its module docstring as the help text, kept as written."""
+    return JobParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def positive_int(text: str) -> int:
@@ -98,5 +121,8 @@ def print_dry_run(job: str, settings: dict) -> int:
 
 def report_error(message: str, status: int = 2) -> int:
     """Log a job's one-line error (``error: ...`` on stderr) and return its exit status."""
-    logging.getLogger("dctdiff").error("error: %s", redact(message))
+    logger = logging.getLogger("dctdiff")
+    if not logger.handlers:  # an argument error comes before the job configures its logging
+        configure_logging()
+    logger.error("error: %s", redact(message))
     return status

@@ -10,12 +10,12 @@ local paths or URIs such as s3://bucket/prefix). Runs on a local Ray, or on the 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict
 
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging, show_progress
+from dctdiff.infra.ray_cluster import ResourceError, environment
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
 from dctdiff.core.token_layout import AUTO_COLOUR
 from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
@@ -25,9 +25,7 @@ from dctdiff.data.shards import DTYPES
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff prepare", __doc__)
     parser.add_argument(
         "--source", required=True, help="folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
     )
@@ -105,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         storage.check_writable(config.output)
     except ValueError as error:
         return flags.report_error(str(error))
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address  # read by dctdiff.infra.ray_cluster.init_ray
     try:
-        run_prepare(config)
+        with environment({"RAY_ADDRESS": args.address} if args.address else {}):  # read by init_ray
+            run_prepare(config)
     except ValueError as error:
         parser.error(str(error))
+    except ResourceError as error:  # Ray did not start, or the --address did not answer
+        return flags.report_error(str(error))
     except RuntimeError as error:
         return flags.report_error(str(error), status=1)
     return 0

@@ -12,7 +12,6 @@ not depend on --workers or --batch-size. Writes OUTPUT/{seed:06d}.png and OUTPUT
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict
 
 from dctdiff.commands import options as flags
@@ -27,9 +26,7 @@ from dctdiff.training.config import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff sample`; returns the exit status (2: bad input)."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff sample", __doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or published .pth")
     parser.add_argument("--output", required=True, help="folder or URI for the PNGs and images.npz")
     parser.add_argument("--num", type=flags.positive_int, default=64, help="number of images")

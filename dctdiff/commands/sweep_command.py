@@ -29,9 +29,7 @@ RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "m
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `dctdiff sweep`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff sweep", __doc__)
     parser.add_argument("--study", help=f"built-in study ({', '.join(builtin_studies())}) or a study YAML file")
     flags.add_config_flags(parser, "paper preset the trials start from")
     flags.add_data_flag(parser)

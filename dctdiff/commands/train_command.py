@@ -43,9 +43,7 @@ class TrainRequest:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `dctdiff train`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff train", __doc__)
     flags.add_config_flags(parser, "paper preset: demo, cifar10, celeba64, imagenet64, ffhq128, ...")
     flags.add_data_flag(parser)
     parser.add_argument("--space", choices=["dct", "pixel"], help="dct (DCTdiff) or pixel (the U-ViT baseline)")

@@ -19,17 +19,17 @@ from ray.exceptions import RayError
 
 from dctdiff.commands import options as flags
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS
+from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, error_message, open_image_set
 from dctdiff.evaluation.upsampling_job import DEFAULT_BLOCK_SIZE, compare, upsample_folder
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.ray_cluster import ResourceError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `dctdiff upsample`."""
-    parser = argparse.ArgumentParser(
-        prog="dctdiff upsample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.job_parser("dctdiff upsample", __doc__)
     parser.add_argument("source", help="input folder (or, with --compare, any held-out image set)")
     parser.add_argument("output", help="output folder (with --compare: the report folder)")
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="DCT block size B")
@@ -52,17 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return flags.print_dry_run("upsample", {k: v for k, v in vars(args).items() if k not in ("dry_run",)})
     try:
-        if not args.compare and not storage.is_dir(args.source):
-            raise FileNotFoundError(f"input folder {args.source} does not exist; give a folder of images")
+        if not args.compare:
+            storage.require_exists(args.source, "input folder", "give a folder of images")
+            if not storage.is_dir(args.source):
+                raise ValueError(f"input folder {args.source} is a file; give a folder of images")
         storage.check_writable(args.output)
         if args.compare:
+            check_weights(args.weights)
             image_set = open_image_set(args.source, resolution=args.resolution, limit=args.limit, progress=True)
             if not isinstance(image_set, ImageSet):
                 raise ImageSetError(f"{args.source} holds FID statistics; --compare needs images")
             compare(image_set, args.output, args.block_size, args.weights, args.batch_size, args.actors)
         else:
             upsample_folder(args.source, args.output, args.block_size, args.factor)
-    except (ValueError, FileNotFoundError, RayError) as error:
+    except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
 

@@ -7,6 +7,7 @@ detail, so the prepare job records it and moves on instead of crashing.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own decompression-bomb threshold (it errors at twice this); our default limit.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Pillow refuses to open larger images whatever --max-pixels says (None: Pillow's check is off).
+PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -49,6 +52,10 @@ class FitSpec:
             raise ValueError(f"resolution must be >= 1, got {self.resolution}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels must be >= 1, got {self.max_pixels}")
+        if PILLOW_MAX_PIXELS and self.max_pixels > PILLOW_MAX_PIXELS:
+            raise ValueError(
+                f"--max-pixels must be at most {PILLOW_MAX_PIXELS} (Pillow opens no larger image), got {self.max_pixels}"
+            )
         box = self.crop_box
         if box is not None and (len(box) != 4 or min(box[2:]) < 1 or min(box[:2]) < 0):
             raise ValueError(f"crop_box must be (top >= 0, left >= 0, height >= 1, width >= 1), got {self.crop_box}")
@@ -69,15 +76,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not an image", "unrecognised image format") from None
-    except Image.DecompressionBombError as error:
-        raise ImageRejected("decompression bomb", str(error)) from None
+    except Image.DecompressionBombError as error:  # over twice Pillow's limit: its message has the pixel count
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise too_many_pixels(found.group(1) if found else f"over {PILLOW_MAX_PIXELS}", max_pixels) from None
     except Exception as error:  # Pillow's plugins raise many types for malformed headers
         raise ImageRejected("corrupt", f"{type(error).__name__}: {error}") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageRejected(
-            "decompression bomb", f"{width}x{height} = {width * height} pixels exceeds --max-pixels {max_pixels}"
-        )
+        raise too_many_pixels(f"{width}x{height} = {width * height}", max_pixels)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -86,6 +92,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise
     except Exception as error:  # truncated streams, bad checksums, broken chunks ...
         raise ImageRejected("corrupt", f"{type(error).__name__}: {error}") from None
+
+
+def too_many_pixels(pixels: str, max_pixels: int) -> ImageRejected:
+    """The rejection of an image over the ``--max-pixels`` rule (a decompression bomb, or a genuine huge image)."""
+    return ImageRejected(
+        "decompression bomb",
+        f"{pixels} pixels exceeds --max-pixels {max_pixels} (raise it with --max-pixels N for genuine large images)",
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -34,6 +34,7 @@ import numpy as np
 
 from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, DEFAULT_COLOUR
 from dctdiff.infra import storage
+from dctdiff.infra.logs import rate
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.sources import DIGEST_BYTES, ImageSource, Item, Loaded, Payload, content_digest, open_source
@@ -426,13 +427,13 @@ def _finish(
         "this_run": {
             "images": processed,
             "seconds": round(seconds, 3),
-            "images_per_second": round(processed / seconds, 1) if processed and seconds > 0 else 0.0,
+            "images_per_second": round(processed / seconds, 3) if processed and seconds > 0 else 0.0,
         },
     }
     storage.write_json(storage.join(output, "report.json"), report)
     logger.info(
-        "prepare: %d images in %.1f s (%.0f images/s); %d rows in %d shards, %d rejected, %.1f MiB in %s",
-        processed, seconds, report["this_run"]["images_per_second"], counts["written"], shards, counts["rejected"],
+        "prepare: %d images in %.1f s (%s); %d rows in %d shards, %d rejected, %.1f MiB in %s",
+        processed, seconds, rate(processed, seconds), counts["written"], shards, counts["rejected"],
         output_bytes / 2**20, storage.join(output, COEFFICIENT_DIR),
     )
     if not counts["written"]:

@@ -165,8 +165,9 @@ class FolderSource(ImageSource):
     """
 
     def __init__(self, root: str, unlabeled: bool = False, dedupe: bool = False, exclude: Iterable[str] = ()) -> None:
+        storage.require_exists(root, "--source folder:PATH", "give a folder of images")
         if not storage.is_dir(root):
-            raise ValueError(f"source folder {root} does not exist (folder:PATH needs a folder of images)")
+            raise ValueError(f"--source folder:PATH {root} is not a folder: give a folder of images")
         self.root = storage.normalize(root)
         self.spec = f"folder:{self.root}"
         self.unlabeled = unlabeled
@@ -221,8 +222,7 @@ class Cifar10Source(ImageSource):
     def __init__(self, path: str, split: str) -> None:
         if split not in CIFAR10_SPLITS:
             raise ValueError(f"--split must be train or test for cifar10, got {split!r}")
-        if not storage.exists(path):
-            raise ValueError(f"cifar10 source {path} does not exist (give cifar-10-binary.tar.gz or its folder)")
+        storage.require_exists(path, "--source cifar10:PATH", "give cifar-10-binary.tar.gz or its folder")
         self.path = storage.normalize(path)
         self.split = split
         self.spec = f"cifar10:{self.path}"
@@ -357,6 +357,8 @@ class FashionMnistSource(ImageSource):
         prefixes = {"train": "train", "test": "t10k"}
         if split not in prefixes:
             raise ValueError(f"--split must be train or test for fashion-mnist, got {split!r}")
+        hint = " (apt-get install dataset-fashion-mnist)" if not folder else ""
+        storage.require_exists(folder or FASHION_MNIST_DIR, "--source fashion-mnist:PATH", f"give the folder of the IDX files{hint}")
         self.folder = storage.normalize(folder or FASHION_MNIST_DIR)
         self.split = split
         self.spec = f"fashion-mnist:{self.folder}"
@@ -443,8 +445,7 @@ class ParquetSource(ImageSource):
     ClassLabel feature. A file whose footer cannot be read is skipped with a report entry."""
 
     def __init__(self, path: str, exclude: Iterable[str] = ()) -> None:
-        if not storage.exists(path):
-            raise ValueError(f"parquet source {path} does not exist")
+        storage.require_exists(path, "--source parquet:PATH", "give a Parquet file or a folder of them")
         self.path = storage.normalize(path)
         self.spec = f"parquet:{self.path}"
         self._skipped: list[Skipped] = []

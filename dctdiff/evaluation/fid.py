@@ -106,15 +106,20 @@ def _load_cached(path: str, device: str) -> InceptionFeatures:
     return model
 
 
+def check_weights(weights: str | Path | None) -> None:
+    """``--weights``, when given, exists: checked by the jobs in the driver, before Ray starts, and on load."""
+    if weights is not None:
+        storage.require_exists(str(weights), "--weights", "give a TorchScript FID Inception, or leave --weights out")
+
+
 def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionFeatures:
     """The FID feature network on ``device`` (the CPU unless told: in a Ray actor its ``reserved_device``,
     never a GPU it did not reserve), loaded once per process.
 
     ``weights``: a TorchScript file (None: ``default_weights_path()``).
     """
+    check_weights(weights)
     path = Path(weights) if weights is not None else default_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"FID Inception weights {path} do not exist")
     return _load_cached(str(path.resolve()), str(torch.device(device)))
 
 

@@ -43,6 +43,7 @@ HEADER_THREADS = 16
 FILES_PER_RAY_BATCH = 32
 SOURCE_ITEMS_PER_TASK = 256
 SOURCE_KINDS = ("cifar10", "fashion-mnist", "parquet")  # read through dctdiff.data.sources (prepare's readers)
+IMAGE_SET_FORMS = "an image folder, a prepare output, an .npz of images or statistics, SOURCE:PATH or photos:N"
 
 
 class ImageSetError(ValueError):
@@ -397,8 +398,10 @@ def open_image_set(
         return _photos(spec, resolution, limit)
     if spec.partition(":")[0] in SOURCE_KINDS:
         return SourceImages(spec, resolution, limit)
-    if not storage.exists(spec):
-        raise ImageSetError(f"{spec} does not exist")
+    try:
+        storage.require_exists(spec, "image set", f"give {IMAGE_SET_FORMS}")
+    except storage.MissingPathError as error:
+        raise ImageSetError(str(error)) from None
     if spec.endswith(".npz"):
         image_set = _npz(spec, limit)
     elif storage.is_dir(spec) and storage.is_dir(storage.join(spec, shards.COEFFICIENT_DIR)):
@@ -406,7 +409,7 @@ def open_image_set(
     elif storage.is_dir(spec):
         return FolderImages(spec, list_image_files(spec, limit), _fit_spec(resolution), progress)
     else:
-        raise ImageSetError(f"{spec} is not an image folder, a prepare output, an .npz of images or statistics")
+        raise ImageSetError(f"{spec} is not {IMAGE_SET_FORMS}")
     if isinstance(image_set, ImageSet) and resolution is not None and image_set.size != (resolution, resolution):
         raise ImageSetError(
             f"{image_set.describe()} is not at resolution {resolution}; prepare it at that resolution "

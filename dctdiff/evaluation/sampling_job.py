@@ -36,7 +36,7 @@ from dctdiff.infra.ray_cluster import init_ray, plan_gpu_actors, plan_worker_cpu
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
-from dctdiff.infra.logs import show_progress
+from dctdiff.infra.logs import rate, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def newest_checkpoint(path: str) -> str:
 
 def load_sampler(spec: SamplingSpec, device: torch.device):
     """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
+    storage.require_exists(spec.checkpoint, "--checkpoint", "give a checkpoint folder, a run folder or a published .pth")
     if spec.checkpoint.endswith((".pth", ".pt", ".safetensors")):
         config = build_config(spec.preset, overrides=list(spec.overrides))
         if config.data.eta is None and config.data.space == "dct":
@@ -185,5 +186,5 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
         np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)
         handle.seek(0)
         storage.write_bytes(storage.join(output, "images.npz"), handle.read())
-    logger.info("sampled %d images in %.1f s (%.2f images/s) with %d worker(s) -> %s", num, elapsed, num / elapsed, workers, output)
+    logger.info("sampled %d images in %.1f s (%s) with %d worker(s) -> %s", num, elapsed, rate(num, elapsed), workers, output)
     return result

@@ -41,7 +41,7 @@ from dctdiff.core.image_metrics import psnr, ssim
 from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.core.token_layout import check_token_resolution
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS, dct_upsample, pil_resize
-from dctdiff.infra.logs import show_progress
+from dctdiff.infra.logs import rate, show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def upsample_folder(source: str, output: str, block_size: int = DEFAULT_BLOCK_SI
             bar.update(len(batch["relative"]))
     seconds = time.perf_counter() - start
     logger.info(
-        "upsampled %d images x%d (B = %d) into %s in %.1f s (%.1f images/s)",
-        count, factor, block_size, output, seconds, count / seconds,
+        "upsampled %d images x%d (B = %d) into %s in %.1f s (%s)",
+        count, factor, block_size, output, seconds, rate(count, seconds),
     )
     return count
 

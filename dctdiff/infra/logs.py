@@ -49,6 +49,12 @@ def quiet_mlflow(level: str) -> None:
         logging.getLogger("mlflow").setLevel(wanted.upper())
 
 
+def rate(count: int, seconds: float, unit: str = "images") -> str:
+    """``count`` per second as text with enough digits for small inputs too (``0.3 images/s``, ``250 images/s``)."""
+    per_second = count / seconds if count and seconds > 0 else 0.0
+    return f"{per_second:.3g} {unit}/s" if per_second < 100 else f"{per_second:.0f} {unit}/s"
+
+
 def show_progress(requested: bool = True) -> bool:
     """Whether to draw a progress bar: when ``requested`` and the ``dctdiff`` loggers show INFO
     (``-q`` / ``--log-level WARNING`` turn the bars off, as does a process whose logging no job configured)."""

@@ -7,11 +7,13 @@ import http.client
 import logging
 import os
 import re
+import socket
 import ssl
 import subprocess
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from urllib.parse import unquote_plus, urlsplit
 DEFAULT_DB = "mlflow.db"
 DEFAULT_EXPERIMENT = "dctdiff"
 KNOWN_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # their default ports (also with +driver)
 MASK = "***"
 
 log = logging.getLogger(__name__)
@@ -169,7 +172,10 @@ def silence_run_links() -> None:
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Raise TrackingError (message with the redacted URI and what to do) unless ``uri`` has a known
-    scheme and, for an http(s) server, ``/health`` answers within ``timeout_s`` (one try, no MLflow retries)."""
+    scheme and its store can be reached within ``timeout_s``: for an http(s) server ``/health`` answers
+    (one try, no MLflow retries), a database server (PostgreSQL, MySQL, SQL Server) accepts a TCP
+    connection, a SQLite file's folder exists or can be created. The network checks run in a daemon
+    thread waited for at most ``timeout_s`` (plus a second), so a slow name lookup cannot stretch them."""
     scheme = urlsplit(uri).scheme.partition("+")[0].lower()
     if scheme not in KNOWN_SCHEMES:
         raise TrackingError(
@@ -177,7 +183,73 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             "(e.g. http://HOST:5000 or sqlite:///mlflow.db) in --mlflow-uri or MLFLOW_TRACKING_URI"
         )
     if scheme in ("http", "https"):
-        _check_server(uri, timeout_s)
+        _within(timeout_s, uri, _check_server, uri, timeout_s)
+    elif scheme in DATABASE_PORTS:
+        _within(timeout_s, uri, _check_database, uri, DATABASE_PORTS[scheme], timeout_s)
+    elif scheme == "sqlite":
+        _check_sqlite_folder(uri)
+
+
+def _unreachable(uri: str, timeout_s: float, reason: object) -> TrackingError:
+    """The one line for a tracking store that did not answer: the redacted URI, why, and what to do."""
+    what = "MLflow tracking server" if urlsplit(uri).scheme.lower().startswith("http") else "tracking database"
+    start = "start it (mlflow server --host ... --port ...)" if what.startswith("MLflow") else "start the database"
+    return TrackingError(
+        f"{what} {redact(uri)} did not answer within {timeout_s:g} s ({redact(str(reason))}): "
+        f"{start} or fix --mlflow-uri / MLFLOW_TRACKING_URI"
+    )
+
+
+def _within(timeout_s: float, uri: str, check: Callable[..., None], *args: Any) -> None:
+    """Run ``check(*args)`` in a daemon thread and wait at most ``timeout_s`` + 1 s for it; its
+    TrackingError is raised here, and a check still running then is reported as not answering."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check(*args)
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="dctdiff-tracking-check", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    if thread.is_alive():
+        raise _unreachable(uri, timeout_s, "no answer in time") from None
+    if failure:
+        raise failure[0]
+
+
+def _check_database(uri: str, default_port: int, timeout_s: float) -> None:
+    """A TCP connection to the database server's host:port (no credentials sent); a host-less URI (a
+    local socket) is left to the database driver."""
+    parts = urlsplit(_strip_userinfo(uri))
+    try:
+        host, port = parts.hostname, parts.port or default_port
+    except ValueError as error:  # a port that is no number
+        raise TrackingError(f"tracking URI {redact(uri)}: {error}; write HOST:PORT with a numeric port") from None
+    if not host:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise _unreachable(uri, timeout_s, error.strerror or error) from None
+    log.debug("tracking database %s accepts connections on %s:%s", redact(uri), host, port)
+
+
+def _check_sqlite_folder(uri: str) -> None:
+    """The folder of a SQLite store exists (it is created where it can be): SQLite makes the file, not its folder."""
+    path = urlsplit(uri).path.removeprefix("/") if uri.startswith("sqlite:///") else ""  # sqlite:////abs, sqlite:///rel
+    if not path or path == ":memory:":
+        return
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(
+            f"SQLite tracking store {redact(uri)}: cannot create its folder {folder} ({error.strerror or error}); "
+            "choose a writable place in --mlflow-uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def _check_server(uri: str, timeout_s: float) -> None:
@@ -191,11 +263,7 @@ def _check_server(uri: str, timeout_s: float) -> None:
     except urllib.error.HTTPError as error:
         status = error.code
     except (OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", None) or error
-        raise TrackingError(
-            f"MLflow tracking server {redact(uri)} did not answer within {timeout_s:g} s ({redact(str(reason))}): "
-            "start it (mlflow server --host ... --port ...) or fix --mlflow-uri / MLFLOW_TRACKING_URI"
-        ) from None
+        raise _unreachable(uri, timeout_s, getattr(error, "reason", None) or error) from None
     if status >= 500:
         raise TrackingError(
             f"MLflow tracking server {redact(uri)} answered {health} with HTTP {status}: check the server's log"

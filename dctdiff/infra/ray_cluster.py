@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 LOOPBACK = "127.0.0.1"
+RAY_PORTS = {"ray": 10001, "": 6379}  # default ports: Ray Client (ray://HOST), the GCS (HOST)
+ADDRESS_TIMEOUT_S = 5.0
+RAY_HINT = "check `ray status` on the cluster and --address / RAY_ADDRESS, or omit --address for a local Ray"
+
+log = logging.getLogger(__name__)
 
 
 def keep_ray_on_loopback() -> None:
@@ -92,10 +99,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
         return ray.get_runtime_context()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        return ray.init(address=address, **kwargs)
+        check_ray_address(address)
+        return _started(f"the Ray cluster at {address}", lambda: ray.init(address=address, **kwargs))
     dashboard_port = free_loopback_port()
     with environment(local_ray_environment(dashboard_port)):
-        return ray.init(
+        return _started("a local Ray", lambda: ray.init(
             address="local",  # never join another cluster recorded on this machine
             num_cpus=num_cpus,
             include_dashboard=True,
@@ -103,7 +111,36 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
             dashboard_port=dashboard_port,
             _node_ip_address=LOOPBACK,
             **kwargs,
-        )
+        ))  # fmt: skip
+
+
+def _started(where: str, start: Callable[[], Any]) -> Any:
+    """``start()`` (a ``ray.init``); any failure becomes one RayStartError line naming ``where`` and what to
+    try, with Ray's traceback logged at DEBUG only."""
+    try:
+        return start()
+    except Exception as error:  # Ray raises plain Exception, ConnectionError, RuntimeError, RaySystemError...
+        log.debug("ray.init failed for %s", where, exc_info=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RayStartError(f"could not start or reach {where}: {reason}; {RAY_HINT}") from None
+
+
+def check_ray_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """An explicit cluster address (``HOST[:PORT]``, ``ray://HOST[:PORT]``) accepts a TCP connection within
+    ``timeout_s``: else RayStartError at once, instead of Ray's minute of retries. ``auto`` and ``local``
+    are left to Ray."""
+    scheme, _, rest = address.rpartition("://")
+    if address in ("auto", "local") or scheme not in RAY_PORTS:
+        return
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not port.isdigit():
+        host, port = rest.rstrip("/"), str(RAY_PORTS[scheme])
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RayStartError(f"the Ray cluster at {address} does not answer ({reason}); {RAY_HINT}") from None
+
 
 
 # CPUs left free for Ray Data's read tasks: if workers take every CPU, reading stalls and the job
@@ -113,6 +150,10 @@ DATA_CPUS = 1.0
 
 class ResourceError(RuntimeError):
     """The cluster cannot hold the requested workers."""
+
+
+class RayStartError(ResourceError):
+    """Ray did not start, or the cluster at the address did not answer; the message says what to try."""
 
 
 def plan_worker_cpus(

@@ -89,6 +89,18 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+class MissingPathError(FileNotFoundError, ValueError):
+    """A path given to a job does not exist (a ValueError too: every job reports it as one line, exit 2)."""
+
+
+def require_exists(uri: str, flag: str, fix: str = "") -> str:
+    """``uri`` when a file or folder exists there; else MissingPathError ``{flag} {uri} does not exist``,
+    followed by ``fix`` (how to get the right path). The one check of every input path a job takes."""
+    if uri and exists(uri):
+        return uri
+    raise MissingPathError(f"{flag} {uri or repr(uri)} does not exist" + (f": {fix}" if fix else ""))
+
+
 def is_dir(uri: str) -> bool:
     """Whether ``uri`` is a folder (on object stores: a non-empty prefix)."""
     fs, path = resolve(uri)

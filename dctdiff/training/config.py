@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -17,6 +18,7 @@ from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.evaluation.kid import MIN_FEATURES
+from dctdiff.infra.suggestions import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -135,7 +137,8 @@ class TrainConfig:
         _require(d.eta is None or d.eta > 0, f"data.eta must be > 0 (or null to read stats.json), got {d.eta}")
         _require(
             d.colour in (None, AUTO_COLOUR, *COLOUR_MODES),
-            f"data.colour must be one of {', '.join(COLOUR_MODES)} (or null/auto: the shards' mode), got {d.colour!r}",
+            f"data.colour must be one of {', '.join(COLOUR_MODES)} (or null/auto: the shards' mode), got {d.colour!r}"
+            + did_you_mean(d.colour, (AUTO_COLOUR, *COLOUR_MODES)),
         )
         patch = self.patch_size
         _require(
@@ -147,7 +150,9 @@ class TrainConfig:
         )
         _require(0 <= d.label_dropout < 1, f"data.label_dropout must be in [0, 1), got {d.label_dropout}")
         _require(
-            self.model.size in MODEL_SIZES, f"model.size must be one of {', '.join(MODEL_SIZES)}, got {self.model.size!r}"
+            self.model.size in MODEL_SIZES,
+            f"model.size must be one of {', '.join(MODEL_SIZES)}, got {self.model.size!r}"
+            + did_you_mean(self.model.size, MODEL_SIZES),
         )
         if self.model.pos_embed_init == "sincos":
             width = self.model.embed_dim or MODEL_SIZES[self.model.size]["embed_dim"]
@@ -164,7 +169,8 @@ class TrainConfig:
         _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
         _require(o.warmup_steps >= 0 and o.grad_clip >= 0, "optim.warmup_steps and optim.grad_clip must be >= 0")
         _require(
-            s.sampler in SAMPLERS, f"cadence.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}"
+            s.sampler in SAMPLERS,
+            f"cadence.sampler must be one of {', '.join(SAMPLERS)}, got {s.sampler!r}{did_you_mean(s.sampler, SAMPLERS)}",
         )
         _require(s.max_steps >= 1, f"cadence.max_steps must be >= 1, got {s.max_steps}")
         for name in ("log_every", "checkpoint_every", "keep_checkpoints", "sample_nfe"):
@@ -263,12 +269,25 @@ def _require_finite(config: TrainConfig) -> None:
                 raise ConfigError(f"{key} must be a finite number, got {value}: set e.g. {key}={item.default}")
 
 
+MAX_NAME_BYTES = 255  # the longest file name of common file systems (ext4, XFS, APFS, NTFS), in UTF-8 bytes
+
+
 def check_run_name(name: str | None) -> str | None:
-    """``name`` (None: the job picks one) if it is one folder name under --storage; else ConfigError."""
-    if name is not None and (name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0")):
+    """``name`` (None: the job picks one) if it is one folder name under --storage; else ConfigError: not
+    empty, '.' or '..', no '/', '\\' or control character (newline, tab, ...), at most MAX_NAME_BYTES."""
+    if name is None:
+        return name
+    control = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if name.strip() in ("", ".", "..") or any(c in name for c in "/\\") or control is not None:
+        held = f" (it holds U+{ord(control):04X})" if control is not None else ""
         raise ConfigError(
-            f"--name {name!r} must be one folder name under --storage: not empty, '.' or '..', "
-            "no '/' or '\\' (e.g. --name cifar10-run1)"
+            f"--name {name!r} must be one folder name under --storage{held}: not empty, '.' or '..', "
+            "no '/', '\\' or control character such as a newline or tab (e.g. --name cifar10-run1)"
+        )
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"--name {name[:32]!r}... is {size} bytes in UTF-8; a folder name holds at most {MAX_NAME_BYTES}: shorten it"
         )
     return name
 
@@ -337,7 +356,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}{did_you_mean(value, args)}")
         return value
     if args and type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -376,7 +395,7 @@ def _apply(target: Any, overrides: dict[str, Any], where: str = "") -> None:
             new = RENAMED_KEYS[key]
             raise ConfigError(f"config key {key!r} was renamed to {new!r}: write {new}.<field> instead of {key}.<field>")
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; allowed here: {', '.join(names)}")
+            raise ConfigError(f"unknown config key {path!r}{did_you_mean(key, names, where)}; allowed here: {', '.join(names)}")
         current = getattr(target, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -426,10 +445,13 @@ def build_config(
     Raises ConfigError for an unknown preset, unknown keys, wrong types and inconsistent values.
     """
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose one of {', '.join(PRESETS)}")
     config = TrainConfig(preset=preset)
     _apply(config, PRESETS[preset])
     for path in files or []:
+        from dctdiff.infra.storage import require_exists  # here: benchmarks/gpu.py imports this module without pyarrow
+
+        require_exists(path, "--config", "give a YAML file of overrides")
         with open(path) as handle:
             loaded = _load_yaml(handle, path) or {}
         if not isinstance(loaded, dict):

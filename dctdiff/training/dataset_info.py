@@ -64,8 +64,7 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     written with another resolution, block size or colour mode than the config asks for, or lack
     the pixels a data.space=pixel run reads.
     """
-    if not data_uri or not storage.exists(data_uri):
-        raise FileNotFoundError(f"--data {data_uri!r} does not exist: run `dctdiff prepare` to make it")
+    storage.require_exists(data_uri, "--data", "run `dctdiff prepare` to make it")
     files = shard_files(data_uri)
     if not files:
         raise FileNotFoundError(

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from dctdiff.infra import storage
 from dctdiff.training.config import ConfigError, TrainConfig, config_from_dict, split_batch
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
@@ -74,8 +75,8 @@ def load_study(name_or_path: str) -> Study:
                 f"--study {name_or_path!r} is neither a built-in study ({', '.join(builtin_studies())}) "
                 "nor a YAML file; see dctdiff/tuning/search_space.py for the format"
             )
-    elif not path.is_file():
-        raise ConfigError(f"--study {name_or_path}: no such file")
+    else:
+        storage.require_exists(name_or_path, "--study", f"give a study YAML file or a built-in study ({', '.join(builtin_studies())})")
     document = yaml.safe_load(path.read_text()) or {}
     if not isinstance(document, dict) or not isinstance(document.get("space"), dict):
         raise ConfigError(
