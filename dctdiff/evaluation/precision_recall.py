@@ -63,7 +63,7 @@ def precision_recall(
 
     Computed in the features' dtype (float64 features: exact comparisons for tests).
     """
-    real_t, generated_t = (torch.as_tensor(np.asarray(f)).to(device) for f in (real, generated))
+    real_t, generated_t = (torch.tensor(np.asarray(f)).to(device) for f in (real, generated))
     if real_t.ndim != 2 or generated_t.shape[1:] != real_t.shape[1:]:
         raise ValueError(f"precision/recall need features [n, d] and [m, d], got {list(real_t.shape)} and "
                          f"{list(generated_t.shape)}")
