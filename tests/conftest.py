@@ -124,3 +124,18 @@ def small_runs(tmp_path_factory):
 
     _shared_ray()
     return train_small_runs(tmp_path_factory.mktemp("small-runs"))
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test when anything calls ``ray.init``; Ray is as initialised afterwards as before."""
+    import ray
+
+    before = ray.is_initialized()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+    assert ray.is_initialized() == before

@@ -11,21 +11,6 @@ from dctdiff.commands import (
 from dctdiff.commands import main as dctdiff_main
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test when anything calls ``ray.init``; Ray is as initialised afterwards as before."""
-    import ray
-
-    before = ray.is_initialized()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was called")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    yield
-    assert ray.is_initialized() == before
-
-
 def one_error_line(capsys) -> str:
     """The single ``error: ...`` line a failed job wrote to stderr (no usage, no traceback)."""
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

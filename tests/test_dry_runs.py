@@ -16,21 +16,6 @@ from dctdiff.commands import (
 
 
 @pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test when anything calls ``ray.init``; Ray is as initialised afterwards as before."""
-    import ray
-
-    before = ray.is_initialized()
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was called")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    yield
-    assert ray.is_initialized() == before
-
-
-@pytest.fixture
 def unwritable(tmp_path):
     """A path below a regular file: no job can create it."""
     (tmp_path / "file.txt").write_text("x")
