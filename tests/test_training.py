@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from dctdiff.training.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
+from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, ema_decay_at
 
 ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
 
@@ -103,6 +104,23 @@ def test_ema_follows_the_closed_form():
     trainer._update_ema()
     for ema, old, new in zip(trainer.ema.parameters(), before, trainer.model.parameters()):
         torch.testing.assert_close(ema, 0.9 * old + 0.1 * new)
+
+
+def test_ema_warmup_forgets_the_initial_weights_as_the_closed_form():
+    """With optim.ema_warmup the k-th update uses min(decay, (1 + k) / (10 + k)): after n updates of a
+    constant model the initial weights keep the product of those decays, not decay**n."""
+    trainer = make_trainer(**{"optim.ema_decay": 0.999, "optim.ema_warmup": "true"})
+    start = [p.detach().clone() for p in trainer.ema.parameters()]
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    for update in range(1, 101):
+        trainer._update_ema()
+        trainer.step = update
+    kept = math.prod(min(0.999, (1 + k) / (10 + k)) for k in range(1, 101))  # ~0.0059 (constant: 0.905)
+    for ema, old, new in zip(trainer.ema.parameters(), start, trainer.model.parameters()):
+        torch.testing.assert_close(ema, kept * old + (1 - kept) * new)
+    assert ema_decay_at(trainer.config.optim, 10**6) == 0.999  # the cap: the configured decay
 
 
 def test_nan_loss_stops_at_the_logging_step_naming_the_step_and_the_sample(batches):

@@ -86,6 +86,9 @@ class OptimConfig:
     beta2: float = 0.99
     warmup_steps: int = 5000
     ema_decay: float = 0.9999
+    # EMA warm-up: update t (1, 2, ...) uses min(ema_decay, (1 + t) / (10 + t)), so that a short run's EMA
+    # forgets the random initial weights (constant 0.999 still holds 37% of them after 1000 steps).
+    ema_warmup: bool = False
     grad_clip: float = 1.0
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # mixed precision on GPU; CPU always fp32
     # Gradient accumulation: each worker's share of the batch runs in this many chunks, one optimiser step.

@@ -17,7 +17,7 @@ from safetensors.torch import load as load_tensors
 
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
 from dctdiff.core.token_layout import DEFAULT_COLOUR
-from dctdiff.training.config import TrainConfig, split_batch
+from dctdiff.training.config import OptimConfig, TrainConfig, split_batch
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
@@ -61,6 +61,14 @@ def build_noise_schedule(config: TrainConfig) -> VPSchedule:
     """The VP schedule with the config's SNR scale c (paper §4)."""
     d = config.diffusion
     return VPSchedule(beta_min=d.beta_min, beta_max=d.beta_max, snr_scale=d.snr_scale)
+
+
+def ema_decay_at(optim: OptimConfig, update: int) -> float:
+    """The EMA decay of the ``update``-th update (1-based): optim.ema_decay, capped by
+    (1 + t) / (10 + t) while optim.ema_warmup (a host float: no device sync)."""
+    if not optim.ema_warmup:
+        return optim.ema_decay
+    return min(optim.ema_decay, (1 + update) / (10 + update))
 
 
 @dataclass
@@ -202,7 +210,7 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * model, one foreach kernel over all parameters."""
-        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - self.config.optim.ema_decay)
+        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - ema_decay_at(self.config.optim, self.step + 1))
 
     # --- checkpoints ---------------------------------------------------------------------------
 
