@@ -11,17 +11,6 @@ import pytest
 from dctdiff.training.config import BatchSplit, ConfigError, split_batch
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Fails the test when anything calls ``ray.init``."""
-    import ray
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was called")
-
-    monkeypatch.setattr(ray, "init", refuse)
-
-
 @pytest.mark.parametrize(
     ("batch", "workers", "micro", "expected"),
     [(256, 8, 4, BatchSplit(32, 8)), (256, 1, 64, BatchSplit(256, 4)), (24, 3, 8, BatchSplit(8, 1)), (7, 7, 1, BatchSplit(1, 1))],
@@ -125,6 +114,38 @@ def test_labels_outside_the_label_embedding_are_refused_by_plan_run(tmp_path, la
 
 def test_labels_that_fit_the_embedding_plan(tmp_path):
     assert _plan(tmp_path, list(range(8)) * 2, ["data.num_classes=8"]).info.rows == 16
+
+
+def _reference_plan(tmp_path, reference_images, resolution: int = 32):
+    """plan_run of an unconditional demo run on 16 photos, FID against ``reference_images`` others."""
+    from dctdiff.data.bundled_photos import photo_crops
+    from dctdiff.training.config import build_config
+    from dctdiff.training.launcher import LaunchOptions, plan_run
+    from tests.prepared import write_prepared
+
+    data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
+    held_out = write_prepared(tmp_path / "held-out", photo_crops(reference_images, resolution, seed=1))
+    config = build_config("demo", overrides=["optim.batch_size=2", "cadence.fid_every=2"])
+    options = LaunchOptions(str(data), storage=str(tmp_path / "runs"), fid_reference=str(held_out))
+    return plan_run(config, options)
+
+
+def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path):
+    plan = _reference_plan(tmp_path, 6)
+    assert (plan.info.rows, plan.reference.rows) == (16, 6)
+    assert plan.reference.shards_uri.startswith(str(tmp_path / "held-out"))
+
+
+@pytest.mark.parametrize(
+    ("images", "resolution", "message"),
+    [
+        (3, 32, "FID and KID during training need at least 4 training images, got 3"),
+        (6, 16, r"--fid-reference .*held-out holds 16x16 images with block size 2, but the config wants data.resolution=32"),
+    ],
+)
+def test_a_fid_reference_too_small_or_prepared_otherwise_is_refused_naming_the_flag(tmp_path, images, resolution, message):
+    with pytest.raises(ValueError, match=message):
+        _reference_plan(tmp_path, images, resolution)
 
 
 def test_too_few_images_for_the_fid_reference_are_refused_before_ray_starts(tmp_path):

@@ -138,3 +138,27 @@ def test_the_reference_is_recomputed_when_the_data_or_precision_changes_or_it_la
     assert not np.allclose(again.mu, first.stats.mu)
     np.testing.assert_allclose(again.mu, compute_fid_stats(PreparedImages(str(data)).load()).mu, rtol=1e-5, atol=1e-5)
     assert load_reference(uri).features.shape == (5, 2048)
+
+
+@pytest.mark.slow
+def test_a_held_out_fid_reference_is_what_the_logged_fid_compares_with(ray_session, tmp_path):
+    """`--fid-reference`: the reference is cached beside the held-out images, not the training data, and the
+    logged FID is that of the checkpoint's samples against the held-out images."""
+    data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
+    held_out = write_prepared(tmp_path / "held-out", photo_crops(8, 32, seed=3))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    request = parse_args(
+        ["--data", str(data), "--fid-reference", str(held_out), *SMALL, "--max-steps", "2", "--name", "held-out",
+         "--storage", str(tmp_path / "runs"), "--mlflow-uri", tracking]
+    )  # fmt: skip
+    result, run_id = train(request.config, request.options, request.tracking)
+
+    assert Path(reference_uri(str(held_out))).exists() and not Path(reference_uri(str(data))).exists()
+    model, saved, state = load_ema_model(result.checkpoint.path)
+    images = generate_images(
+        model, build_codec(saved, state["eta"]), build_noise_schedule(saved), range(FID_SAMPLES), saved.cadence.sampler,
+        saved.cadence.sample_nfe,
+    )  # fmt: skip
+    expected = fid_from_stats(compute_fid_stats(images), compute_fid_stats(PreparedImages(str(held_out)).load()))
+    assert result.metrics["fid"] == pytest.approx(expected, rel=1e-4)
+    assert MlflowClient(tracking).get_run(run_id).data.tags["dctdiff.fid_reference"] == str(held_out)

@@ -65,8 +65,13 @@ def add_config_flags(parser: argparse.ArgumentParser, preset_help: str) -> None:
 
 
 def add_data_flag(parser: argparse.ArgumentParser) -> None:
-    """``--data``: a prepare output."""
+    """``--data``: a prepare output; ``--fid-reference``: the one FID/KID compare with."""
     parser.add_argument("--data", help="a `dctdiff prepare` output folder or URI")
+    parser.add_argument(
+        "--fid-reference", metavar="DATA",
+        help="a `dctdiff prepare` output prepared like --data (e.g. with --split test) whose images FID and KID "
+        "compare with (default: the training images of --data)",
+    )  # fmt: skip
 
 
 def add_worker_flags(parser: argparse.ArgumentParser, what: str) -> None:

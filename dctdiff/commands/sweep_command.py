@@ -24,7 +24,7 @@ from dctdiff.training.config import ConfigError, check_run_name
 from dctdiff.tuning.search_space import DEFAULT_SCHEDULER, SCHEDULERS, builtin_studies
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 
-RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data", "dry_run"}  # what --resume may be given; the rest is saved
+RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data", "fid_reference", "dry_run"}  # what --resume may be given; the rest is saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 plan,  # sweep.json holds redacted URIs: the secrets come from the command line again
                 tracking_uri=restore_secret(plan.tracking_uri, args.mlflow_uri and resolve_tracking_uri(args.mlflow_uri), "--mlflow-uri"),
                 data=restore_secret(plan.data, args.data and storage.normalize(args.data), "--data"),
+                fid_reference=restore_secret(
+                    plan.fid_reference, args.fid_reference and storage.normalize(args.fid_reference), "--fid-reference"
+                ),
             )  # fmt: skip
         else:
             if not args.study:

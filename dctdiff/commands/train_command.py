@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
         parser.error("--show-batches needs --dry-run and --data")
     options = LaunchOptions(
         data=args.data or "",
+        fid_reference=args.fid_reference,
         resources=flags.worker_resources(args),
         storage=args.storage,
         name=check_run_name(args.name),

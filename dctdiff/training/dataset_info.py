@@ -35,60 +35,61 @@ class DatasetInfo:
     row_groups: tuple[tuple[int, ...], ...] = ()  # per shard file: the rows of each of its row groups
 
 
-def _colour(data_uri: str, params: CodecParams, config: TrainConfig) -> str:
+def _colour(where: str, params: CodecParams, config: TrainConfig) -> str:
     """The colour mode to train: the shards' (data.colour, when set, must agree)."""
     wanted = config.colour
     if wanted is not None and wanted != params.colour:
         raise ValueError(
-            f"--data {data_uri} was prepared with --colour {params.colour}, but the config wants data.colour="
+            f"{where} was prepared with --colour {params.colour}, but the config wants data.colour="
             f"{wanted}: set data.colour=auto or prepare the data again with --colour {wanted}"
         )
     return params.colour
 
 
-def _token_column(data_uri: str, params: CodecParams, config: TrainConfig) -> str:
+def _token_column(where: str, params: CodecParams, config: TrainConfig) -> str:
     """The shard column the trainer reads: the coefficients, or the source pixels for data.space=pixel."""
     if config.data.space != "pixel":
         return COEFFICIENT_COLUMN
     if not params.pixels:
         raise ValueError(
-            f"--data {data_uri} has no {PIXEL_COLUMN} column for data.space=pixel: prepare with --store-pixels"
+            f"{where} has no {PIXEL_COLUMN} column for data.space=pixel: prepare with --store-pixels"
         )
     return PIXEL_COLUMN
 
 
-def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
-    """Open and check a prepare output for ``config``.
+def load_dataset_info(data_uri: str, config: TrainConfig, flag: str = "--data") -> DatasetInfo:
+    """Open and check a prepare output for ``config`` (``flag``: the option that named it, for the errors).
 
     Raises FileNotFoundError for a missing or empty folder and ValueError when the shards were
     written with another resolution, block size or colour mode than the config asks for, or lack
     the pixels a data.space=pixel run reads.
     """
-    storage.require_exists(data_uri, "--data", "run `dctdiff prepare` to make it")
+    where = f"{flag} {data_uri}"
+    storage.require_exists(data_uri, flag, "run `dctdiff prepare` to make it")
     files = shard_files(data_uri)
     if not files:
         raise FileNotFoundError(
-            f"--data {data_uri} has no {COEFFICIENT_DIR}/*.parquet shards: run `dctdiff prepare` "
+            f"{where} has no {COEFFICIENT_DIR}/*.parquet shards: run `dctdiff prepare` "
             f"--output {data_uri} first (or finish it: re-running the same command resumes)"
         )
     params = read_codec_params(data_uri)
     d = config.data
     if (params.resolution, params.block_size) != (d.resolution, d.block_size):
         raise ValueError(
-            f"--data {data_uri} holds {params.resolution}x{params.resolution} images with block size "
+            f"{where} holds {params.resolution}x{params.resolution} images with block size "
             f"{params.block_size}, but the config wants data.resolution={d.resolution}, data.block_size="
             f"{d.block_size}: choose the matching preset, --set data.resolution=... data.block_size=..., "
             "or prepare the data again with these settings"
         )
-    colour = _colour(data_uri, params, config)
-    column = _token_column(data_uri, params, config)
+    colour = _colour(where, params, config)
+    column = _token_column(where, params, config)
     stats = load_stats(data_uri)
     row_groups = tuple(row_group_rows(uri) for uri in files)
     rows = sum(map(sum, row_groups))
     if rows == 0:
-        raise FileNotFoundError(f"--data {data_uri} has shards but no rows: every input image was rejected")
+        raise FileNotFoundError(f"{where} has shards but no rows: every input image was rejected")
     if d.class_conditional:
-        _check_labels(data_uri, files, d.num_classes)
+        _check_labels(where, files, d.num_classes)
     return DatasetInfo(
         shards_uri=storage.join(storage.normalize(data_uri), COEFFICIENT_DIR),
         rows=rows,
@@ -105,7 +106,7 @@ def load_dataset_info(data_uri: str, config: TrainConfig) -> DatasetInfo:
     )
 
 
-def _check_labels(data_uri: str, files: list[str], num_classes: int) -> None:
+def _check_labels(where: str, files: list[str], num_classes: int) -> None:
     """Every label in 0..num_classes-1, else ValueError: the label embedding would raise at step 1 on every
     rank (an unlabelled image's label is -1). Reads only the shards' label column."""
     import numpy as np
@@ -117,11 +118,11 @@ def _check_labels(data_uri: str, files: list[str], num_classes: int) -> None:
     ])  # fmt: skip
     if labels.min() < 0:
         raise ValueError(
-            f"--data {data_uri} has unlabelled images (label -1), but data.class_conditional is on: train "
+            f"{where} has unlabelled images (label -1), but data.class_conditional is on: train "
             "without it or prepare a labelled source"
         )
     if labels.max() >= num_classes:
         raise ValueError(
-            f"--data {data_uri} has labels up to {labels.max()}, but data.num_classes={num_classes}: set "
+            f"{where} has labels up to {labels.max()}, but data.num_classes={num_classes}: set "
             f"data.num_classes={labels.max() + 1}"
         )

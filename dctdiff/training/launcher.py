@@ -47,6 +47,7 @@ class LaunchOptions:
 
     data: str
     resources: WorkerResources = WorkerResources()
+    fid_reference: str | None = None  # the prepare output FID/KID compare with (None: the training images of data)
     storage: str = "outputs/runs"
     name: str | None = None
     resume: bool = False
@@ -63,6 +64,7 @@ class RunPlan:
     name: str  # the run's folder under the storage root
     run_file: str  # <storage>/<name>/dctdiff_run.json
     info: DatasetInfo
+    reference: DatasetInfo  # of options.fid_reference, else info: the images FID/KID compare with
     previous_run_id: str | None  # the MLflow run of the checkpoints being resumed, if any
     resume_from: str | None = None  # the newest intact checkpoint of the resumed run (None: start at step 0)
     planned_checkpoints: tuple[str, ...] = ()  # the run's checkpoint folder names when resume_from was chosen
@@ -128,8 +130,9 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
             f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
             f"{config.optim.batch_size}); lower the batch size or prepare more images"
         )
+    reference = load_dataset_info(options.fid_reference, config, "--fid-reference") if options.fid_reference else info
     if config.cadence.fid_every:
-        check_reference_rows(info.rows)
+        check_reference_rows(reference.rows)
     root = storage.normalize(options.storage)
     if options.name:
         name = options.name
@@ -142,7 +145,7 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
     previous = _previous_run_id(run_file, config, resume, name, root)
     folders = checkpoint_folders(storage.join(root, name)) if resume else []
     return RunPlan(
-        config, options, name, run_file, info, previous, newest_intact(folders),
+        config, options, name, run_file, info, reference, previous, newest_intact(folders),
         tuple(posixpath.basename(folder) for folder in folders),
     )  # fmt: skip
 
@@ -167,7 +170,9 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     )
     fid_reference = None
     if config.cadence.fid_every:
-        fid_reference = ensure_reference_stats(options.data, info.rows, config.cadence.sample_precision)
+        fid_reference = ensure_reference_stats(
+            options.fid_reference or options.data, plan.reference.rows, config.cadence.sample_precision
+        )
     # The workers read the shards themselves (batch_order); Ray Data's reserved CPU is idle during training,
     # so the workers share it as threads.
     threads = max(1, int(cpus + DATA_CPUS / group.workers))
@@ -220,7 +225,7 @@ def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | No
         client.update_run(plan.previous_run_id, status="RUNNING")
         return RunHandle(tracking_uri, plan.previous_run_id), previous
     run_id = create_run(
-        tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), **(tags or {})},
+        tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), "dctdiff.fid_reference": redact(plan.options.fid_reference or plan.options.data), **(tags or {})},
         run_params(plan.config, plan.info, plan.options.resources.gpus_per_worker),
     )  # fmt: skip
     client.log_text(run_id, plan.config.resolved(plan.info.eta, plan.info.colour).to_yaml(), "config.yaml")

@@ -78,6 +78,7 @@ class SweepPlan:
     parent_run_id: str = ""
     log_level: str = "INFO"
     description: str = ""  # the study's
+    fid_reference: str = ""  # normalized prepare output FID/KID compare with ("": the training images of data)
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "SweepPlan":
@@ -173,7 +174,7 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
     label = trial_label(values)
     options = LaunchOptions(
         data=plan.data, resources=plan.resources, storage=storage.join(plan.directory, TRIALS_DIR), name=trial,
-        log_level=plan.log_level,
+        log_level=plan.log_level, fid_reference=plan.fid_reference or None,
     )  # fmt: skip
     trial_plan = plan_run(trial_config(plan, values), options, continue_existing=True)
     tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}",
@@ -303,6 +304,7 @@ def new_plan(
         experiment=tracking.experiment,
         log_level=log_level,
         description=study.description,
+        fid_reference=storage.normalize(args.fid_reference) if args.fid_reference else "",
     )
     if plan.fid_samples < MIN_FEATURES:
         raise ConfigError(
@@ -331,6 +333,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
     from ray import tune
 
     info = load_dataset_info(plan.data, plan.base_config())  # a bad --data fails here, before Ray starts
+    if plan.fid_reference:
+        info = load_dataset_info(plan.fid_reference, plan.base_config(), "--fid-reference")
     init_ray(address)
     resources = ray.cluster_resources()
     group = plan.resources
@@ -339,7 +343,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
         group.gpus_per_worker, plan.max_concurrent,
     )  # fmt: skip
     plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
-    ensure_reference_stats(plan.data, info.rows, plan.base_config().cadence.sample_precision)  # once, not per trial
+    reference = plan.fid_reference or plan.data
+    ensure_reference_stats(reference, info.rows, plan.base_config().cadence.sample_precision)  # once, not per trial
     client = MlflowClient(plan.tracking_uri)
     if resume:
         if not tune.Tuner.can_restore(plan.directory):
@@ -347,7 +352,8 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
         client.update_run(plan.parent_run_id, status="RUNNING")
     else:
         plan = replace(plan, parent_run_id=_start_parent_run(plan))
-        saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data)}
+        saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data),
+                 "fid_reference": redact(plan.fid_reference)}
         storage.write_json(storage.join(plan.directory, SWEEP_FILE), saved)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
     if resume:
