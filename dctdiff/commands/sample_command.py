@@ -20,12 +20,12 @@ from dctdiff.core.samplers import SAMPLERS
 from dctdiff.evaluation.sampling_job import SamplingSpec, run
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.ray_cluster import ResourceError
+from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.training.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `dctdiff sample`; returns the exit status (2: bad input)."""
+    """Run `dctdiff sample`; returns the exit status (2: bad input; 1: the --address cluster was lost)."""
     parser = flags.job_parser("dctdiff sample", __doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, run folder, or published .pth")
     parser.add_argument("--output", required=True, help="folder or URI for the PNGs and images.npz")
@@ -63,5 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         run(spec, args.num, args.output, args.seed_start, args.workers, args.gpus_per_worker, args.address)
     except (ConfigError, ResourceError, FileNotFoundError, ValueError) as error:
         return flags.report_error(f"{error}")
+    except ClusterLostError as error:
+        return flags.report_error(f"{error}", status=1)
     return 0
 

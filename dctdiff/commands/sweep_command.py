@@ -18,7 +18,7 @@ from dataclasses import asdict, replace
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.ray_cluster import ResourceError
+from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, restore_secret
 from dctdiff.training.config import ConfigError, check_run_name
 from dctdiff.tuning.search_space import DEFAULT_SCHEDULER, SCHEDULERS, builtin_studies
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `dctdiff sweep`; 0 when it finished, 130 when interrupted (resumable), 2 on bad input."""
+    """Run `dctdiff sweep`; 0 when it finished, 130 when interrupted (resumable), 2 on bad input, 1 when the
+    --address cluster was lost."""
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(flags.log_level(args))
@@ -94,5 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_sweep(plan, resume=args.resume, address=args.address)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
+    except ClusterLostError as error:
+        return flags.report_error(f"{error}", status=1)
     return INTERRUPTED if outcome.interrupted else 0
 

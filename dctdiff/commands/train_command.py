@@ -19,7 +19,7 @@ from dctdiff.commands import options as flags
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
-from dctdiff.infra.ray_cluster import ResourceError
+from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.training.batch_order import first_batch_ids
 from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
 from dctdiff.training.dataset_info import load_dataset_info
@@ -101,7 +101,8 @@ def write_batches(request: TrainRequest) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `dctdiff train`; returns the exit status (2: bad input, with one line saying what to fix; 1: a
-    non-finite loss or a first-step exception stopped the run without a retry, with one line naming it)."""
+    non-finite loss or a first-step exception stopped the run without a retry, or the --address cluster was
+    lost, with one line naming it)."""
     try:
         request = parse_args(argv)
         configure_logging(request.options.log_level)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         result, run_id = train(request.config, request.options, request.tracking)
     except (ConfigError, ResourceError, FileNotFoundError, FileExistsError, ValueError) as error:
         return flags.report_error(f"{error}")
-    except (NonFiniteLossError, FirstStepError) as error:  # the run failed deterministically: one line, exit 1
+    except (NonFiniteLossError, FirstStepError, ClusterLostError) as error:  # the run failed: one line, exit 1
         return flags.report_error(f"{error}", status=1)
     metrics = result.metrics or {}
     log.info(

@@ -32,7 +32,7 @@ from dctdiff.training.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
 from dctdiff.core.precision import Precision
 from dctdiff.core.uvit import load_official_checkpoint
-from dctdiff.infra.ray_cluster import init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
+from dctdiff.infra.ray_cluster import ends_on_lost_cluster, init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
 from dctdiff.core.samplers import SAMPLERS
 from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
 from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
@@ -128,6 +128,7 @@ def label_for(seeds: np.ndarray, labels: tuple[int, ...]) -> np.ndarray | None:
     return np.asarray(labels, dtype=np.int64)[seeds % len(labels)]
 
 
+@ends_on_lost_cluster
 def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers: int | None = None,
         gpus_per_worker: float | None = None, address: str | None = None, progress: bool = True) -> np.ndarray:  # fmt: skip
     """Generate ``num`` images for seeds seed_start.. into ``output``; returns them uint8 [num, H, W, 3].

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import socket
 import sys
+import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 LOOPBACK = "127.0.0.1"
 RAY_PORTS = {"ray": 10001, "": 6379}  # default ports: Ray Client (ray://HOST), the GCS (HOST)
 ADDRESS_TIMEOUT_S = 5.0
 RAY_HINT = "check `ray status` on the cluster and --address / RAY_ADDRESS, or omit --address for a local Ray"
+LOST_HINT = "check the cluster with `ray status --address {gcs}`, then run the job again (train, sweep: add --resume, same --name)"
+# Ray 2.60's gcs_rpc_server_reconnect_timeout_s (RAY_gcs_rpc_server_reconnect_timeout_s): a driver whose GCS
+# has not answered for that long is ended by Ray's C++ client (exit 1, its own log line, no Python exception)
+RAY_RECONNECT_ENV, RAY_RECONNECT_DEFAULT_S = "RAY_gcs_rpc_server_reconnect_timeout_s", 60.0
+PROBE_PERIOD_S = 2.0
+LOST_STATUS = 1  # the exit status of a job that lost its cluster
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +109,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     if ray.is_initialized():
         return ray.get_runtime_context()
     address = address or os.environ.get("RAY_ADDRESS")
+    global _connection
+    _connection = None
     if address:
         check_ray_address(address)
-        return _started(f"the Ray cluster at {address}", lambda: ray.init(address=address, **kwargs))
+        context = _started(f"the Ray cluster at {address}", lambda: ray.init(address=address, **kwargs))
+        _connection = _Connection.of(address)
+        if _connection.gcs:
+            threading.Thread(target=_watch, args=(_connection,), name="dctdiff-cluster-watch", daemon=True).start()
+        return context
     dashboard_port = free_loopback_port()
     with environment(local_ray_environment(dashboard_port)):
         return _started("a local Ray", lambda: ray.init(
@@ -129,17 +146,153 @@ def check_ray_address(address: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> Non
     """An explicit cluster address (``HOST[:PORT]``, ``ray://HOST[:PORT]``) accepts a TCP connection within
     ``timeout_s``: else RayStartError at once, instead of Ray's minute of retries. ``auto`` and ``local``
     are left to Ray."""
-    scheme, _, rest = address.rpartition("://")
-    if address in ("auto", "local") or scheme not in RAY_PORTS:
+    endpoint = _endpoint(address)
+    if endpoint is None:
         return
-    host, colon, port = rest.rstrip("/").rpartition(":")
-    if not colon or not port.isdigit():
-        host, port = rest.rstrip("/"), str(RAY_PORTS[scheme])
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection(endpoint, timeout=timeout_s).close()
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise RayStartError(f"the Ray cluster at {address} does not answer ({reason}); {RAY_HINT}") from None
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address (``HOST[:PORT]``, ``ray://HOST[:PORT]``, default ports of
+    RAY_PORTS); None for ``auto``, ``local`` and other schemes, which are left to Ray."""
+    scheme, _, rest = address.rpartition("://")
+    if address in ("auto", "local") or scheme not in RAY_PORTS:
+        return None
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not port.isdigit():
+        host, port = rest.rstrip("/"), str(RAY_PORTS[scheme])
+    return host.strip("[]"), int(port)
+
+
+def _answers(endpoint: tuple[str, int], timeout_s: float = PROBE_PERIOD_S) -> bool:
+    """Whether ``endpoint`` accepts a TCP connection within ``timeout_s``."""
+    try:
+        socket.create_connection(endpoint, timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+# --- a cluster lost while a job runs -------------------------------------------------------------------
+
+
+class ClusterLostError(RuntimeError):
+    """The Ray cluster a job connected to (``--address``) stopped answering; the message says what to try."""
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """The cluster ``init_ray`` connected to: the address as given, and what answers for it."""
+
+    address: str
+    endpoint: tuple[str, int] | None  # the GCS (or Ray Client server) a probe connects to
+    gcs: str | None  # the GCS address of a driver on a cluster node (None: Ray Client)
+
+    @classmethod
+    def of(cls, address: str) -> _Connection:
+        """The connection of the driver that has just connected to ``address``."""
+        import ray
+
+        if address.startswith("ray://"):
+            return cls(address, _endpoint(address), None)
+        gcs = ray.get_runtime_context().gcs_address  # "auto" and RAY_ADDRESS resolved; read locally, no RPC
+        return cls(address, _endpoint(gcs), gcs)
+
+    def lost_message(self) -> str:
+        """The job's one error line."""
+        return (
+            f"lost the connection to the Ray cluster at {self.address}: it stopped answering while the job ran; "
+            + LOST_HINT.format(gcs=self.gcs or self.address)
+        )
+
+
+_connection: _Connection | None = None  # set by init_ray when it connects to an address
+_lost_reported = threading.Event()  # the job raised its ClusterLostError: the watchdog only ends the process
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error``, raised in a job's driver, means that the connection to its cluster is lost: an error
+    Ray raises for a lost raylet, GCS, actor or Ray Client connection (RaySystemError, LocalRayletDiedError,
+    RpcError, RayActorError, ConnectionError), while the cluster ``init_ray`` connected to does not answer
+    now. Never an exception of a task, actor or training worker (RayTaskError, whose class also derives
+    from its cause's, Ray Train's TrainingFailedError), nor a training failure, nor any error of a job
+    that started its own local Ray."""
+    import ray.exceptions
+
+    if isinstance(error, ClusterLostError):
+        return True
+    lost_types = (ray.exceptions.RaySystemError, ray.exceptions.LocalRayletDiedError, ray.exceptions.RpcError,
+                  ray.exceptions.RayActorError, ConnectionError)  # fmt: skip
+    if _connection is None or isinstance(error, ray.exceptions.RayTaskError) or not isinstance(error, lost_types):
+        return False
+    return _connection.endpoint is not None and not _answers(_connection.endpoint)
+
+
+Job = TypeVar("Job", bound=Callable[..., Any])
+
+
+def ends_on_lost_cluster(job: Job) -> Job:
+    """``job`` (a job's driver function), whose errors that ``connection_lost`` classifies become one
+    ClusterLostError naming the address and what to try; Ray's traceback is logged at DEBUG only. The
+    process then ends at exit (``_end_process``), once the job has printed its line."""
+
+    @functools.wraps(job)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return job(*args, **kwargs)
+        except Exception as error:
+            if _connection is None or not connection_lost(error):
+                raise
+            log.debug("the job lost its Ray cluster", exc_info=True)
+            _lost_reported.set()
+            atexit.register(_end_process)  # runs before Ray's own shutdown hook, registered earlier
+            raise ClusterLostError(_connection.lost_message()) from None
+
+    return guarded  # type: ignore[return-value]
+
+
+def _lost_after_s() -> float:
+    """How long the GCS may not answer before a job ends itself: before Ray's C++ client would end it
+    (RAY_RECONNECT_ENV), leaving Ray a GCS restart of most of that time."""
+    try:
+        timeout = float(os.environ.get(RAY_RECONNECT_ENV, RAY_RECONNECT_DEFAULT_S))
+    except ValueError:
+        timeout = RAY_RECONNECT_DEFAULT_S
+    return max(timeout - 10.0, timeout / 2)
+
+
+def _watch(connection: _Connection) -> None:
+    """A daemon thread of a driver on a cluster node: when the GCS has not answered for ``_lost_after_s``,
+    Ray's driver calls wait on it until Ray's C++ client ends the process with its own line and no Python
+    exception, so the job ends here first with its one error line (unless ``ends_on_lost_cluster`` raised
+    it already) and LOST_STATUS. Returns once the process is no longer connected to that cluster
+    (``ray.shutdown``, another ``init_ray``)."""
+    import ray
+
+    assert connection.endpoint is not None
+    lost_after_s, last_answer = _lost_after_s(), time.monotonic()
+    while _connection is connection and ray.is_initialized():
+        if _answers(connection.endpoint):
+            last_answer = time.monotonic()
+        elif time.monotonic() - last_answer >= lost_after_s:
+            if not _lost_reported.is_set():
+                log.error("error: %s", connection.lost_message())
+            _end_process()  # the main thread waits inside Ray's C++ code, which nothing else ends
+        time.sleep(PROBE_PERIOD_S)
+
+
+def _end_process() -> None:
+    """End a job that lost its cluster with LOST_STATUS, its output flushed, skipping Ray's shutdown: that
+    waits on the lost GCS until Ray's own limit, and its teardown then crashed the interpreter (exit 139)."""
+    for handler in logging.getLogger("dctdiff").handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(LOST_STATUS)
 
 
 

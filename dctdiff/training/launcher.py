@@ -15,7 +15,7 @@ from typing import Any
 
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
-from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
+from dctdiff.infra.ray_cluster import DATA_CPUS, ends_on_lost_cluster, init_ray, plan_worker_cpus, torch_config
 from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
 from dctdiff.training.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
@@ -242,6 +242,7 @@ def close_run(run: RunHandle, succeeded: bool, previous_status: str) -> None:
     MlflowClient(run.tracking_uri).set_terminated(run.run_id, status=status)
 
 
+@ends_on_lost_cluster
 def train(config: TrainConfig, options: LaunchOptions, tracking: TrackingOptions) -> tuple[Any, str]:
     """The ``dctdiff train`` job: plan, open the MLflow run, train, end the run; returns (Result, run id)."""
     plan = plan_run(config, options)

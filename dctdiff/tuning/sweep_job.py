@@ -31,7 +31,7 @@ from dctdiff.training.config import ConfigError, TrainConfig, build_config, conf
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
 from dctdiff.evaluation.kid import MIN_FEATURES
-from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
+from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, ends_on_lost_cluster, init_ray
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
 from dctdiff.tuning.sweep_report import (
@@ -326,6 +326,7 @@ class SweepOutcome:
     study_report: str
 
 
+@ends_on_lost_cluster
 def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None) -> SweepOutcome:
     """Start (or, with ``resume``, restore) the sweep on the current Ray cluster and wait for it."""
     import ray
