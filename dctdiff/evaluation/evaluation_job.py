@@ -7,8 +7,9 @@ as Ray Data jobs (one FID Inception per actor, a GPU each when present) logged t
 
 An image set is a folder of images, a `dctdiff prepare` output (decoded with all frequencies), an
 .npz of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format, so
-published reference statistics work), a prepare source read directly (cifar10:PATH, fashion-mnist[:PATH],
-parquet:PATH; train split) or photos:N (crops of the bundled photos; needs --resolution).
+published reference statistics work), a prepare source read directly (train split; those whose class in
+``dctdiff.data.sources.SOURCES`` accepts the evaluate job) or photos:N (crops of the bundled photos; needs
+--resolution).
 ``fid A B`` is the FID of A against reference B; ``--save-stats`` writes B's statistics (A's when B is
 left out) for later runs. Results go to MLflow: a new run in ``--experiment``, or the run ``--run-id``
 (e.g. the training run) without changing its status.
