@@ -35,7 +35,8 @@ from dctdiff.infra import storage
 from dctdiff.data.image_decoding import ImageRejected, Payload
 from dctdiff.infra.storage import FileEntry, Skipped
 
-PREPARE, EVALUATE = "prepare", "evaluate"  # the jobs that read sources (ImageSource.jobs)
+# The jobs that read sources (ImageSource.jobs): prepare, and the evaluation image sets (evaluate, upsample --compare).
+PREPARE, EVALUATE = "prepare", "evaluate"
 REQUIRED, OPTIONAL, NONE = "required", "optional", "none"  # whether a spec has a PATH (ImageSource.path)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
