@@ -272,3 +272,27 @@ def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_pat
     assert run.data.tags["mlflow.source.name"] == "dctdiff evaluate" and run.data.tags["mlflow.user"]
     if chosen is not None:
         assert run.data.metrics["chosen_keep"] == chosen
+
+
+@pytest.mark.slow
+def test_reconstruction_and_statistics_are_written_through_uris(ray_session, tmp_path, reconstruction_rows):
+    from dctdiff.evaluation.evaluation_job import run_fid, run_reconstruction
+
+    rows, _ = run_reconstruction(
+        f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=f"file://{tmp_path}/rec",
+        batch_size=15, tracking=None,
+    )
+    with open(tmp_path / "rec" / "reconstruction.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["keep"]) for r in table] == [r.keep for r in reconstruction_rows] == [1, 2, 3, 4]
+    assert [float(r["rfid"]) for r in table] == pytest.approx([r.rfid for r in reconstruction_rows], rel=1e-4)
+    assert [float(r["psnr"]) for r in table] == pytest.approx([r.psnr for r in reconstruction_rows], rel=1e-9)
+    with Image.open(tmp_path / "rec" / "reconstruction.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+
+    run_fid(["photos:4"], save_stats_to=f"file://{tmp_path}/stats/ref.npz", resolution=32, batch_size=4, tracking=None)
+    saved, expected = load_fid_stats(tmp_path / "stats" / "ref.npz"), compute_fid_stats(photo_crops(4, 32), device="cpu")
+    np.testing.assert_allclose(saved.mu, expected.mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(saved.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
+    assert (saved.images, saved.source) == (4, "photos:4")
+    assert list(tmp_path.rglob(".*.tmp")) == []

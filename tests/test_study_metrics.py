@@ -179,6 +179,35 @@ def test_spectrum_subcommand_writes_tables_plot_and_logs(tmp_path, tracking_uri)
     assert artifacts == {"spectrum/spectrum.csv", "spectrum/dct_energy.csv", "spectrum/spectrum.png"}
 
 
+def test_spectrum_writes_to_a_uri_what_it_writes_to_a_path_and_logs_the_same_files(tmp_path, tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from dctdiff.commands.evaluate_command import main
+    from dctdiff.data.bundled_photos import photo_crops
+
+    blurred = box_blur(photo_crops(8, 32))
+    np.savez(tmp_path / "blurred.npz", images=blurred)
+    sets = ["spectrum", str(tmp_path / "blurred.npz"), "photos:8", "--resolution", "32", "--block-size", "4"]
+    assert main([*sets, "--output", f"file://{tmp_path}/by-uri", "--mlflow-uri", tracking_uri]) == 0
+    assert main([*sets, "--output", str(tmp_path / "by-path"), "--no-mlflow"]) == 0
+    names = ("spectrum.csv", "dct_energy.csv", "spectrum.png")
+    written = {name: (tmp_path / "by-uri" / name).read_bytes() for name in names}
+    for name in names[:2]:
+        assert written[name] == (tmp_path / "by-path" / name).read_bytes(), name
+    rows = list(csv.DictReader(written["spectrum.csv"].decode().splitlines()))
+    expected = radial_power(blurred).mean(axis=0), radial_power(photo_crops(8, 32)).mean(axis=0)
+    np.testing.assert_allclose([float(r["power_samples"]) for r in rows], expected[0], rtol=1e-9)
+    np.testing.assert_allclose([float(r["power_reference"]) for r in rows], expected[1], rtol=1e-9)
+    assert written["spectrum.png"].startswith(b"\x89PNG") and len(written["spectrum.png"]) > 1000
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])
+    for name in names:  # MLflow holds the files that were written
+        logged = client.download_artifacts(run.info.run_id, f"spectrum/{name}", str(tmp_path / "logged"))
+        with open(logged, "rb") as handle:
+            assert handle.read() == written[name], name
+    assert list(tmp_path.rglob(".*.tmp")) == []  # no temporary left by storage.atomic_path
+
+
 def test_spectrum_subcommand_bad_inputs(tmp_path, capsys):
     from dctdiff.commands.evaluate_command import main
     from dctdiff.data.bundled_photos import photo_crops

@@ -159,3 +159,23 @@ def test_compare_report(ray_session, tmp_path):
     assert [r["method"] for r in table] == list(COMPARE_METHODS)
     assert float(table[1]["fid"]) == pytest.approx(rows[1].fid)
     assert Image.open(tmp_path / "compare.png").size[0] > 300
+
+
+@pytest.mark.slow
+def test_folder_job_and_compare_write_through_uris(ray_session, tmp_path):
+    from dctdiff.evaluation.upsampling_job import COMPARE_METHODS, compare, upsample_folder
+
+    write_images(tmp_path / "in", [("a.png", (16, 24)), ("sub/b.png", (8, 8))])
+    assert upsample_folder(str(tmp_path / "in"), f"file://{tmp_path}/out", block_size=4, factor=2) == 2
+    for name in ("a.png", "sub/b.png"):
+        expected = dct_upsample(read_image(str(tmp_path / "in" / name))[None], 4)[0]  # checked against the reference above
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / name)), expected)
+    rows = compare(open_image_set("photos:4", resolution=32), f"file://{tmp_path}/report", block_size=4, batch_size=16)
+    with open(tmp_path / "report" / "compare.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["method"] for r in table] == list(COMPARE_METHODS)
+    for written, row in zip(table, rows, strict=True):
+        assert [float(written[k]) for k in ("psnr", "ssim", "fid")] == pytest.approx([row.psnr, row.ssim, row.fid])
+    with Image.open(tmp_path / "report" / "compare.png") as preview:
+        assert preview.format == "PNG" and preview.width > 300
+    assert list(tmp_path.rglob(".*.tmp")) == []

@@ -9,8 +9,8 @@ with a reference, logged to MLflow.
 
 An image set is a folder of images, a `dctdiff prepare` output (decoded with all frequencies), an .npz
 of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format), a prepare
-source read directly (cifar10:PATH, fashion-mnist[:PATH], parquet:PATH; train split) or photos:N (crops
-of the bundled photos; needs --resolution). `fid A B` is the FID of A against reference B; --save-stats
+source read directly (train split; the sources listed below) or photos:N (crops of the bundled photos;
+needs --resolution). `fid A B` is the FID of A against reference B; --save-stats
 writes B's statistics (A's when B is left out); with images on both sides it adds KID and improved
 precision/recall. `spectrum A B` compares the radially averaged luma power spectrum and the block-DCT
 energy per frequency of A with those of B (CSV tables and a plot in --output). Results go to a new
@@ -28,6 +28,7 @@ from dctdiff.core.precision import PRECISIONS
 from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
 from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import error_message
+from dctdiff.data.sources import EVALUATE, describe_sources
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
 from dctdiff.infra import storage
@@ -38,7 +39,8 @@ from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of `dctdiff evaluate fid`, `reconstruction` and `spectrum`."""
-    parser = flags.job_parser("dctdiff evaluate", __doc__)
+    sources = describe_sources(EVALUATE)
+    parser = flags.job_parser("dctdiff evaluate", f"{__doc__}\nprepare sources read as image sets:\n{sources}")
     sets = argparse.ArgumentParser(add_help=False)
     sets.add_argument("--limit", type=int, help="use only the first N images of each set")
     sets.add_argument(

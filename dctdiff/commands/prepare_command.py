@@ -2,9 +2,9 @@
 
     dctdiff prepare --source SOURCE --output OUT [--preset NAME | --resolution R --block-size B]
 
-SOURCE: folder:PATH | cifar10:PATH | fashion-mnist[:PATH] | photos | parquet:PATH (PATH and OUT may be
-local paths or URIs such as s3://bucket/prefix). Runs on a local Ray, or on the cluster at
---address / RAY_ADDRESS (as under `ray job submit`). Re-running the same command resumes a killed run.
+SOURCE: one of the sources listed below (PATH and OUT may be local paths or URIs such as
+s3://bucket/prefix). Runs on a local Ray, or on the cluster at --address / RAY_ADDRESS (as under
+`ray job submit`). Re-running the same command resumes a killed run.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ from dctdiff.core.token_layout import AUTO_COLOUR
 from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
 from dctdiff.data.dataset_presets import DATA_PRESETS, data_preset
 from dctdiff.data.shards import DTYPES
+from dctdiff.data.sources import PREPARE, describe_sources, source_forms
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
-    parser = flags.job_parser("dctdiff prepare", __doc__)
-    parser.add_argument(
-        "--source", required=True, help="folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
-    )
+    parser = flags.job_parser("dctdiff prepare", f"{__doc__}\nsources:\n{describe_sources(PREPARE)}")
+    parser.add_argument("--source", required=True, help=source_forms(PREPARE))
     parser.add_argument("--output", required=True, help="output folder or URI")
     parser.add_argument("--preset", choices=sorted(DATA_PRESETS), help="the paper's resolution and block size")
     parser.add_argument("--resolution", type=int, help="image side R (instead of --preset)")

@@ -10,6 +10,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +30,10 @@ class ImageRejected(Exception):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+# What a source reads for one image: encoded bytes, uint8 pixels [H, W, 3] / grey [H, W], or a rejection.
+Payload = Union[bytes, np.ndarray, ImageRejected]
 
 
 @dataclass(frozen=True)
@@ -165,3 +170,17 @@ def prepare_array(pixels: np.ndarray, spec: FitSpec) -> np.ndarray:
     if pixels.shape[:2] == (spec.resolution, spec.resolution) and spec.crop_box is None:
         return pixels
     return fit(Image.fromarray(pixels), spec)
+
+
+def decode_payload(payload: Payload, spec: FitSpec | None) -> np.ndarray:
+    """What a source read for one image -> uint8 RGB [H, W, 3], fitted to ``spec`` when given (else at
+    its own size): bytes are decoded, pixels taken as they are (grey repeated to R = G = B), and a
+    rejection is raised. The one decoding of source payloads (prepare and evaluation image sets);
+    raises ImageRejected."""
+    if isinstance(payload, ImageRejected):
+        raise payload
+    if isinstance(payload, bytes):
+        return prepare_encoded(payload, spec) if spec else np.asarray(decode(payload), dtype=np.uint8)
+    if spec:
+        return prepare_array(payload, spec)
+    return np.repeat(payload[..., None], 3, axis=-1) if payload.ndim == 2 else payload

@@ -35,9 +35,9 @@ import numpy as np
 from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, DEFAULT_COLOUR
 from dctdiff.infra import storage
 from dctdiff.infra.logs import rate
-from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, prepare_array, prepare_encoded
+from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, Payload, decode_payload
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
-from dctdiff.data.sources import DIGEST_BYTES, ImageSource, Item, Loaded, Payload, content_digest, open_source
+from dctdiff.data.sources import DIGEST_BYTES, ImageSource, Item, Loaded, content_digest, open_source
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, empty_histogram, in_stats_sample, write_stats
 
 PARTS_DIR = "_parts"
@@ -192,12 +192,7 @@ def process_partition(row: dict[str, Any], job: PartitionJob) -> dict[str, Any]:
     for loaded in _safe_load(job.source, items):
         digests.append(_digest(loaded.payload))  # one per item: duplicates are found at the finish
         try:
-            if isinstance(loaded.payload, ImageRejected):
-                raise loaded.payload
-            if isinstance(loaded.payload, bytes):
-                image = prepare_encoded(loaded.payload, job.fit)
-            else:
-                image = prepare_array(loaded.payload, job.fit)
+            image = decode_payload(loaded.payload, job.fit)
         except ImageRejected as rejection:
             rejected.append({"id": loaded.id, "kind": rejection.kind, "reason": rejection.detail})
             continue

@@ -1,14 +1,12 @@
-"""Image sources for `dctdiff prepare`.
+"""Image sources: what `dctdiff prepare` reads, and the prepare sources evaluation image sets accept.
 
 A source is listed once on the driver (:meth:`ImageSource.items`: a sorted list of small work items
 with stable ids) and read in pieces on the workers (:meth:`ImageSource.load`: pixels or encoded
-bytes per item, or the reason the item cannot be read). Sources:
-
-- ``folder:PATH``       image files found recursively; class subfolders give labels
-- ``cifar10:PATH``      CIFAR-10 binary version (cifar-10-binary.tar.gz or its extracted folder)
-- ``fashion-mnist[:PATH]`` IDX files (default: the Debian package's folder), padded to 32 x 32
-- ``photos``            deterministic crops of the photos bundled with scikit-image / scikit-learn
-- ``parquet:PATH``      Hugging Face datasets layout: ``image`` struct with ``bytes``, optional ``label``
+bytes per item, or the reason the item cannot be read). Each kind of source is one class registered in
+:data:`SOURCES` (:func:`register_source`): its spec (``KIND``, ``KIND:PATH`` or ``KIND[:PATH]``), its
+help line, the jobs that accept it and the prepare flags it takes live on that class, and
+:func:`open_source`, the image sets and the commands' ``--help`` read them from there
+(docs/ARCHITECTURE.md, "Extending").
 
 PATH may be a local path or any URI pyarrow understands (dctdiff.infra.storage). Every good record is kept:
 what a listing leaves out (links that loop or dangle, hidden files, the run's output folder, a file's
@@ -27,17 +25,19 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, ClassVar, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dctdiff.infra import storage
-from dctdiff.data.image_decoding import ImageRejected
+from dctdiff.data.image_decoding import ImageRejected, Payload
 from dctdiff.infra.storage import FileEntry, Skipped
 
-SOURCE_FORMS = "folder:PATH, cifar10:PATH, fashion-mnist[:PATH], photos or parquet:PATH"
+# The jobs that read sources (ImageSource.jobs): prepare, and the evaluation image sets (evaluate, upsample --compare).
+PREPARE, EVALUATE = "prepare", "evaluate"
+REQUIRED, OPTIONAL, NONE = "required", "optional", "none"  # whether a spec has a PATH (ImageSource.path)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -50,8 +50,6 @@ IDX_IMAGE_BYTES = 28 * 28
 GZIP_CHUNK = 2**20
 DIGEST_BYTES = 16  # of sha256: what identifies identical content
 MISSING_RECORD = ImageRejected("unreadable", "record missing: the file is shorter than when it was listed")
-
-Payload = Union[bytes, np.ndarray, ImageRejected]
 
 
 @dataclass(frozen=True)
@@ -71,10 +69,49 @@ class Loaded:
     payload: Payload
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """What a job gives when it opens a source: the resolution (photo crops) and prepare's flags."""
+
+    resolution: int
+    split: str | None = None
+    seed: int = 0
+    limit: int | None = None
+    unlabeled: bool = False
+    dedupe: bool = False
+    exclude: tuple[str, ...] = ()
+
+    def given_flags(self) -> list[str]:
+        """The source flags set: each must be in the opened kind's ``flags``."""
+        given = {"--split": self.split is not None, "--unlabeled": self.unlabeled, "--dedupe": self.dedupe}
+        return [flag for flag, on in given.items() if on]
+
+
 class ImageSource(ABC):
-    """Lists work items on the driver and reads them on the workers (must pickle cheaply)."""
+    """Lists work items on the driver and reads them on the workers (must pickle cheaply).
+
+    A concrete kind is registered with :func:`register_source` and declares, as class attributes,
+    ``kind`` (the spec's prefix), ``path`` (REQUIRED: ``KIND:PATH``; OPTIONAL: ``KIND[:PATH]``; NONE:
+    ``KIND``), ``help`` (its line in ``--help``), ``jobs`` (PREPARE, EVALUATE: which jobs accept it) and
+    ``flags`` (the prepare flags it takes beyond the common ones), and opens a spec in :meth:`from_spec`.
+    """
 
     spec: str
+    kind: ClassVar[str]
+    path: ClassVar[str] = REQUIRED
+    help: ClassVar[str]
+    jobs: ClassVar[frozenset[str]] = frozenset({PREPARE})
+    flags: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> ImageSource:
+        """The source of the spec ``KIND:path`` (``path`` is "" where the spec has none)."""
+
+    @classmethod
+    def form(cls) -> str:
+        """How the spec is written: ``folder:PATH``, ``fashion-mnist[:PATH]``, ``photos``."""
+        return cls.kind + {REQUIRED: ":PATH", OPTIONAL: "[:PATH]", NONE: ""}[cls.path]
 
     @abstractmethod
     def items(self) -> list[Item]:
@@ -96,6 +133,42 @@ class ImageSource(ABC):
     def skipped(self) -> list[Skipped]:
         """What the listing left out and why (links, hidden files, truncated tails...), for report.json."""
         return []
+
+
+SOURCES: dict[str, type[ImageSource]] = {}  # kind -> class, in registration order (the order of --help)
+Source = TypeVar("Source", bound=type[ImageSource])
+
+
+def register_source(cls: Source) -> Source:
+    """Class decorator: make ``cls`` the source of specs ``cls.kind[:PATH]`` for the jobs in ``cls.jobs``."""
+    SOURCES[cls.kind] = cls
+    return cls
+
+
+def source_kinds(job: str) -> list[type[ImageSource]]:
+    """The registered source classes that ``job`` (PREPARE or EVALUATE) accepts, in registration order."""
+    return [cls for cls in SOURCES.values() if job in cls.jobs]
+
+
+def source_class(spec: str, job: str) -> type[ImageSource] | None:
+    """The class of the spec's kind (the text before the first ``:``) if ``job`` accepts it, else None."""
+    cls = SOURCES.get(spec.partition(":")[0])
+    return cls if cls is not None and job in cls.jobs else None
+
+
+def source_forms(job: str) -> str:
+    """The spec forms ``job`` accepts, for messages: ``folder:PATH, cifar10:PATH, ... or parquet:PATH``."""
+    forms = [cls.form() for cls in source_kinds(job)]
+    return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else "".join(forms)
+
+
+def describe_sources(job: str) -> str:
+    """One line per source kind ``job`` accepts (form and help; for prepare, the flags it takes): ``--help`` text."""
+    lines = []
+    for cls in source_kinds(job):
+        flags = f"; {', '.join(sorted(cls.flags))}" if job == PREPARE and cls.flags else ""
+        lines.append(f"  {cls.form():<22} {cls.help}{flags}")
+    return "\n".join(lines)
 
 
 def _unreadable(error: Exception) -> ImageRejected:
@@ -154,6 +227,7 @@ class FolderListing:
     skipped: list[Skipped]
 
 
+@register_source
 class FolderSource(ImageSource):
     """Every non-hidden file under ``root`` (recursive, sorted by path; the id is the relative path).
 
@@ -163,6 +237,10 @@ class FolderSource(ImageSource):
     folder is listed once (links that loop are skipped); folders in ``exclude`` (the run's output) are
     not read; ``dedupe`` reads the files that share a size and keeps the first of each identical group.
     """
+
+    kind = "folder"
+    help = "image files found recursively; class subfolders give labels"
+    flags = frozenset({"--unlabeled", "--dedupe"})
 
     def __init__(self, root: str, unlabeled: bool = False, dedupe: bool = False, exclude: Iterable[str] = ()) -> None:
         storage.require_exists(root, "--source folder:PATH", "give a folder of images")
@@ -174,6 +252,10 @@ class FolderSource(ImageSource):
         self.dedupe = dedupe
         self.exclude = tuple(exclude)
         self._listing: FolderListing | None = None
+
+    @classmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> FolderSource:
+        return cls(path, unlabeled=options.unlabeled, dedupe=options.dedupe, exclude=options.exclude)
 
     def _list(self) -> FolderListing:
         """The listing, made once: the driver asks for items, classes and skips."""
@@ -212,12 +294,18 @@ class FolderSource(ImageSource):
             yield Loaded(item.id, int(item.ref), _unreadable(data) if isinstance(data, OSError) else data)
 
 
+@register_source
 class Cifar10Source(ImageSource):
     """CIFAR-10 binary version: records of 1 label byte + 3072 pixel bytes (R, G, B planes, 32 x 32).
 
     ``path`` is ``cifar-10-binary.tar.gz`` or a folder holding the ``.bin`` files (directly or in
     ``cifar-10-batches-bin/``). Ids: ``data_batch_1/00042``, ``test_batch/00007``.
     """
+
+    kind = "cifar10"
+    help = "CIFAR-10 binary version (cifar-10-binary.tar.gz or its folder)"
+    jobs = frozenset({PREPARE, EVALUATE})
+    flags = frozenset({"--split"})
 
     def __init__(self, path: str, split: str) -> None:
         if split not in CIFAR10_SPLITS:
@@ -229,6 +317,10 @@ class Cifar10Source(ImageSource):
         self.archive = not storage.is_dir(self.path)
         self._skipped: list[Skipped] = []
         self._members, self._classes = self._inventory()
+
+    @classmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> Cifar10Source:
+        return cls(path, options.split or "train")
 
     def _folder(self) -> str:
         nested = storage.join(self.path, "cifar-10-batches-bin")
@@ -348,10 +440,17 @@ def _content_size(uri: str) -> int:
         return sum(len(chunk) for chunk in _gunzip(handle))
 
 
+@register_source
 class FashionMnistSource(ImageSource):
     """Fashion-MNIST IDX files (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``); each 28 x 28 grey
     image is zero-padded to 32 x 32 and copied to R, G and B. Ids: ``train/00042``. A file holding
     fewer records than its header says gives its complete records (with labels) and a report entry."""
+
+    kind = "fashion-mnist"
+    path = OPTIONAL
+    help = f"Fashion-MNIST IDX files (default {FASHION_MNIST_DIR}), padded to 32x32"
+    jobs = frozenset({PREPARE, EVALUATE})
+    flags = frozenset({"--split"})
 
     def __init__(self, folder: str | None, split: str) -> None:
         prefixes = {"train": "train", "test": "t10k"}
@@ -369,6 +468,10 @@ class FashionMnistSource(ImageSource):
         labels, label_skips = self._records(self.labels_uri, 2049, (), "labels")
         self._skipped += label_skips
         self.count = min(images, labels)
+
+    @classmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> FashionMnistSource:
+        return cls(path or None, options.split or "train")
 
     def _find(self, name: str) -> str:
         for candidate in (name + ".gz", name):
@@ -418,13 +521,22 @@ class FashionMnistSource(ImageSource):
                 yield Loaded(item.id, int(labels[k]), np.repeat(padded[k][..., None], 3, axis=-1))
 
 
+@register_source
 class PhotosSource(ImageSource):
     """``count`` crops of the bundled photos at ``size`` x ``size`` (dctdiff.data.bundled_photos, crop i depends only
     on (seed, i)). Ids: ``photos-s0/000042``."""
 
+    kind = "photos"
+    path = NONE
+    help = f"crops of the photos bundled with scikit-image / scikit-learn (--limit N crops, default {DEFAULT_PHOTOS}; --seed)"
+
     def __init__(self, count: int, size: int, seed: int) -> None:
         self.count, self.size, self.seed = count, size, seed
         self.spec = "photos"
+
+    @classmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> PhotosSource:
+        return cls(DEFAULT_PHOTOS if options.limit is None else options.limit, options.resolution, options.seed)
 
     def items(self) -> list[Item]:
         return [Item(f"photos-s{self.seed}/{i:06d}", i) for i in range(self.count)]
@@ -438,11 +550,16 @@ class PhotosSource(ImageSource):
             yield Loaded(item.id, -1, crops[item.ref - first])
 
 
+@register_source
 class ParquetSource(ImageSource):
     """Parquet files as Hugging Face datasets exports them: an ``image`` struct column with ``bytes``
     (encoded PNG/JPEG...) and optionally an integer ``label``. ``path`` is one file or a folder
     (searched recursively; folders in ``exclude`` left out). Ids: ``<file>/<row>``; class names from the
     ClassLabel feature. A file whose footer cannot be read is skipped with a report entry."""
+
+    kind = "parquet"
+    help = "Parquet file or folder in the Hugging Face datasets layout (image struct with bytes, optional label)"
+    jobs = frozenset({PREPARE, EVALUATE})
 
     def __init__(self, path: str, exclude: Iterable[str] = ()) -> None:
         storage.require_exists(path, "--source parquet:PATH", "give a Parquet file or a folder of them")
@@ -470,6 +587,10 @@ class ParquetSource(ImageSource):
             )
         self.has_label = "label" in schema.names
         self._classes = self._hf_class_names(schema.metadata or {})
+
+    @classmethod
+    def from_spec(cls, path: str, options: SourceOptions) -> ParquetSource:
+        return cls(path, exclude=options.exclude)
 
     def _uri(self, relative: str) -> str:
         return storage.join(self.path, relative) if relative else self.path
@@ -543,25 +664,20 @@ def open_source(
     unlabeled: bool = False,
     dedupe: bool = False,
     exclude: Iterable[str] = (),
+    job: str = PREPARE,
 ) -> ImageSource:
-    """Parse ``--source`` (see module docstring) and open it; bad specs raise ValueError saying what to give.
-    ``exclude``: folders a folder or parquet source does not read (the run's own output)."""
-    kind, _, path = text.partition(":")
-    if split is not None and kind not in ("cifar10", "fashion-mnist"):
-        raise ValueError(f"--split applies to cifar10 and fashion-mnist only, not to {kind!r} sources")
-    for flag, given in (("--unlabeled", unlabeled), ("--dedupe", dedupe)):
-        if given and kind != "folder":
-            raise ValueError(f"{flag} applies to folder sources only, not to {kind!r}")
-    if kind in ("folder", "cifar10", "parquet") and not path:
+    """Parse a source spec (``KIND``, ``KIND:PATH``; :data:`SOURCES`) that ``job`` accepts and open it;
+    bad specs raise ValueError saying what to give. ``exclude``: folders a folder or parquet source does
+    not read (the run's own output)."""
+    kind, colon, path = text.partition(":")
+    cls = source_class(text, job)
+    if cls is None or (cls.path == NONE and colon):
+        raise ValueError(f"unknown --source {text!r}: use {source_forms(job)}")
+    options = SourceOptions(resolution, split, seed, limit, unlabeled, dedupe, tuple(exclude))
+    for flag in options.given_flags():
+        if flag not in cls.flags:
+            takers = " and ".join(other.kind for other in source_kinds(job) if flag in other.flags)
+            raise ValueError(f"{flag} applies to {takers} sources only, not to {kind!r} sources")
+    if cls.path == REQUIRED and not path:
         raise ValueError(f"--source {kind}: needs a path, e.g. {kind}:/data/{kind}")
-    if kind == "folder":
-        return FolderSource(path, unlabeled=unlabeled, dedupe=dedupe, exclude=exclude)
-    if kind == "cifar10":
-        return Cifar10Source(path, split or "train")
-    if kind == "fashion-mnist":
-        return FashionMnistSource(path or None, split or "train")
-    if kind == "photos" and not path:
-        return PhotosSource(DEFAULT_PHOTOS if limit is None else limit, resolution, seed)
-    if kind == "parquet":
-        return ParquetSource(path, exclude=exclude)
-    raise ValueError(f"unknown --source {text!r}: use {SOURCE_FORMS}")
+    return cls.from_spec(path, options)

@@ -7,8 +7,9 @@ as Ray Data jobs (one FID Inception per actor, a GPU each when present) logged t
 
 An image set is a folder of images, a `dctdiff prepare` output (decoded with all frequencies), an
 .npz of uint8 images [N, H, W, 3], FID statistics (.npz with mu and sigma, the pytorch-fid format, so
-published reference statistics work), a prepare source read directly (cifar10:PATH, fashion-mnist[:PATH],
-parquet:PATH; train split) or photos:N (crops of the bundled photos; needs --resolution).
+published reference statistics work), a prepare source read directly (train split; those whose class in
+``dctdiff.data.sources.SOURCES`` accepts the evaluate job) or photos:N (crops of the bundled photos; needs
+--resolution).
 ``fid A B`` is the FID of A against reference B; ``--save-stats`` writes B's statistics (A's when B is
 left out) for later runs. Results go to MLflow: a new run in ``--experiment``, or the run ``--run-id``
 (e.g. the training run) without changing its status.
@@ -17,8 +18,9 @@ left out) for later runs. Results go to MLflow: a new run in ``--experiment``, o
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +33,16 @@ from dctdiff.evaluation.feature_job import dataset_moments, feature_precision, i
 from dctdiff.evaluation.feature_metrics import MIN_IMAGES
 from dctdiff.evaluation.fid import FIDStats, check_same_precision, fid_from_stats, save_fid_stats
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
+from dctdiff.infra import storage
 from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.evaluation.reconstruction import (
     DEFAULT_GAMMA,
     ReconstructionRow,
     choose_keep,
     plot,
+    csv_table,
     reconstruction_batch,
     summarize,
-    write_csv,
 )
 from dctdiff.infra.mlflow_tracking import create_run, redact, resolve_tracking_uri
 
@@ -63,10 +66,11 @@ def log_to_mlflow(
     run_name: str,
     metrics: Sequence[tuple[str, float, int]],
     tags: dict[str, str],
-    artifacts: Sequence[Path] = (),
+    artifacts: Mapping[str, bytes] | None = None,
     artifact_dir: str | None = None,
 ) -> str:
-    """Log (key, value, step) metrics, tags and artifact files; returns the run id.
+    """Log (key, value, step) metrics, tags and ``artifacts`` (file name -> content, the files a job wrote
+    through storage) under ``artifact_dir``; returns the run id.
 
     An existing run (``tracking.run_id``) keeps its status; a new run is created and ended here.
     Non-finite values (e.g. PSNR of an exact reconstruction) are left out: MLflow stores finite floats.
@@ -90,8 +94,11 @@ def log_to_mlflow(
         metrics=[Metric(key, float(value), now, step) for key, value, step in metrics if np.isfinite(value)],
         tags=[RunTag(key, value) for key, value in tags.items()],
     )
-    for path in artifacts:
-        client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+    if artifacts:
+        with tempfile.TemporaryDirectory() as folder:  # MLflow uploads local files
+            for name, data in artifacts.items():
+                Path(folder, name).write_bytes(data)
+            client.log_artifacts(run_id, folder, artifact_path=artifact_dir)
     if not tracking.run_id:
         client.set_terminated(run_id)
     return run_id
@@ -202,7 +209,8 @@ def run_reconstruction(
 ) -> tuple[list[ReconstructionRow], int | None]:
     """rFID and PSNR for keep = 1..B*B on ``source``; the smallest keep with rFID < gamma.
 
-    Writes ``output``/reconstruction.csv and reconstruction.png; returns (rows, chosen keep or None).
+    Writes ``output`` (a path or URI)/reconstruction.csv and reconstruction.png; returns (rows, chosen keep
+    or None).
     """
     if gamma <= 0:
         raise ValueError(f"--gamma must be > 0, got {gamma}")
@@ -225,23 +233,20 @@ def run_reconstruction(
     )
     rows = summarize({k: g.moments for k, g in groups.items()}, {k: g.mean("mse") for k, g in groups.items()})
     chosen = choose_keep(rows, gamma)
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "reconstruction.csv", folder / "reconstruction.png"
-    write_csv(rows, csv_path)
     title = f"{image_set.describe()}, B = {block_size}"
-    plot(rows, gamma, chosen, png_path, title)
+    files = {"reconstruction.csv": csv_table(rows), "reconstruction.png": plot(rows, gamma, chosen, title)}
+    uris = storage.write_files(output, files)
     table = "\n".join([f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}"] + [f"{r.keep:>4} {r.rfid:>10.3f} {r.psnr:>8.2f}" for r in rows])
     logger.info("reconstruction of %s\n%s", title, table)
     logger.info("chosen keep (smallest with rFID < %s): %s", gamma, chosen if chosen is not None else "none")
-    logger.info("wrote %s and %s", csv_path, png_path)
+    logger.info("wrote %s and %s", *uris)
     if tracking is not None:
         metrics = reconstruction_metrics(rows)
         if chosen is not None:
             metrics.append(("chosen_keep", chosen, 0))
         tags = {"reconstruction.source": source, "reconstruction.block_size": str(block_size),
                 "reconstruction.gamma": str(gamma), "reconstruction.images": str(image_set.count)}
-        run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, [csv_path, png_path], "reconstruction")
+        run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, files, "reconstruction")
         log_reconstruction_table(tracking, run_id, rows)
         logger.info("logged to MLflow run %s", run_id)
     return rows, chosen

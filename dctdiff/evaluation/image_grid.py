@@ -1,8 +1,9 @@
-"""Image grids for demos, sample previews and comparisons."""
+"""Image grids for demos, sample previews and comparisons; matplotlib figures as PNG."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -71,3 +72,13 @@ def save_png(image: np.ndarray, path: str, scale: int = 1) -> None:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     storage.write_bytes(str(path), buffer.getvalue())
+
+
+def figure_png(figure: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (to write through ``dctdiff.infra.storage``); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

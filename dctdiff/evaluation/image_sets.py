@@ -7,8 +7,9 @@ A set is named by a string:
 - an ``.npz`` of uint8 images [N, H, W, 3] (key ``images``, ``arr_0``, or its only array),
 - an ``.npz`` of FID statistics with ``mu`` and ``sigma`` (pytorch-fid's format): opened as ``FIDStats``,
 - ``photos[:N]``: N crops of the bundled photos (``dctdiff.data.bundled_photos``, default 64) at a given resolution,
-- ``cifar10:PATH``, ``fashion-mnist[:PATH]``, ``parquet:PATH``: the training split of a prepare source,
-  read with prepare's readers (so reference statistics come from the original pixels).
+- a prepare source whose class accepts the evaluate job (``dctdiff.data.sources.SOURCES``, e.g.
+  ``cifar10:PATH``): its training split, read with prepare's readers (so reference statistics come from
+  the original pixels).
 
 All images of a set have one size. A set is read in-process in batches or becomes a Ray dataset with an
 ``image`` column. Bad input raises ``ImageSetError`` (a ValueError) whose message names the file.
@@ -32,8 +33,8 @@ from dctdiff.data import shards
 from dctdiff.infra import storage
 from dctdiff.core.codec import DCTCodec
 from dctdiff.evaluation.fid import FIDStats, stats_from_npz
-from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, prepare_array, prepare_encoded
-from dctdiff.data.sources import IMAGE_EXTENSIONS, ImageSource, Item, open_source
+from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode_payload
+from dctdiff.data.sources import EVALUATE, IMAGE_EXTENSIONS, ImageSource, Item, open_source, source_class
 from dctdiff.infra.logs import show_progress
 
 IMAGE_NPZ_KEYS = ("images", "arr_0")
@@ -42,7 +43,6 @@ DEFAULT_PHOTO_COUNT = 64
 HEADER_THREADS = 16
 FILES_PER_RAY_BATCH = 32
 SOURCE_ITEMS_PER_TASK = 256
-SOURCE_KINDS = ("cifar10", "fashion-mnist", "parquet")  # read through dctdiff.data.sources (prepare's readers)
 IMAGE_SET_FORMS = "an image folder, a prepare output, an .npz of images or statistics, SOURCE:PATH or photos:N"
 
 
@@ -50,16 +50,11 @@ class ImageSetError(ValueError):
     """An image set that cannot be used as given: empty, mixed sizes, a corrupt file, bad statistics..."""
 
 
-def _decoded(data: bytes, fit_spec: FitSpec | None) -> np.ndarray:
-    """Encoded bytes -> uint8 RGB [H, W, 3] with prepare's decoder (``dctdiff.data.image_decoding``: EXIF orientation,
-    alpha on white, 16-bit grey...), fitted to ``fit_spec`` when given; raises ImageRejected."""
-    return prepare_encoded(data, fit_spec) if fit_spec else np.asarray(decode(data), dtype=np.uint8)
-
-
 def read_image(uri: str, fit_spec: FitSpec | None = None) -> np.ndarray:
-    """The image file at ``uri`` as uint8 RGB [H, W, 3] (fitted to ``fit_spec`` when given)."""
+    """The image file at ``uri`` as uint8 RGB [H, W, 3] with prepare's decoder (EXIF orientation, alpha on
+    white, 16-bit grey...: ``decode_payload``), fitted to ``fit_spec`` when given."""
     try:
-        return _decoded(storage.read_bytes(uri), fit_spec)
+        return decode_payload(storage.read_bytes(uri), fit_spec)
     except ImageRejected as error:
         raise ImageSetError(f"cannot use image {uri}: {error}") from None
 
@@ -283,17 +278,9 @@ def _load_items(source: ImageSource, items: Sequence[Item], fit_spec: FitSpec | 
     images = []
     for loaded in source.load(list(items)):
         try:
-            if isinstance(loaded.payload, ImageRejected):
-                raise loaded.payload
-            if isinstance(loaded.payload, bytes):
-                image = _decoded(loaded.payload, fit_spec)
-            elif fit_spec:
-                image = prepare_array(loaded.payload, fit_spec)
-            else:  # grey [H, W] -> RGB
-                image = np.repeat(loaded.payload[..., None], 3, axis=-1) if loaded.payload.ndim == 2 else loaded.payload
+            images.append(decode_payload(loaded.payload, fit_spec))
         except ImageRejected as error:
             raise ImageSetError(f"cannot use {source.spec} item {loaded.id}: {error}") from None
-        images.append(image)
     return images
 
 
@@ -314,12 +301,12 @@ def _load_source_range(
 
 
 class SourceImages(ImageSet):
-    """Images of a prepare source (``cifar10:PATH``, ``fashion-mnist[:PATH]``, ``parquet:PATH``; train split),
-    read with prepare's readers, so reference statistics come from the original pixels."""
+    """Images of a prepare source that accepts the evaluate job (train split), read with prepare's
+    readers, so reference statistics come from the original pixels."""
 
     def __init__(self, spec: str, resolution: int | None, limit: int | None) -> None:
         try:
-            self.source = open_source(spec, resolution=resolution or 1)
+            self.source = open_source(spec, resolution=resolution or 1, job=EVALUATE)
         except ValueError as error:
             raise ImageSetError(str(error)) from None
         self.items = self.source.items()[:limit]
@@ -396,7 +383,7 @@ def open_image_set(
         raise ImageSetError(f"limit must be >= 1, got {limit}")
     if spec == PHOTOS or spec.startswith(PHOTOS + ":"):
         return _photos(spec, resolution, limit)
-    if spec.partition(":")[0] in SOURCE_KINDS:
+    if source_class(spec, EVALUATE) is not None:
         return SourceImages(spec, resolution, limit)
     try:
         storage.require_exists(spec, "image set", f"give {IMAGE_SET_FORMS}")

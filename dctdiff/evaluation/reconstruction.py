@@ -8,15 +8,16 @@ originals and PSNR, and take the smallest keep whose rFID is below gamma (defaul
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
 from dctdiff.evaluation.fid import FeatureMoments, fid_from_stats
+from dctdiff.evaluation.image_grid import figure_png
 from dctdiff.core.image_metrics import mse, psnr_from_mse
 
 DEFAULT_GAMMA = 0.5
@@ -78,18 +79,18 @@ def choose_keep(rows: Sequence[ReconstructionRow], gamma: float = DEFAULT_GAMMA)
     return min((row.keep for row in rows if row.rfid < gamma), default=None)
 
 
-def write_csv(rows: Sequence[ReconstructionRow], path: str | Path) -> None:
-    """keep, rfid, psnr per line."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["keep", "rfid", "psnr"])
-        writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
+def csv_table(rows: Sequence[ReconstructionRow]) -> bytes:
+    """reconstruction.csv: keep, rfid, psnr per line."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["keep", "rfid", "psnr"])
+    writer.writeheader()
+    writer.writerows(asdict(row) for row in rows)
+    return buffer.getvalue().encode()
 
 
-def plot(
-    rows: Sequence[ReconstructionRow], gamma: float, chosen: int | None, path: str | Path, title: str = ""
-) -> None:
-    """rFID (log scale, left) and PSNR (right) against keep, the gamma line and the chosen keep."""
+def plot(rows: Sequence[ReconstructionRow], gamma: float, chosen: int | None, title: str = "") -> bytes:
+    """reconstruction.png: rFID (log scale, left) and PSNR (right) against keep, the gamma line and the
+    chosen keep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,5 +114,4 @@ def plot(
     left.legend(loc="center right", fontsize=8)
     left.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return figure_png(fig)

@@ -19,15 +19,16 @@ Both are sums over images, streamed in batches in-process: cheap next to Incepti
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dctdiff.core.codec import RGB_TO_YCBCR, DCTCodec, zigzag_order
 from dctdiff.core.token_layout import YCBCR_420_BLOCKS
+from dctdiff.evaluation.image_grid import figure_png
 
 PLANES = ("Y", "Cb", "Cr")
 BANDS = ("low", "mid", "high")
@@ -126,29 +127,27 @@ def spectral_metrics(samples: SpectralStats, reference: SpectralStats) -> dict[s
     return metrics
 
 
-def write_csvs(samples: SpectralStats, reference: SpectralStats, folder: Path) -> tuple[Path, Path]:
+def csv_tables(samples: SpectralStats, reference: SpectralStats) -> dict[str, bytes]:
     """``spectrum.csv`` (radius, frequency, powers, ratio) and ``dct_energy.csv`` (plane, zigzag index,
-    row, col, energies, ratio) in ``folder``."""
-    spectrum_path, energy_path = folder / "spectrum.csv", folder / "dct_energy.csv"
-    with open(spectrum_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["radius", "frequency", "power_samples", "power_reference", "ratio"])
-        for radius, (f, s, r) in enumerate(zip(reference.frequencies, samples.power, reference.power), start=1):
-            writer.writerow([radius, f, s, r, s / r if r > 0 else float("nan")])
+    row, col, energies, ratio): file name -> content."""
+    spectrum, energy = io.StringIO(), io.StringIO()
+    writer = csv.writer(spectrum)
+    writer.writerow(["radius", "frequency", "power_samples", "power_reference", "ratio"])
+    for radius, (f, s, r) in enumerate(zip(reference.frequencies, samples.power, reference.power), start=1):
+        writer.writerow([radius, f, s, r, s / r if r > 0 else float("nan")])
     b = reference.block_size
     raster = zigzag_order(b)
-    with open(energy_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["plane", "zigzag", "row", "col", "energy_samples", "energy_reference", "ratio"])
-        for p, plane in enumerate(PLANES):
-            for z in range(b * b):
-                s, r = samples.energy[p, z], reference.energy[p, z]
-                writer.writerow([plane, z, raster[z] // b, raster[z] % b, s, r, s / r if r > 0 else float("nan")])
-    return spectrum_path, energy_path
+    writer = csv.writer(energy)
+    writer.writerow(["plane", "zigzag", "row", "col", "energy_samples", "energy_reference", "ratio"])
+    for p, plane in enumerate(PLANES):
+        for z in range(b * b):
+            s, r = samples.energy[p, z], reference.energy[p, z]
+            writer.writerow([plane, z, raster[z] // b, raster[z] % b, s, r, s / r if r > 0 else float("nan")])
+    return {"spectrum.csv": spectrum.getvalue().encode(), "dct_energy.csv": energy.getvalue().encode()}
 
 
-def plot(samples: SpectralStats, reference: SpectralStats, path: Path, title: str = "") -> None:
-    """Radial spectra (log-log, left) and DCT energy per zigzag frequency and plane (log, right)."""
+def plot(samples: SpectralStats, reference: SpectralStats, title: str = "") -> bytes:
+    """spectrum.png: radial spectra (log-log, left) and DCT energy per zigzag frequency and plane (log, right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,5 +168,4 @@ def plot(samples: SpectralStats, reference: SpectralStats, path: Path, title: st
     right.legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return figure_png(fig)

@@ -9,11 +9,11 @@ In-process: the FFT and the block DCT are cheap next to Inception features, so n
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from dctdiff.evaluation.evaluation_job import Tracking, log_to_mlflow
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
-from dctdiff.evaluation.spectrum import plot, spectral_metrics, spectral_stats, write_csvs
+from dctdiff.evaluation.spectrum import csv_tables, plot, spectral_metrics, spectral_stats
+from dctdiff.infra import storage
 
 DEFAULT_BLOCK_SIZE = 4
 DEFAULT_OUTPUT = "outputs/spectrum"
@@ -39,26 +39,23 @@ def run_spectrum(
     tracking: Tracking | None = Tracking(),
 ) -> dict[str, float]:
     """Spectral metrics of ``samples`` against ``reference`` (images of one size); writes
-    ``output``/spectrum.csv, dct_energy.csv and spectrum.png and logs them with the metrics."""
+    ``output`` (a path or URI)/spectrum.csv, dct_energy.csv and spectrum.png and logs them with the metrics."""
     sets = [_images(spec, resolution, limit) for spec in (samples, reference)]
     if sets[0].size != sets[1].size:
         raise ImageSetError(f"the spectra compare images of one size: {sets[0].describe()} vs {sets[1].describe()}")
     stats = [spectral_stats(s.iter_batches(BATCH), block_size) for s in sets]
     metrics = spectral_metrics(*stats)
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    tables = write_csvs(stats[0], stats[1], folder)
-    png_path = folder / "spectrum.png"
-    plot(stats[0], stats[1], png_path, f"{sets[0].describe()} vs {sets[1].describe()}, B = {block_size}")
+    title = f"{sets[0].describe()} vs {sets[1].describe()}, B = {block_size}"
+    files = {**csv_tables(stats[0], stats[1]), "spectrum.png": plot(stats[0], stats[1], title)}
+    uris = storage.write_files(output, files)
     for name, value in metrics.items():
         logger.info("%-26s %.4f", name, value)
-    logger.info("wrote %s, %s and %s", *tables, png_path)
+    logger.info("wrote %s, %s and %s", *uris)
     if tracking is not None:
         tags = {"spectrum.set": samples, "spectrum.reference": reference, "spectrum.block_size": str(block_size),
                 "spectrum.images.set": str(sets[0].count), "spectrum.images.reference": str(sets[1].count)}
         run_id = log_to_mlflow(
-            tracking, "spectrum", [(name, value, 0) for name, value in metrics.items()], tags, [*tables, png_path],
-            "spectrum",
+            tracking, "spectrum", [(name, value, 0) for name, value in metrics.items()], tags, files, "spectrum"
         )
         logger.info("logged to MLflow run %s", run_id)
     return metrics

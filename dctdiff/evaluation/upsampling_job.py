@@ -19,16 +19,14 @@ import logging
 import posixpath
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from dctdiff.infra import storage
 from dctdiff.evaluation.fid import fid_from_stats
 from dctdiff.evaluation.feature_job import image_set_stats
+from dctdiff.evaluation.image_grid import figure_png, save_png
 from dctdiff.evaluation.image_sets import (
     ArrayImages,
     ImageSet,
@@ -58,9 +56,7 @@ def upsample_files(
     heights, widths = [], []
     for relative in map(str, batch["relative"]):
         up = dct_upsample(read_image(storage.join(source, relative))[None], block_size, factor)[0]
-        buffer = io.BytesIO()
-        Image.fromarray(up).save(buffer, format="PNG")
-        storage.write_bytes(storage.join(output, posixpath.splitext(relative)[0] + ".png"), buffer.getvalue())
+        save_png(up, storage.join(output, posixpath.splitext(relative)[0] + ".png"))
         heights.append(up.shape[0])
         widths.append(up.shape[1])
     return {"relative": batch["relative"], "height": np.array(heights), "width": np.array(widths)}
@@ -123,7 +119,8 @@ def compare(
     image_set: ImageSet, output: str, block_size: int = DEFAULT_BLOCK_SIZE, weights: str | None = None,
     batch_size: int = 50, actors: int | None = None,
 ) -> list[CompareRow]:
-    """Downsample x2, upsample back with each method, score against the originals; write CSV and PNG."""
+    """Downsample x2, upsample back with each method, score against the originals; write compare.csv and
+    compare.png to ``output`` (a path or URI)."""
     height, width = image_set.size
     try:
         check_token_resolution(height, width, block_size)  # the halved images are upsampled in B x B blocks
@@ -140,26 +137,23 @@ def compare(
                    fid_from_stats(method_stats, reference))
         for (method, images), method_stats in zip(results.items(), stats)
     ]
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "compare.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["method", "psnr", "ssim", "fid"])
-        writer.writeheader()
-        writer.writerows(asdict(row) for row in rows)
-    preview(originals, low, results, block_size, folder / "compare.png")
+    table_csv = io.StringIO()
+    writer = csv.DictWriter(table_csv, fieldnames=["method", "psnr", "ssim", "fid"])
+    writer.writeheader()
+    writer.writerows(asdict(row) for row in rows)
+    files = {"compare.csv": table_csv.getvalue().encode(), "compare.png": preview(originals, low, results, block_size)}
+    uris = storage.write_files(output, files)
     table = "\n".join(
         [f"{'method':<8} {'PSNR dB':>8} {'SSIM':>7} {'FID':>9}"]
         + [f"{r.method:<8} {r.psnr:>8.2f} {r.ssim:>7.4f} {r.fid:>9.3f}" for r in rows]
     )
     logger.info("x2 upsampling of %s after x2 %s downsampling, DCT B = %d\n%s", image_set.describe(), DOWNSAMPLE_METHOD, block_size, table)
-    logger.info("wrote %s and %s", folder / "compare.csv", folder / "compare.png")
+    logger.info("wrote %s and %s", *uris)
     return rows
 
 
-def preview(
-    originals: np.ndarray, low: np.ndarray, results: dict[str, np.ndarray], block_size: int, path: Path
-) -> None:
-    """Side by side for the first images: original, the x2 downsampled input, each method."""
+def preview(originals: np.ndarray, low: np.ndarray, results: dict[str, np.ndarray], block_size: int) -> bytes:
+    """compare.png: side by side for the first images: original, the x2 downsampled input, each method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,5 +171,4 @@ def preview(
             if row == 0:
                 axes[row, col].set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return figure_png(fig)

@@ -19,7 +19,7 @@ import stat
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import pyarrow.fs as pafs
 
@@ -312,6 +312,15 @@ def write_bytes(uri: str, data: bytes) -> None:
     with atomic_path(uri) as (fs, path):
         with fs.open_output_stream(path) as stream:
             stream.write(data)
+
+
+def write_files(folder_uri: str, files: Mapping[str, bytes]) -> list[str]:
+    """Write each ``name: content`` of ``files`` into the folder ``folder_uri`` (each atomically, see
+    :func:`write_bytes`); returns their URIs, in the order of ``files``."""
+    uris = [join(folder_uri, name) for name in files]
+    for uri, data in zip(uris, files.values()):
+        write_bytes(uri, data)
+    return uris
 
 
 def read_json(uri: str) -> Any:

@@ -10,7 +10,6 @@ docs/ARCHITECTURE.md, "Sweeps".
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dctdiff.evaluation.image_grid import figure_png
 from dctdiff.infra import storage
 from dctdiff.tuning.sweep_report import child_runs
 
@@ -201,10 +201,7 @@ def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str =
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title or "mean over seeds (thick) and each seed (thin)", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def collect_trials(tracking_uri: str, parent_run_id: str, keys: Sequence[str]) -> list[TrialCurves]:
