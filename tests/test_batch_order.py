@@ -22,7 +22,7 @@ from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
 from dctdiff.training import batch_order
 from dctdiff.training.batch_order import BatchPlan, epoch_order, first_batch_ids, permutation, worker_batches
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
 from tests.prepared import write_prepared
 

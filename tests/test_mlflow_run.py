@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 
 
 from dctdiff.core.generation import generate_images
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
-from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
+from dctdiff.training.trainer import Trainer
 
 ENTROPY = {"Y": [1.0, 0.8, 0.6, 0.4], "Cb": [1.0, 0.5, 0.5, 0.2], "Cr": [1.0, 0.5, 0.5, 0.2]}
 
@@ -91,7 +92,7 @@ def test_training_run_is_complete_in_mlflow(small_runs, tmp_path):
     """The `dctdiff train` run of tests/small_runs.py (6 steps, grids at 3 and 6), read back from its store."""
     import mlflow
 
-    from dctdiff.training.trainer import load_ema_model
+    from dctdiff.models.builders import load_ema_model
 
     data, uri = Path(small_runs.path("data-path")), small_runs.mlflow_uri
     client = MlflowClient(uri)

@@ -159,7 +159,7 @@ def test_an_exception_before_the_first_step_is_recorded_and_not_retried(ray_modu
     import ray
     from ray.util.state import list_actors
 
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.failure_record import FirstStepError
     from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, plan_run
 

@@ -21,7 +21,7 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.training.batch_order import first_batch_ids
-from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
+from dctdiff.models.config import ConfigError, TrainConfig, build_config, check_run_name
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError

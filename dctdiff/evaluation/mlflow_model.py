@@ -22,8 +22,8 @@ class ImageSampler(PythonModel):
         """Build the codec, network and noise schedule from ``config`` and load ``weights``."""
         from safetensors.torch import load_file
 
-        from dctdiff.training.config import config_from_dict
-        from dctdiff.training.trainer import build_codec, build_model, build_noise_schedule
+        from dctdiff.models.config import config_from_dict
+        from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
 
         with open(context.artifacts["config"]) as file:
             record = json.load(file)

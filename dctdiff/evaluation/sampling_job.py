@@ -28,14 +28,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dctdiff.infra import storage
-from dctdiff.training.config import ConfigError, build_config
+from dctdiff.models.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
 from dctdiff.core.precision import Precision
 from dctdiff.core.uvit import load_official_checkpoint
 from dctdiff.infra.ray_cluster import init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
-from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
+from dctdiff.models.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
+from dctdiff.models.builders import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
 from dctdiff.infra.logs import rate, show_progress
 
 logger = logging.getLogger(__name__)

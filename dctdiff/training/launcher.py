@@ -16,8 +16,8 @@ from typing import Any
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
 from dctdiff.infra.ray_cluster import DATA_CPUS, init_ray, plan_worker_cpus, torch_config
-from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
-from dctdiff.training.config import ConfigError, TrainConfig, split_batch
+from dctdiff.models.checkpoints import checkpoint_folders, newest_intact
+from dctdiff.models.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
 from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics

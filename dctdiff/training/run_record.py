@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_tracking import redact
-from dctdiff.training.config import TrainConfig
+from dctdiff.models.config import TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def parameter_count(config: TrainConfig, eta: float) -> int:
     """Parameters of the network ``config`` builds, counted on the meta device (no memory, no time)."""
     import torch
 
-    from dctdiff.training.trainer import build_codec, build_model
+    from dctdiff.models.builders import build_codec, build_model
 
     codec = build_codec(config, eta)
     with torch.device("meta"):

@@ -14,7 +14,7 @@ import torch
 from dctdiff.data.row_group_reader import WindowReader
 from dctdiff.infra.logs import configure_logging
 from dctdiff.training.batch_order import BatchPlan, worker_batches
-from dctdiff.training.config import TrainConfig, config_from_dict
+from dctdiff.models.config import TrainConfig, config_from_dict
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
 from dctdiff.training.run_logger import RankZeroLogger, RunHandle
@@ -22,7 +22,8 @@ from dctdiff.training.failure_record import FirstStepError, record_failure
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
 from dctdiff.training.device_batches import batch_from_rows
 from dctdiff.training.prefetch import prefetched
-from dctdiff.training.trainer import Trainer, build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Trainer
 from dctdiff.training.training_fid import load_reference, sample_metrics
 
 log = logging.getLogger(__name__)

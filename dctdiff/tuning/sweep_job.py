@@ -27,10 +27,10 @@ from typing import Any
 from ray.tune import Callback
 
 from dctdiff.infra import storage
-from dctdiff.training.config import ConfigError, TrainConfig, build_config, config_from_dict
+from dctdiff.models.config import ConfigError, TrainConfig, build_config, config_from_dict
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
-from dctdiff.evaluation.kid import MIN_FEATURES
+from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, init_ray
 from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run

@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from dctdiff.training.config import TrainConfig
+from dctdiff.models.config import TrainConfig
 
 SWEEP_TAG = "dctdiff.sweep"
 TRIAL_TAG = "dctdiff.trial"
