@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dctdiff.commands.sample_command import main as sample_main
-from dctdiff.evaluation.sampling_job import newest_checkpoint
+from dctdiff.models.checkpoints import newest_checkpoint
 from dctdiff.infra.logs import configure_logging
 from dctdiff.models.checkpoints import CorruptCheckpointError, checkpoint_folders, newest_intact, verify_checkpoint
 from dctdiff.models.config import build_config
