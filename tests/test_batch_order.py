@@ -119,7 +119,7 @@ def test_show_batches_prints_the_training_order_with_mixed_classes(class_folder_
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "preset: demo" and "optim:" in lines  # the resolved config comes first
+    assert lines[:2] == ["job: train", "preset: demo"] and "optim:" in lines  # print_dry_run: the resolved config first
     shown = [line.split(": ", 1) for line in lines if line.startswith("batch ")]
     assert [name for name, _ in shown] == ["batch 0", "batch 1", "batch 2"]
     info = load_dataset_info(str(class_folder_data), config())

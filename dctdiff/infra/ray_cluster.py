@@ -10,21 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from dctdiff import keep_ray_on_loopback  # the package's environment (docs/ARCHITECTURE.md, "Layers")
+
 LOOPBACK = "127.0.0.1"
 RAY_PORTS = {"ray": 10001, "": 6379}  # default ports: Ray Client (ray://HOST), the GCS (HOST)
 ADDRESS_TIMEOUT_S = 5.0
 RAY_HINT = "check `ray status` on the cluster and --address / RAY_ADDRESS, or omit --address for a local Ray"
 
 log = logging.getLogger(__name__)
-
-
-def keep_ray_on_loopback() -> None:
-    """Make Ray processes started from here advertise and listen on 127.0.0.1 only, and send nothing to
-    other hosts: no Ray usage statistics, no MLflow telemetry (docs/ARCHITECTURE.md, "Ray, MLflow and
-    storage facts"). Values already set win."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def quiet_ray_data() -> None:
