@@ -12,7 +12,6 @@ from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
 from dctdiff.core.noise_schedule import VPSchedule
 from dctdiff.core.token_layout import DEFAULT_COLOUR
 from dctdiff.core.uvit import UViT, build_uvit
-from dctdiff.models import checkpoints
 from dctdiff.models.config import TrainConfig, config_from_dict
 
 
@@ -60,6 +59,8 @@ def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple
 
     Raises CorruptCheckpointError if state.json or ema.safetensors does not match the manifest.
     """
+    from dctdiff.models import checkpoints  # storage (pyarrow): only where checkpoints are read
+
     files = checkpoints.read_checkpoint_files(str(checkpoint), [checkpoints.STATE, "ema.safetensors"])
     state = checkpoints.read_state(files[checkpoints.STATE], str(checkpoint))
     config = config_from_dict(state["config"])
@@ -72,5 +73,7 @@ def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple
 def load_ema_sampling(checkpoint: str, device: str | torch.device) -> tuple[UViT, Codec, VPSchedule, TrainConfig]:
     """(EMA network, codec, noise schedule, config) of a checkpoint folder, or of a run folder's newest intact
     checkpoint (``checkpoints.newest_checkpoint``): what the sample job and the MLflow model sample with."""
+    from dctdiff.models import checkpoints
+
     model, config, state = load_ema_model(checkpoints.newest_checkpoint(checkpoint), device)
     return model, checkpoint_codec(config, state), build_noise_schedule(config), config
