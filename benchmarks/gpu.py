@@ -36,10 +36,11 @@ from benchmarks.peaks import peak_tflops
 from dctdiff.core.codec import DCTCodec, PixelCodec
 from dctdiff.core.generation import generate_images
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.training.device_batches import batch_from_rows
 from dctdiff.training.prefetch import prefetched
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, build_noise_schedule
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
+from dctdiff.training.trainer import Batch, Trainer
 
 log = logging.getLogger("benchmarks.gpu")
 

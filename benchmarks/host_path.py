@@ -34,9 +34,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.model import forward_flops
 from dctdiff.core.codec import Codec
-from dctdiff.training.config import TrainConfig, build_config
+from dctdiff.models.config import TrainConfig, build_config
 from dctdiff.training.randomness import draw_step, id_keys
-from dctdiff.training.trainer import build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
 from dctdiff.training.device_batches import batch_from_rows
 
 MODELLED_TFLOPS = 400.0  # achieved bf16 TFLOP/s assumed for UViT-M on one H100

@@ -41,9 +41,10 @@ from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, write_stats
 from dctdiff.training import batch_order
 from dctdiff.training.batch_order import BatchPlan, take, worker_batches
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.training.trainer import Trainer, build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Trainer
 from dctdiff.training.device_batches import batch_from_rows
 
 RESOLUTION, SHARD_ROWS = 64, 2048

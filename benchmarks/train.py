@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.host_path import host_table
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Batch, Trainer
 from dctdiff.commands.train_command import parse_args
 from dctdiff.training.launcher import train
 from tests.prepared import write_prepared

@@ -129,7 +129,7 @@ def test_a_sweep_name_is_checked_by_the_same_rule(name, tmp_path, capsys, no_ray
 
 
 def test_names_up_to_255_bytes_of_printable_text_pass():
-    from dctdiff.training.config import check_run_name
+    from dctdiff.models.config import check_run_name
 
     for name in ("x" * 255, "é" * 127, "run 1 (lr=3e-4)", "日本語-run"):
         assert check_run_name(name) == name

@@ -22,7 +22,7 @@ from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
 from dctdiff.training import batch_order
 from dctdiff.training.batch_order import BatchPlan, epoch_order, first_batch_ids, permutation, worker_batches
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
 from tests.prepared import write_prepared
 
@@ -119,7 +119,7 @@ def test_show_batches_prints_the_training_order_with_mixed_classes(class_folder_
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "preset: demo" and "optim:" in lines  # the resolved config comes first
+    assert lines[:2] == ["job: train", "preset: demo"] and "optim:" in lines  # print_dry_run: the resolved config first
     shown = [line.split(": ", 1) for line in lines if line.startswith("batch ")]
     assert [name for name, _ in shown] == ["batch 0", "batch 1", "batch 2"]
     info = load_dataset_info(str(class_folder_data), config())

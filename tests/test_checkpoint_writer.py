@@ -15,10 +15,11 @@ import torch
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
-from dctdiff.training.checkpoints import checkpoint_folders, newest_intact, verify_checkpoint, write_checkpoint
-from dctdiff.training.config import build_config
+from dctdiff.models.checkpoints import checkpoint_folders, newest_intact, verify_checkpoint, write_checkpoint
+from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import DatasetInfo
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Batch, Trainer
 
 INFO = DatasetInfo("file:///shards", 8, 0, 32, 2, 242.0, "ycbcr420", "coefficients", {}, {})
 EXTRA = {"config": None, "eta": 242.0, "colour": "ycbcr420", "stats": {}}

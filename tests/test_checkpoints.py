@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from dctdiff.commands.sample_command import main as sample_main
-from dctdiff.evaluation.sampling_job import newest_checkpoint
+from dctdiff.models.checkpoints import newest_checkpoint
 from dctdiff.infra.logs import configure_logging
-from dctdiff.training.checkpoints import CorruptCheckpointError, checkpoint_folders, newest_intact, verify_checkpoint
-from dctdiff.training.config import build_config
-from dctdiff.training.trainer import Trainer, build_codec, build_model, load_ema_model
+from dctdiff.models.checkpoints import CorruptCheckpointError, checkpoint_folders, newest_intact, verify_checkpoint
+from dctdiff.models.config import build_config
+from dctdiff.models.builders import build_codec, build_model, load_ema_model
+from dctdiff.training.trainer import Trainer
 
 
 def make_trainer() -> Trainer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dctdiff.training.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
+from dctdiff.models.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
 
 # docs/ARCHITECTURE.md, "Presets": preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
 PAPER = {
@@ -134,14 +134,14 @@ def test_bad_yaml_files_are_one_line_errors_with_file_and_line(tmp_path, text, m
 
 @pytest.mark.parametrize("name", ["../esc", "..", ".", "", " ", "a/b", "/abs", "a\\b", "x\0y"])
 def test_run_names_that_leave_the_storage_folder_are_refused(name):
-    from dctdiff.training.config import check_run_name
+    from dctdiff.models.config import check_run_name
 
     with pytest.raises(ConfigError, match=r"--name .* must be one folder name under --storage"):
         check_run_name(name)
 
 
 def test_good_run_names_pass():
-    from dctdiff.training.config import check_run_name
+    from dctdiff.models.config import check_run_name
 
     names = [None, "cifar10-run1", "a..b", "lr_3e-3"]
     assert [check_run_name(n) for n in names] == names

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dctdiff.training.config import ConfigError, build_config
+from dctdiff.models.config import ConfigError, build_config
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.training.trainer import build_codec, checkpoint_codec
+from dctdiff.models.builders import build_codec, checkpoint_codec
 from dctdiff.data.bundled_photos import photo_crops
 from tests.prepared import write_prepared
 

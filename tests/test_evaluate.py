@@ -173,7 +173,8 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     from mlflow.tracking import MlflowClient
 
     from dctdiff.commands.evaluate_command import main
-    from dctdiff.evaluation.evaluation_job import Tracking, run_fid
+    from dctdiff.evaluation.evaluation_job import run_fid
+    from dctdiff.infra.mlflow_tracking import TrackingOptions
 
     samples = photo_crops(5, 32, seed=0)
     np.savez(tmp_path / "samples.npz", images=samples)
@@ -196,7 +197,7 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     experiment = client.create_experiment("training")
     training_run = client.create_run(experiment).info.run_id
     fid = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")], batch_size=6,
-                  tracking=Tracking(tracking_uri, run_id=training_run), step=500)
+                  tracking=TrackingOptions(tracking_uri, run_id=training_run), step=500)
     assert fid == pytest.approx(expected, rel=1e-5)
     history = client.get_metric_history(training_run, "fid")
     assert [(m.step, round(m.value, 6)) for m in history] == [(500, round(fid, 6))]
@@ -241,11 +242,12 @@ def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
 def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_path, tracking_uri, reconstruction_rows):
     from mlflow.tracking import MlflowClient
 
-    from dctdiff.evaluation.evaluation_job import Tracking, run_reconstruction
+    from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, run_reconstruction
+    from dctdiff.infra.mlflow_tracking import TrackingOptions
 
     rows, chosen = run_reconstruction(
         f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=str(tmp_path / "out"),
-        batch_size=15, tracking=Tracking(tracking_uri),
+        batch_size=15, tracking=TrackingOptions(tracking_uri, DEFAULT_EXPERIMENT),
     )
     for ray_row, local_row in zip(rows, reconstruction_rows, strict=True):  # the Ray job = the in-process analysis
         assert ray_row.keep == local_row.keep

@@ -85,9 +85,9 @@ def test_the_training_rows_are_fed_through_the_worker_loops_input_path():
     import torch
 
     from benchmarks.gpu import shard_rows, training_batches
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.randomness import id_keys
-    from dctdiff.training.trainer import build_codec
+    from dctdiff.models.builders import build_codec
 
     config = build_config("cifar10", overrides=["optim.batch_size=4"])
     codec = build_codec(config, eta=config.data.eta)
@@ -106,8 +106,8 @@ def test_on_cuda_the_training_rows_come_from_the_prefetch_thread():
     import torch
 
     import benchmarks.gpu as gpu
-    from dctdiff.training.config import build_config
-    from dctdiff.training.trainer import build_codec
+    from dctdiff.models.config import build_config
+    from dctdiff.models.builders import build_codec
 
     config = build_config("cifar10", overrides=["optim.batch_size=4"])
     codec = build_codec(config, eta=config.data.eta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -152,3 +154,14 @@ def test_local_training_run_listens_on_loopback_only(ray_session, tmp_path):
     assert any(name.startswith("ray::RayTrainWo") for name, _ in during), f"saw no worker listening: {during}"
     exposed = sorted((name, address) for name, address in seen if not _is_loopback(address.rsplit(":", 1)[0].strip("[]")))
     assert not exposed, f"listening on a non-loopback address: {exposed}"
+
+
+@pytest.mark.parametrize("ray_address, expected", [(None, "0"), ("ray://cluster:10001", None)])
+def test_import_dctdiff_keeps_a_local_ray_on_loopback_but_not_a_cluster_job(ray_address, expected):
+    """keep_ray_on_loopback, the one place that sets Ray's loopback variable, runs on `import dctdiff`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    probe = "import os, dctdiff; print(os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'), os.environ['RAY_USAGE_STATS_ENABLED'])"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(expected), "0"]

@@ -16,9 +16,12 @@ from mlflow.tracking import MlflowClient
 
 
 from dctdiff.core.generation import generate_images
-from dctdiff.training.config import build_config
-from dctdiff.training.run_logger import RankZeroLogger, RunHandle
-from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
+from dctdiff.models.config import build_config
+from dctdiff.infra.mlflow_runs import RunHandle
+from dctdiff.training.run_logger import RankZeroLogger
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule, checkpoint_codec, load_ema_model
+from dctdiff.models.checkpoints import verify_checkpoint
+from dctdiff.training.trainer import Trainer
 
 ENTROPY = {"Y": [1.0, 0.8, 0.6, 0.4], "Cb": [1.0, 0.5, 0.5, 0.2], "Cr": [1.0, 0.5, 0.5, 0.2]}
 
@@ -31,30 +34,37 @@ def tiny_trainer() -> Trainer:
 
 
 def new_run(tmp_path: Path) -> RunHandle:
-    from dctdiff.infra.mlflow_tracking import create_run
+    from dctdiff.infra.mlflow_runs import create_run
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    return RunHandle(uri, create_run(uri, "test", "run", {}))
+    return create_run(f"sqlite:///{tmp_path}/mlflow.db", "test", "run", {})
 
 
 def test_final_model_loads_from_code_generates_and_registers(tmp_path):
     import mlflow
 
     trainer, run = tiny_trainer(), new_run(tmp_path)
-    RankZeroLogger(run, 0).final_model(trainer, eta=242.0, colour="ycbcr420")
+    resolved = trainer.config.resolved(242.0, "ycbcr420").to_dict()  # as a run's workers hold it (LoopSettings.config)
+    RankZeroLogger(run, 0).final_model(trainer, {"config": resolved, "eta": 242.0, "colour": "ycbcr420"})
     model = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
     images = model.predict({"seed": [3, 1]}, params={"nfe": 3})
     expected = generate_images(trainer.ema, trainer.codec, build_noise_schedule(trainer.config), [3, 1],
                                trainer.config.cadence.sampler, 3).numpy()  # fmt: skip
     assert images.dtype == np.uint8 and images.shape == (2, 32, 32, 3)
     np.testing.assert_array_equal(images, expected)
-    # no pickles: the model directory holds the code file, safetensors weights and a JSON config
+    # no pickles: the model directory holds the code file and a checkpoint folder (safetensors, JSON state)
     (output,) = MlflowClient(run.tracking_uri).get_run(run.run_id).outputs.model_outputs
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{output.model_id}", dst_path=str(tmp_path / "dl")))
     assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))
-    assert {p.name for p in local.rglob("*")} >= {"mlflow_model.py", "ema.safetensors", "config.json", "MLmodel"}
-    config = json.loads(next(local.rglob("config.json")).read_text())
+    assert {p.name for p in local.rglob("*")} >= {"mlflow_model.py", "ema.safetensors", "state.json", "manifest.json", "MLmodel"}
+    config = json.loads(next(local.rglob("state.json")).read_text())
     assert config["eta"] == 242.0 and config["config"]["model"]["depth"] == 4
+    # the checkpoint is one of the one writer's: it verifies, and load_ema_model samples the model's images
+    checkpoint = next(local.rglob("manifest.json")).parent
+    verify_checkpoint(str(checkpoint))
+    ema, config, state = load_ema_model(str(checkpoint))
+    from_checkpoint = generate_images(ema, checkpoint_codec(config, state), build_noise_schedule(config), [3, 1],
+                                      config.cadence.sampler, 3).numpy()  # fmt: skip
+    np.testing.assert_array_equal(images, from_checkpoint)
     version = mlflow.register_model(f"runs:/{run.run_id}/model", "dctdiff-test")
     assert int(version.version) == 1 and MlflowClient(run.tracking_uri).get_model_version("dctdiff-test", "1").run_id == run.run_id
 
@@ -90,8 +100,6 @@ def shard_digest(data: Path) -> str:
 def test_training_run_is_complete_in_mlflow(small_runs, tmp_path):
     """The `dctdiff train` run of tests/small_runs.py (6 steps, grids at 3 and 6), read back from its store."""
     import mlflow
-
-    from dctdiff.training.trainer import load_ema_model
 
     data, uri = Path(small_runs.path("data-path")), small_runs.mlflow_uri
     client = MlflowClient(uri)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dctdiff.training.config import BatchSplit, ConfigError, split_batch
+from dctdiff.models.config import BatchSplit, ConfigError, split_batch
 
 
 @pytest.mark.parametrize(
@@ -75,8 +75,9 @@ def test_sweep_refuses_it_for_the_base_config_and_for_a_swept_value(tmp_path, ca
 def test_the_trainer_cuts_micro_batches_by_the_same_rule():
     import torch
 
-    from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model
-    from dctdiff.training.config import build_config
+    from dctdiff.models.builders import build_codec, build_model
+    from dctdiff.training.trainer import Batch, Trainer
+    from dctdiff.models.config import build_config
 
     config = build_config("demo", overrides=["model.embed_dim=32", "optim.micro_batches=4"])
     codec = build_codec(config, eta=242.0)
@@ -89,7 +90,7 @@ def test_the_trainer_cuts_micro_batches_by_the_same_rule():
 def _plan(tmp_path, labels, overrides: list[str], images: int = 16):
     """plan_run of a small class-conditional demo run on ``images`` photos with ``labels``."""
     from dctdiff.data.bundled_photos import photo_crops
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.launcher import LaunchOptions, plan_run
     from tests.prepared import write_prepared
 
@@ -119,7 +120,7 @@ def test_labels_that_fit_the_embedding_plan(tmp_path):
 def _reference_plan(tmp_path, reference_images, resolution: int = 32):
     """plan_run of an unconditional demo run on 16 photos, FID against ``reference_images`` others."""
     from dctdiff.data.bundled_photos import photo_crops
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.launcher import LaunchOptions, plan_run
     from tests.prepared import write_prepared
 

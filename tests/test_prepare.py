@@ -270,9 +270,9 @@ def test_pixel_tokens_of_a_prepared_set_equal_pixel_codec_encode(ray_session, fo
     import ray.data
 
     from dctdiff.core.codec import PixelCodec
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.dataset_info import load_dataset_info
-    from dctdiff.training.trainer import build_codec
+    from dctdiff.models.builders import build_codec
     from dctdiff.training.device_batches import batch_from_rows
 
     root, expected = folder

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from dctdiff.infra.mlflow_tracking import create_run
+from dctdiff.infra.mlflow_runs import create_run
 from dctdiff.training.launcher import close_run
-from dctdiff.training.run_logger import RunHandle
 
 
 def test_a_failed_resume_never_unfinishes_a_finished_run(tmp_path):
@@ -14,8 +13,7 @@ def test_a_failed_resume_never_unfinishes_a_finished_run(tmp_path):
     client = MlflowClient(uri)
     runs = {}
     for previous in ("FINISHED", "RUNNING"):
-        run_id = create_run(uri, "e", f"was-{previous}", tags={"t": "1"}, params={"a": 1})
-        runs[previous] = RunHandle(uri, run_id)
+        runs[previous] = create_run(uri, "e", f"was-{previous}", tags={"t": "1"}, params={"a": 1})
         close_run(runs[previous], succeeded=False, previous_status=previous)
     assert client.get_run(runs["FINISHED"].run_id).info.status == "FINISHED"  # a resume attempt failed
     assert client.get_run(runs["RUNNING"].run_id).info.status == "FAILED"  # the run itself failed

@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.core.generation import generate_images
-from dctdiff.training.trainer import Trainer, build_codec, build_model, build_noise_schedule
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
+from dctdiff.training.trainer import Trainer
 from dctdiff.commands.sample_command import main
-from dctdiff.evaluation.sampling_job import SamplingSpec, load_sampler, newest_checkpoint, run
+from dctdiff.evaluation.sampling_job import SamplingSpec, load_sampler, run
+from dctdiff.models.checkpoints import newest_checkpoint
 from tests.image_checks import assert_equal_up_to_rounding
 
 pytestmark = pytest.mark.slow

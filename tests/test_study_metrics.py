@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dctdiff.core.codec import dct_matrix, zigzag_order
-from dctdiff.evaluation.kid import kernel_inception_distance, mmd2_unbiased
+from dctdiff.core.kid import kernel_inception_distance, mmd2_unbiased
 from dctdiff.evaluation.precision_recall import precision_recall
 from dctdiff.evaluation.spectrum import PLANES, radial_power, spectral_stats
 
@@ -125,7 +125,7 @@ def test_dct_energy_of_a_basis_function_sits_in_its_coefficient(block_size, row,
 
 
 def test_kid_kernel_cache_gives_the_per_subset_computation(monkeypatch):
-    from dctdiff.evaluation import kid
+    from dctdiff.core import kid
 
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(60, 12)), rng.normal(0.2, 1.0, size=(50, 12))

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dctdiff.training.config import ConfigError, build_config
+from dctdiff.models.config import ConfigError, build_config
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.sources import FASHION_MNIST_DIR, FashionMnistSource
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError

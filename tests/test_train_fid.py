@@ -12,14 +12,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dctdiff.evaluation.fid import extract_features, fid_from_stats, load_fid_stats, load_inception
-from dctdiff.evaluation.kid import kernel_inception_distance
+from dctdiff.core.kid import kernel_inception_distance
 from tests.fid_reference import compute_fid_stats
 from dctdiff.core.generation import generate_images
 from dctdiff.evaluation.image_sets import PreparedImages
 from dctdiff.training import training_fid
 from dctdiff.training.training_fid import ensure_reference_stats, gather_features, load_reference, reference_uri
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.training.trainer import build_codec, build_noise_schedule, load_ema_model
+from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_model
 from dctdiff.commands.train_command import parse_args
 from dctdiff.training.launcher import train
 from tests.prepared import write_prepared

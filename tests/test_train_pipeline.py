@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from dctdiff.data.bundled_photos import photo_crops
@@ -159,7 +160,7 @@ def test_an_exception_before_the_first_step_is_recorded_and_not_retried(ray_modu
     import ray
     from ray.util.state import list_actors
 
-    from dctdiff.training.config import build_config
+    from dctdiff.models.config import build_config
     from dctdiff.training.failure_record import FirstStepError
     from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, plan_run
 
@@ -205,9 +206,14 @@ def test_plan_worker_cpus_keeps_a_cpu_for_ray_data():
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
+    from dctdiff.infra.mlflow_tracking import resolve_tracking_uri
+
     assert main(["--preset", "cifar10", "--dry-run", "--set", "optim.lr=1e-4"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.0001" in out and "eta: 242.382" in out and "size: M" in out
+    printed = yaml.safe_load(out)  # through print_dry_run, as every job's --dry-run
+    assert printed["job"] == "train" and printed["launch"]["storage"] == "outputs/runs"
+    assert printed["mlflow"] == {"uri": resolve_tracking_uri(None), "experiment": "dctdiff", "run_id": None}
 
 
 def test_redact_hides_passwords():

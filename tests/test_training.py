@@ -12,11 +12,12 @@ import torch
 
 from dctdiff.core.codec import DCTCodec
 from dctdiff.core.generation import generate_images
-from dctdiff.training.config import build_config
+from dctdiff.models.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
-from dctdiff.training.trainer import Batch, Trainer, build_codec, build_model, ema_decay_at
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Batch, Trainer, ema_decay_at
 
 ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
 

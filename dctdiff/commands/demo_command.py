@@ -22,11 +22,12 @@ from dctdiff.commands import prepare_command
 from dctdiff.commands.train_command import parse_args as parse_train_args
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.evaluation.codec_grid import SHOWN_KEEPS, codec_grid, psnr_table, round_trips
-from dctdiff.evaluation.evaluation_job import Tracking, run_fid, run_reconstruction
+from dctdiff.evaluation.evaluation_job import run_fid, run_reconstruction
 from dctdiff.evaluation.image_grid import sample_grid, save_png
 from dctdiff.evaluation.sampling_job import SamplingSpec, run as run_sampling
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.mlflow_tracking import resolve_tracking_uri, review_hint
+from dctdiff.infra.mlflow_runs import RunHandle
+from dctdiff.infra.mlflow_tracking import TrackingOptions, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import train
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ def banner(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    from mlflow.tracking import MlflowClient
-
     parser = flags.job_parser("dctdiff demo", __doc__)
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--images", type=int, default=2000, help="photo crops to train on")
@@ -91,12 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     samples = run_sampling(spec, args.samples, str(out / "samples"))
     grid = out / "samples.png"
     save_png(sample_grid(samples), str(grid), scale=3)
-    client = MlflowClient(tracking_uri)
-    client.log_artifact(run_id, str(grid), artifact_path="demo")
+    RunHandle(tracking_uri, run_id).log_file(grid, "demo")
     log.info("wrote %s", grid)
 
     banner("5/5 evaluate: FID against the training crops, reconstruction table")
-    tracking = Tracking(uri=tracking_uri, run_id=run_id)
+    tracking = TrackingOptions(uri=tracking_uri, run_id=run_id)
     fid = run_fid([str(out / "samples" / "images.npz"), str(data)], tracking=tracking,
                   limit=args.fid_reference, step=int(result.metrics["step"]))  # fmt: skip  # at the training step
     rows, chosen = run_reconstruction(str(data), block_size=request.config.data.block_size, tracking=tracking,

@@ -25,7 +25,7 @@ from ray.exceptions import RayError
 
 from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
-from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, Tracking, run_fid, run_reconstruction
+from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, run_fid, run_reconstruction
 from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import error_message
 from dctdiff.data.sources import EVALUATE, describe_sources
@@ -34,7 +34,7 @@ from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, 
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ResourceError
-from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri
+from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, resolve_tracking_uri
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(flags.log_level(args))
     if args.command != "spectrum" and args.batch_size is not None and args.batch_size < 1:
         return flags.report_error(f"--batch-size must be >= 1, got {args.batch_size}")
-    tracking = None if args.no_mlflow else Tracking(args.mlflow_uri, args.experiment, args.run_id)
+    tracking = None if args.no_mlflow else TrackingOptions(args.mlflow_uri, args.experiment, args.run_id)
     if args.dry_run:
         return flags.print_dry_run(f"evaluate {args.command}", dry_run_settings(args))
     try:

@@ -21,7 +21,7 @@ from dctdiff.evaluation.sampling_job import SamplingSpec, run
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
-from dctdiff.training.config import ConfigError
+from dctdiff.models.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

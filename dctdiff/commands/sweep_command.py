@@ -20,7 +20,7 @@ from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, restore_secret
-from dctdiff.training.config import ConfigError, check_run_name
+from dctdiff.models.config import ConfigError, check_run_name
 from dctdiff.tuning.search_space import DEFAULT_SCHEDULER, SCHEDULERS, builtin_studies
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
@@ -21,7 +21,7 @@ from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.training.batch_order import first_batch_ids
-from dctdiff.training.config import ConfigError, TrainConfig, build_config, check_run_name
+from dctdiff.models.config import ConfigError, TrainConfig, build_config, check_run_name
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.launcher import LaunchOptions, train
 from dctdiff.training.step_metrics import NonFiniteLossError
@@ -91,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> TrainRequest:
     return TrainRequest(config, options, flags.tracking_options(args), args.dry_run, args.show_batches)
 
 
+def dry_run_settings(request: TrainRequest) -> dict:
+    """What `--dry-run` prints: the resolved config, then the launch options and the MLflow settings (URI resolved)."""
+    tracking = {**asdict(request.tracking), "uri": resolve_tracking_uri(request.tracking.uri)}
+    return {**request.config.to_dict(), "launch": asdict(request.options), "mlflow": tracking}
+
+
 def write_batches(request: TrainRequest) -> None:
     """``--show-batches N``: one line per global batch of epoch 0, ``batch B: id id ...``."""
     info = load_dataset_info(request.options.data, request.config)
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         request = parse_args(argv)
         configure_logging(request.options.log_level)
         if request.dry_run:
-            sys.stdout.write(request.config.to_yaml())
+            flags.print_dry_run("train", dry_run_settings(request))
             if request.show_batches:
                 write_batches(request)
             return 0

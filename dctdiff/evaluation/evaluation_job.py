@@ -18,11 +18,7 @@ left out) for later runs. Results go to MLflow: a new run in ``--experiment``, o
 from __future__ import annotations
 
 import logging
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 
 import numpy as np
@@ -44,7 +40,8 @@ from dctdiff.evaluation.reconstruction import (
     reconstruction_batch,
     summarize,
 )
-from dctdiff.infra.mlflow_tracking import create_run, redact, resolve_tracking_uri
+from dctdiff.infra.mlflow_runs import RunHandle, create_run, find_run
+from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "dctdiff-evaluate"
 RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes B*B + 1 images)
@@ -52,17 +49,11 @@ RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Tracking:
-    """Where results are logged: ``run_id`` (an existing run) or a new run in ``experiment``."""
-
-    uri: str | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-    run_id: str | None = None
+EVALUATE_TRACKING = TrackingOptions(experiment=DEFAULT_EXPERIMENT)  # the default store, a new run in dctdiff-evaluate
 
 
 def log_to_mlflow(
-    tracking: Tracking,
+    tracking: TrackingOptions,
     run_name: str,
     metrics: Sequence[tuple[str, float, int]],
     tags: dict[str, str],
@@ -75,33 +66,19 @@ def log_to_mlflow(
     An existing run (``tracking.run_id``) keeps its status; a new run is created and ended here.
     Non-finite values (e.g. PSNR of an exact reconstruction) are left out: MLflow stores finite floats.
     """
-    from mlflow.entities import Metric, RunTag
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     uri = resolve_tracking_uri(tracking.uri)
-    client = MlflowClient(uri)
     if tracking.run_id:
-        try:
-            run_id = client.get_run(tracking.run_id).info.run_id
-        except MlflowException:
-            raise ValueError(f"--run-id {tracking.run_id} is not a run in the MLflow store {redact(uri)}") from None
+        run = find_run(uri, tracking.run_id)
+        if run is None:
+            raise ValueError(f"--run-id {tracking.run_id} is not a run in the MLflow store {redact(uri)}")
     else:
-        run_id = create_run(uri, tracking.experiment, run_name, {}, job="evaluate")
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), now, step) for key, value, step in metrics if np.isfinite(value)],
-        tags=[RunTag(key, value) for key, value in tags.items()],
-    )
-    if artifacts:
-        with tempfile.TemporaryDirectory() as folder:  # MLflow uploads local files
-            for name, data in artifacts.items():
-                Path(folder, name).write_bytes(data)
-            client.log_artifacts(run_id, folder, artifact_path=artifact_dir)
+        run = create_run(uri, tracking.experiment, run_name, {}, job="evaluate")
+    run.log_metrics([(key, value, step) for key, value, step in metrics if np.isfinite(value)], tags)
+    for name, data in (artifacts or {}).items():
+        run.log_bytes(data, f"{artifact_dir}/{name}" if artifact_dir else name)
     if not tracking.run_id:
-        client.set_terminated(run_id)
-    return run_id
+        run.end()
+    return run.run_id
 
 
 def run_fid(
@@ -112,7 +89,7 @@ def run_fid(
     actors: int | None = None,
     limit: int | None = None,
     resolution: int | None = None,
-    tracking: Tracking | None = Tracking(),
+    tracking: TrackingOptions | None = EVALUATE_TRACKING,
     metric: str = "fid",
     step: int = 0,
     precision: Precision = "fp32",
@@ -186,12 +163,10 @@ def reconstruction_metrics(rows: Sequence[ReconstructionRow]) -> list[tuple[str,
     return [(f"{name}_keep_{row.keep}", value, 0) for row in rows for name, value in (("rfid", row.rfid), ("psnr", row.psnr))]
 
 
-def log_reconstruction_table(tracking: Tracking, run_id: str, rows: Sequence[ReconstructionRow]) -> None:
+def log_reconstruction_table(tracking: TrackingOptions, run_id: str, rows: Sequence[ReconstructionRow]) -> None:
     """The rows as the MLflow table ``reconstruction/table.json`` (keep, rFID, PSNR)."""
-    from mlflow.tracking import MlflowClient
-
     table = {"keep": [r.keep for r in rows], "rfid": [r.rfid for r in rows], "psnr": [r.psnr for r in rows]}
-    MlflowClient(resolve_tracking_uri(tracking.uri)).log_table(run_id, data=table, artifact_file="reconstruction/table.json")
+    RunHandle(resolve_tracking_uri(tracking.uri), run_id).log_table(table, "reconstruction/table.json")
 
 
 def run_reconstruction(
@@ -204,7 +179,7 @@ def run_reconstruction(
     batch_size: int | None = None,
     actors: int | None = None,
     limit: int | None = None,
-    tracking: Tracking | None = Tracking(),
+    tracking: TrackingOptions | None = EVALUATE_TRACKING,
     precision: Precision = "fp32",
 ) -> tuple[list[ReconstructionRow], int | None]:
     """rFID and PSNR for keep = 1..B*B on ``source``; the smallest keep with rFID < gamma.

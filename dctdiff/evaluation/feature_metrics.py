@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dctdiff.evaluation.kid import MIN_FEATURES, kernel_inception_distance
+from dctdiff.core.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.evaluation.precision_recall import DEFAULT_K, precision_recall
 
 MIN_IMAGES = MIN_FEATURES  # KID subsets of at least 2 from each set, k-NN radii with k < n

@@ -28,14 +28,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dctdiff.infra import storage
-from dctdiff.training.config import ConfigError, build_config
+from dctdiff.models.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
 from dctdiff.core.precision import Precision
 from dctdiff.core.uvit import load_official_checkpoint
 from dctdiff.infra.ray_cluster import ends_on_lost_cluster, init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.training.checkpoints import MANIFEST, STATE, checkpoint_folders, newest_intact
-from dctdiff.training.trainer import build_codec, build_noise_schedule, checkpoint_codec, load_ema_model
+from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_sampling
 from dctdiff.infra.logs import rate, show_progress
 
 logger = logging.getLogger(__name__)
@@ -57,17 +56,6 @@ class SamplingSpec:
     compile: bool = False  # torch.compile the network in every actor (also when the run trained with model.compile)
 
 
-def newest_checkpoint(path: str) -> str:
-    """A checkpoint folder itself, or the newest intact ``checkpoint_*`` folder of a run folder (paths or URIs;
-    a corrupt newer one is skipped with a warning). Raises CorruptCheckpointError if none is intact."""
-    if storage.exists(storage.join(path, STATE)) or storage.exists(storage.join(path, MANIFEST)):
-        return path
-    chosen = newest_intact(checkpoint_folders(path))
-    if chosen is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint folder (state.json) nor a run folder with checkpoints")
-    return chosen
-
-
 def load_sampler(spec: SamplingSpec, device: torch.device):
     """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
     storage.require_exists(spec.checkpoint, "--checkpoint", "give a checkpoint folder, a run folder or a published .pth")
@@ -84,8 +72,7 @@ def load_sampler(spec: SamplingSpec, device: torch.device):
                 "--preset or --set data.resolution/block_size/keep"
             )
         return model, codec, build_noise_schedule(config), config
-    model, config, state = load_ema_model(newest_checkpoint(spec.checkpoint), device)
-    return model, checkpoint_codec(config, state), build_noise_schedule(config), config
+    return load_ema_sampling(spec.checkpoint, device)
 
 
 PNG_THREADS = 4  # the driver's PNG encoders (zlib releases the GIL)

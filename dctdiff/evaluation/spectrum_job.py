@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from dctdiff.evaluation.evaluation_job import Tracking, log_to_mlflow
+from dctdiff.evaluation.evaluation_job import EVALUATE_TRACKING, log_to_mlflow
+from dctdiff.infra.mlflow_tracking import TrackingOptions
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
 from dctdiff.evaluation.spectrum import csv_tables, plot, spectral_metrics, spectral_stats
 from dctdiff.infra import storage
@@ -36,7 +37,7 @@ def run_spectrum(
     resolution: int | None = None,
     output: str = DEFAULT_OUTPUT,
     limit: int | None = None,
-    tracking: Tracking | None = Tracking(),
+    tracking: TrackingOptions | None = EVALUATE_TRACKING,
 ) -> dict[str, float]:
     """Spectral metrics of ``samples`` against ``reference`` (images of one size); writes
     ``output`` (a path or URI)/spectrum.csv, dct_energy.csv and spectrum.png and logs them with the metrics."""

@@ -1,4 +1,5 @@
-"""MLflow plumbing shared by every job: where the tracking store is, the experiment, run status."""
+"""The MLflow tracking store of every job: where it is, checking that it answers, its experiments, redacting
+its URIs, source tags and the UI command. Runs themselves are opened, logged and ended in ``mlflow_runs``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,12 @@ class TrackingError(ValueError):
 
 @dataclass(frozen=True)
 class TrackingOptions:
-    """Where a job logs: the tracking URI (None: the default store) and the experiment of new runs."""
+    """Where a job logs: the tracking URI (None: the default store), the experiment of new runs, and
+    ``run_id``, an existing run to log into instead (evaluate --run-id, the demo)."""
 
     uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
+    run_id: str | None = None
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -307,35 +310,3 @@ def source_tags(job: str) -> dict[str, str]:
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
-
-
-def create_run(
-    tracking_uri: str,
-    experiment: str,
-    name: str,
-    tags: Mapping[str, str],
-    params: Mapping[str, Any] | None = None,
-    job: str = "train",
-) -> str:
-    """Create a RUNNING run named ``name`` in ``experiment`` with the source tags of ``dctdiff <job>``,
-    ``tags`` and ``params``; returns its id.
-
-    Every job (train, sweep, evaluate) creates its runs here, and whoever calls this ends the run.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    experiment_id = get_or_create_experiment(tracking_uri, experiment)
-    run_tags = {"mlflow.runName": name, **source_tags(job), **tags}
-    run_id = client.create_run(experiment_id, tags=run_tags).info.run_id
-    if params:
-        log_params(tracking_uri, run_id, params)
-    return run_id
-
-
-def log_params(tracking_uri: str, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log ``params`` (values as strings) in one batch."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri).log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from dctdiff import keep_ray_on_loopback  # the package's environment (docs/ARCHITECTURE.md, "Layers")
+
 LOOPBACK = "127.0.0.1"
 RAY_PORTS = {"ray": 10001, "": 6379}  # default ports: Ray Client (ray://HOST), the GCS (HOST)
 ADDRESS_TIMEOUT_S = 5.0
@@ -27,15 +29,6 @@ PROBE_PERIOD_S = 2.0
 LOST_STATUS = 1  # the exit status of a job that lost its cluster
 
 log = logging.getLogger(__name__)
-
-
-def keep_ray_on_loopback() -> None:
-    """Make Ray processes started from here advertise and listen on 127.0.0.1 only, and send nothing to
-    other hosts: no Ray usage statistics, no MLflow telemetry (docs/ARCHITECTURE.md, "Ray, MLflow and
-    storage facts"). Values already set win."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def quiet_ray_data() -> None:

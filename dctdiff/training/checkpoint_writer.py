@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dctdiff.training.checkpoints import write_checkpoint
+from dctdiff.models.checkpoints import write_checkpoint
 
 log = logging.getLogger(__name__)
 

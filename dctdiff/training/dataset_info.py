@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dctdiff.infra import storage
-from dctdiff.training.config import TrainConfig
+from dctdiff.models.config import TrainConfig
 from dctdiff.data.shards import (
     COEFFICIENT_COLUMN, COEFFICIENT_DIR, PIXEL_COLUMN, CodecParams, read_codec_params, row_group_rows, shard_files,
 )  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dctdiff.core.codec import Codec, DCTCodec, PixelCodec
-from dctdiff.training.config import TrainConfig
+from dctdiff.models.config import TrainConfig
 from dctdiff.training.randomness import id_keys
 from dctdiff.training.trainer import Batch
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dctdiff.infra import storage
-from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, log_params, redact, resolve_tracking_uri
+from dctdiff.infra.mlflow_runs import RunHandle, create_run
+from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri
 from dctdiff.infra.ray_cluster import DATA_CPUS, ends_on_lost_cluster, init_ray, plan_worker_cpus, torch_config
-from dctdiff.training.checkpoints import checkpoint_folders, newest_intact
-from dctdiff.training.config import ConfigError, TrainConfig, split_batch
+from dctdiff.models.checkpoints import checkpoint_folders, newest_intact
+from dctdiff.models.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
-from dctdiff.training.run_logger import RunHandle
 from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.failure_record import FAILURE_FILE, clear_failure, raise_recorded_failure
 from dctdiff.training.training_fid import check_reference_rows, ensure_reference_stats
@@ -177,7 +177,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
     # so the workers share it as threads.
     threads = max(1, int(cpus + DATA_CPUS / group.workers))
     if run is not None:
-        log_params(run.tracking_uri, run.run_id, {"workers": group.workers, "worker_threads": threads})
+        run.log_params({"workers": group.workers, "worker_threads": threads})
     storage.write_json(plan.run_file, {"config": config.to_dict(), "mlflow_run_id": run.run_id if run else None})
 
     failure_file = storage.join(storage.normalize(options.storage), plan.name, FAILURE_FILE)
@@ -204,7 +204,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
             callbacks=[*callbacks, StopOnRecordedFailure(failure_file)],
         ),
     )
-    with system_metrics(run.tracking_uri if run else None, run.run_id if run else None):
+    with system_metrics(run):
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError:
@@ -216,30 +216,23 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
 
 def open_run(plan: RunPlan, tracking: TrackingOptions, tags: dict[str, str] | None = None) -> tuple[RunHandle, str]:
     """Create the run's MLflow run, or reopen the resumed run's; returns it and its status before."""
-    from mlflow.tracking import MlflowClient
-
     tracking_uri = resolve_tracking_uri(tracking.uri)
-    client = MlflowClient(tracking_uri)
     if plan.previous_run_id is not None:
-        previous = client.get_run(plan.previous_run_id).info.status
-        client.update_run(plan.previous_run_id, status="RUNNING")
-        return RunHandle(tracking_uri, plan.previous_run_id), previous
-    run_id = create_run(
+        run = RunHandle(tracking_uri, plan.previous_run_id)
+        return run, run.reopen()
+    run = create_run(
         tracking_uri, tracking.experiment, plan.name, {"dctdiff.data": redact(plan.options.data), "dctdiff.fid_reference": redact(plan.options.fid_reference or plan.options.data), **(tags or {})},
         run_params(plan.config, plan.info, plan.options.resources.gpus_per_worker),
     )  # fmt: skip
-    client.log_text(run_id, plan.config.resolved(plan.info.eta, plan.info.colour).to_yaml(), "config.yaml")
-    client.log_dict(run_id, plan.info.stats, "stats.json")
-    log_dataset_input(tracking_uri, run_id, plan.options.data, plan.info)
-    return RunHandle(tracking_uri, run_id), "RUNNING"
+    run.log_text(plan.config.resolved(plan.info.eta, plan.info.colour).to_yaml(), "config.yaml")
+    run.log_dict(plan.info.stats, "stats.json")
+    log_dataset_input(run, plan.options.data, plan.info)
+    return run, "RUNNING"
 
 
 def close_run(run: RunHandle, succeeded: bool, previous_status: str) -> None:
     """End the run: FINISHED, or FAILED, except that a failed attempt never un-finishes a finished run."""
-    from mlflow.tracking import MlflowClient
-
-    status = "FINISHED" if succeeded or previous_status == "FINISHED" else "FAILED"
-    MlflowClient(run.tracking_uri).set_terminated(run.run_id, status=status)
+    run.end("FINISHED" if succeeded or previous_status == "FINISHED" else "FAILED")
 
 
 @ends_on_lost_cluster

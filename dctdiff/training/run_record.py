@@ -12,8 +12,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dctdiff.infra import storage
+from dctdiff.infra.mlflow_runs import RunHandle
 from dctdiff.infra.mlflow_tracking import redact
-from dctdiff.training.config import TrainConfig
+from dctdiff.models.config import TrainConfig
 from dctdiff.training.dataset_info import DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -29,29 +30,25 @@ def dataset_digest(info: DatasetInfo) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def log_dataset_input(tracking_uri: str, run_id: str, data_uri: str, info: DatasetInfo) -> None:
+def log_dataset_input(run: RunHandle, data_uri: str, info: DatasetInfo) -> None:
     """The prepare output as the run's ``training`` dataset input (name, digest, redacted location, rows)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.tracking import MlflowClient
-
     location = redact(storage.normalize(data_uri))
     scheme = urlsplit(location).scheme
-    dataset = Dataset(
+    run.log_dataset(
         name=location.rstrip("/").rpartition("/")[2] or location,
         digest=dataset_digest(info),
         source_type=scheme if scheme and scheme != "file" else "local",
         source=json.dumps({"uri": location}),
         profile=json.dumps({"rows": info.rows, "resolution": info.resolution, "block_size": info.block_size}),
+        context="training",
     )
-    tags = [InputTag("mlflow.data.context", "training")]
-    MlflowClient(tracking_uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
 
 def parameter_count(config: TrainConfig, eta: float) -> int:
     """Parameters of the network ``config`` builds, counted on the meta device (no memory, no time)."""
     import torch
 
-    from dctdiff.training.trainer import build_codec, build_model
+    from dctdiff.models.builders import build_codec, build_model
 
     codec = build_codec(config, eta)
     with torch.device("meta"):
@@ -76,18 +73,10 @@ def run_params(config: TrainConfig, info: DatasetInfo, gpus_per_worker: float) -
 
 
 @contextlib.contextmanager
-def system_metrics(tracking_uri: str | None, run_id: str | None) -> Iterator[None]:
-    """Log CPU, memory, disk, network (and GPU with nvidia-ml-py) as ``system/*`` metrics while inside."""
-    if run_id is None:
+def system_metrics(run: RunHandle | None) -> Iterator[None]:
+    """The machine's ``system/*`` metrics in ``run`` while inside (nothing without a run)."""
+    if run is None:
         yield
         return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True, tracking_uri=tracking_uri
-    )
-    monitor.start()
-    try:
+    with run.system_metrics(SYSTEM_METRICS_INTERVAL_S):
         yield
-    finally:
-        monitor.finish()

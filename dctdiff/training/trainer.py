@@ -1,6 +1,6 @@
 """The training step and its state, independent of Ray: model + EMA + AdamW + warm-up schedule,
 counter-based per-sample randomness, and checkpoints as safetensors + JSON (no pickles), with checksums
-(``dctdiff.training.checkpoints``)."""
+(``dctdiff.models.checkpoints``)."""
 
 from __future__ import annotations
 
@@ -15,52 +15,13 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 
-from dctdiff.core.codec import Codec, DCTCodec, PixelCodec, colour_channels
-from dctdiff.core.token_layout import DEFAULT_COLOUR
-from dctdiff.training.config import OptimConfig, TrainConfig, split_batch
+from dctdiff.core.codec import Codec
+from dctdiff.models.builders import build_noise_schedule
+from dctdiff.models.config import OptimConfig, TrainConfig, split_batch
 from dctdiff.core.loss import TokenLoss, diffusion_loss
-from dctdiff.core.uvit import UViT, build_uvit
-from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.uvit import UViT
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import StepResult
-
-def build_codec(config: TrainConfig, eta: float, colour: str | None = None) -> Codec:
-    """The codec the config asks for (DCT with ``eta``, or the pixel baseline) in colour mode ``colour``
-    (the shards' mode: DatasetInfo.colour, state.json); None: data.colour, else ycbcr420."""
-    d = config.data
-    colour = colour or config.colour or DEFAULT_COLOUR
-    if d.space == "pixel":
-        return PixelCodec(d.resolution, config.patch_size, channels=colour_channels(colour))
-    return DCTCodec(d.resolution, d.block_size, d.keep, eta, colour=colour)
-
-
-def checkpoint_codec(config: TrainConfig, state: dict[str, Any]) -> Codec:
-    """The codec a checkpoint was trained with (state.json's eta and colour; older ones have no colour)."""
-    return build_codec(config, state["eta"], state.get("colour"))
-
-
-def build_model(config: TrainConfig, codec: Codec) -> UViT:
-    """The U-ViT of ``config.model`` for the codec's token shape."""
-    m = config.model
-    overrides = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth), ("num_heads", m.num_heads)) if v}
-    return build_uvit(
-        m.size,
-        token_dim=codec.token_dim,
-        num_tokens=codec.num_tokens,
-        num_classes=config.data.num_classes if config.data.class_conditional else 0,
-        mlp_ratio=m.mlp_ratio,
-        qkv_bias=m.qkv_bias,
-        pos_embed_init=m.pos_embed_init,
-        token_grid=codec.grid,
-        grad_checkpoint=m.grad_checkpoint,
-        **overrides,
-    )
-
-
-def build_noise_schedule(config: TrainConfig) -> VPSchedule:
-    """The VP schedule with the config's SNR scale c (paper §4)."""
-    d = config.diffusion
-    return VPSchedule(beta_min=d.beta_min, beta_max=d.beta_max, snr_scale=d.snr_scale)
 
 
 def ema_decay_at(optim: OptimConfig, update: int) -> float:
@@ -237,7 +198,7 @@ class Trainer:
     def save(self, directory: str, extra: dict[str, Any]) -> None:
         """Write ``checkpoint_contents`` now, as a self-verifying checkpoint (``checkpoints.write_checkpoint``;
         the worker loop writes in the background instead: ``checkpoint_writer``)."""
-        from dctdiff.training import checkpoints  # storage (pyarrow): only where checkpoints are written
+        from dctdiff.models import checkpoints  # storage (pyarrow): only where checkpoints are written
 
         weights, state = self.checkpoint_contents(extra)
         checkpoints.write_checkpoint(str(directory), {k: _contiguous(v) for k, v in weights.items()}, state)
@@ -247,7 +208,7 @@ class Trainer:
 
         Raises CorruptCheckpointError for a partial or altered checkpoint.
         """
-        from dctdiff.training import checkpoints
+        from dctdiff.models import checkpoints
 
         directory = str(directory)
         files = checkpoints.read_checkpoint_files(
@@ -269,20 +230,3 @@ class Trainer:
 
 def _contiguous(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-
-
-def load_ema_model(checkpoint: str, device: str | torch.device = "cpu") -> tuple[UViT, TrainConfig, dict]:
-    """The EMA network of one of our checkpoints (a folder path or URI), with its resolved config and state.json.
-
-    Raises CorruptCheckpointError if state.json or ema.safetensors does not match the manifest.
-    """
-    from dctdiff.training import checkpoints
-    from dctdiff.training.config import config_from_dict
-
-    files = checkpoints.read_checkpoint_files(str(checkpoint), [checkpoints.STATE, "ema.safetensors"])
-    state = checkpoints.read_state(files[checkpoints.STATE], str(checkpoint))
-    config = config_from_dict(state["config"])
-    codec = checkpoint_codec(config, state)
-    model = build_model(config, codec)
-    model.load_state_dict(load_tensors(files["ema.safetensors"]))
-    return model.to(device).eval(), config, state

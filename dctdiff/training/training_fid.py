@@ -10,7 +10,7 @@ training images, the number of images (so a re-prepared dataset is noticed), and
 Inception features of a fixed random sample of up to ``REFERENCE_FEATURES`` training images (for KID,
 which needs features, not moments). During training the sample seeds ``0..n-1`` are split over the Ray
 Train workers and their features gathered back in seed order, so FID and KID (``kid``: the unbiased
-estimate of ``dctdiff.evaluation.kid`` with its default subsets; ``kid_std``: its spread over subsets)
+estimate of ``dctdiff.core.kid`` with its default subsets; ``kid_std``: its spread over subsets)
 equal those of one process sampling every seed, whatever the worker count.
 """
 
@@ -29,7 +29,7 @@ from dctdiff.core.precision import Precision
 from dctdiff.evaluation.fid import (
     FeatureMoments, FIDStats, extract_features, fid_from_stats, load_inception, save_fid_stats, stats_from_npz,
 )  # fmt: skip
-from dctdiff.evaluation.kid import MIN_FEATURES, kernel_inception_distance
+from dctdiff.core.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.core.generation import generate_images
 from dctdiff.core.uvit import UViT
 from dctdiff.core.noise_schedule import VPSchedule

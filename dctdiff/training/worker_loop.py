@@ -13,16 +13,18 @@ import torch
 
 from dctdiff.data.row_group_reader import WindowReader
 from dctdiff.infra.logs import configure_logging
+from dctdiff.infra.mlflow_runs import RunHandle
 from dctdiff.training.batch_order import BatchPlan, worker_batches
-from dctdiff.training.config import TrainConfig, config_from_dict
+from dctdiff.models.config import TrainConfig, config_from_dict
 from dctdiff.training.dataset_info import DatasetInfo
 from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
-from dctdiff.training.run_logger import RankZeroLogger, RunHandle
+from dctdiff.training.run_logger import RankZeroLogger
 from dctdiff.training.failure_record import FirstStepError, record_failure
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
 from dctdiff.training.device_batches import batch_from_rows
 from dctdiff.training.prefetch import prefetched
-from dctdiff.training.trainer import Trainer, build_codec, build_model
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.training.trainer import Trainer
 from dctdiff.training.training_fid import load_reference, sample_metrics
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ def train_to_max_steps(settings: LoopSettings, progress: FitProgress) -> None:
     finally:
         reader.close()
     check_ranks_agree(trainer.model, world)
-    logger.final_model(trainer, info.eta, info.colour)
+    logger.final_model(trainer, checkpoint_extra(trainer, info))
 
 
 def report_failure(
@@ -185,6 +187,11 @@ def report_failure(
     elif rank == 0:
         log.error("%s", error)
     _report({"step": step, "failed_step": error.step}, checkpoints.ready(wait=True) if rank == 0 else None)
+
+
+def checkpoint_extra(trainer: Trainer, info: DatasetInfo) -> dict[str, Any]:
+    """What a run's checkpoints (and its MLflow model) add to state.json: the config, eta, colour and stats."""
+    return {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
 
 
 def report(
@@ -203,8 +210,7 @@ def report(
     directory = None
     if rank == 0:
         if save:
-            extra = {"config": trainer.config.to_dict(), "eta": info.eta, "colour": info.colour, "stats": info.stats}
-            checkpoints.start(*trainer.checkpoint_contents(extra))
+            checkpoints.start(*trainer.checkpoint_contents(checkpoint_extra(trainer, info)))
         directory = checkpoints.ready(wait=last)
     _report(metrics, directory)
 

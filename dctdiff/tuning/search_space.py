@@ -10,7 +10,7 @@ A study file (the built-in ones live in ``dctdiff/tuning/studies/``)::
       cadence.seed: {grid: [0, 1]}
       optim.lr: {loguniform: [1.0e-4, 3.0e-3]}
 
-Each key is a ``section.field`` of ``dctdiff.training.config.TrainConfig``; each value is one of
+Each key is a ``section.field`` of ``dctdiff.models.config.TrainConfig``; each value is one of
 ``grid: [v, ...]`` (every value, crossed with the other grid keys), ``choice: [v, ...]`` (one at random per
 sample), ``uniform: [low, high]``, ``loguniform: [low, high]`` or ``randint: [low, high]`` (high excluded).
 A grid over ``cadence.seed`` repeats every arm with each seed; the study report
@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from dctdiff.infra import storage
-from dctdiff.training.config import ConfigError, TrainConfig, config_from_dict, split_batch
+from dctdiff.models.config import ConfigError, TrainConfig, config_from_dict, split_batch
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 SCHEDULERS = ("asha", "grid")  # asha: stop poor trials early; grid: FIFO, every trial to --max-steps

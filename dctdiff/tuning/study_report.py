@@ -11,16 +11,15 @@ docs/ARCHITECTURE.md, "Sweeps".
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from dctdiff.evaluation.image_grid import figure_png
 from dctdiff.infra import storage
+from dctdiff.infra.mlflow_runs import RunHandle
 from dctdiff.tuning.sweep_report import child_runs
 
 SEED_KEY = "cadence.seed"
@@ -207,15 +206,12 @@ def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str =
 def collect_trials(tracking_uri: str, parent_run_id: str, keys: Sequence[str]) -> list[TrialCurves]:
     """The trials of a sweep from its MLflow child runs: arm values and seed from their params, FID and
     KID histories (seconds from the metric timestamps relative to the run's start)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
     trials = []
     for trial, run in sorted(child_runs(tracking_uri, parent_run_id).items()):
         start, params = run.info.start_time, run.data.params
         curves = {}
         for metric in CURVE_METRICS:
-            history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.timestamp)
+            history = sorted(RunHandle(tracking_uri, run.info.run_id).metric_history(metric), key=lambda m: m.timestamp)
             latest = {m.step: m for m in history}  # a step logged twice (a resumed run): its last value
             curves[metric] = [Point(s, (latest[s].timestamp - start) / 1000, latest[s].value) for s in sorted(latest)]
         logged = [p.seconds for points in curves.values() for p in points]
@@ -233,7 +229,6 @@ def write_study_report(
 ) -> tuple[str, str]:
     """Write ``study.md`` and ``study_curves.png`` to ``directory`` (a path or URI) and to the parent run;
     ``keys``: the swept config keys (the seed is left out of the arms). Returns both URIs."""
-    from mlflow.tracking import MlflowClient
 
     arm_keys = [key for key in keys if key != SEED_KEY]
     trials = collect_trials(tracking_uri, parent_run_id, arm_keys)
@@ -242,10 +237,7 @@ def write_study_report(
     report_uri, curves_uri = storage.join(directory, REPORT_FILE), storage.join(directory, CURVES_FILE)
     storage.write_bytes(report_uri, text.encode())
     storage.write_bytes(curves_uri, image)
-    client = MlflowClient(tracking_uri)
-    client.log_text(parent_run_id, text, REPORT_FILE)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / CURVES_FILE
-        path.write_bytes(image)
-        client.log_artifact(parent_run_id, str(path))
+    parent = RunHandle(tracking_uri, parent_run_id)
+    parent.log_text(text, REPORT_FILE)
+    parent.log_bytes(image, CURVES_FILE)
     return report_uri, curves_uri

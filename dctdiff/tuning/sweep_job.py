@@ -27,12 +27,13 @@ from typing import Any
 from ray.tune import Callback
 
 from dctdiff.infra import storage
-from dctdiff.training.config import ConfigError, TrainConfig, build_config, config_from_dict
+from dctdiff.models.config import ConfigError, TrainConfig, build_config, config_from_dict
 from dctdiff.training.dataset_info import load_dataset_info
 from dctdiff.training.training_fid import ensure_reference_stats
-from dctdiff.evaluation.kid import MIN_FEATURES
+from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, ends_on_lost_cluster, init_ray
-from dctdiff.infra.mlflow_tracking import TrackingOptions, create_run, redact, resolve_tracking_uri, review_hint
+from dctdiff.infra.mlflow_runs import RUN_NAME_TAG, RunHandle, create_run
+from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri, review_hint
 from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
 from dctdiff.tuning.sweep_report import (
     PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
@@ -177,7 +178,7 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
         log_level=plan.log_level, fid_reference=plan.fid_reference or None,
     )  # fmt: skip
     trial_plan = plan_run(trial_config(plan, values), options, continue_existing=True)
-    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, "mlflow.runName": f"{trial} {label}",
+    tags = {PARENT_TAG: plan.parent_run_id, SWEEP_TAG: plan.name, TRIAL_TAG: trial, RUN_NAME_TAG: f"{trial} {label}",
             "mlflow.source.name": "dctdiff sweep"}  # fmt: skip
     run, _ = open_run(trial_plan, TrackingOptions(plan.tracking_uri, plan.experiment), tags)  # ended by ChildRunCloser
     launch(trial_plan, run, callbacks=(TuneReportCallback(),))
@@ -185,15 +186,13 @@ def run_trial(values: dict[str, Any], plan: SweepPlan) -> None:
 
 def _end_child_run(plan: SweepPlan, trial_id: str, status: str, stopped_early: bool = False) -> None:
     """End a trial's MLflow run if it is RUNNING: the sweep, not launch, ends its trials' runs."""
-    from mlflow.tracking import MlflowClient
-
     run = child_runs(plan.tracking_uri, plan.parent_run_id).get(trial_id)
     if run is None or run.info.status != "RUNNING":
         return
-    client = MlflowClient(plan.tracking_uri)
+    child = RunHandle(plan.tracking_uri, run.info.run_id)
     if stopped_early:
-        client.set_tag(run.info.run_id, STOPPED_TAG, "true")
-    client.set_terminated(run.info.run_id, status=status)
+        child.set_tags({STOPPED_TAG: "true"})
+    child.end(status)
 
 
 class ChildRunCloser(Callback):
@@ -243,7 +242,6 @@ def _scheduler(plan: SweepPlan):
 def _start_parent_run(plan: SweepPlan) -> str:
     """Create the sweep's MLflow run (params: the sweep settings and the space; artifacts: space, base config)."""
     import yaml
-    from mlflow.tracking import MlflowClient
 
     settings = ("study", "scheduler", "num_samples", "max_concurrent", "max_steps", "report_every", "fid_samples",
                 "nfe", "grace_steps", "reduction_factor")  # fmt: skip
@@ -251,11 +249,10 @@ def _start_parent_run(plan: SweepPlan) -> str:
     params.update({f"sweep.{k}": v for k, v in asdict(plan.resources).items()})
     params.update({f"space.{k}": v for k, v in plan.space.items()})
     tags = {SWEEP_TAG: plan.name, "dctdiff.data": redact(plan.data)}
-    run_id = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params, job="sweep")
-    client = MlflowClient(plan.tracking_uri)
-    client.log_text(run_id, yaml.safe_dump({"description": plan.description, "space": plan.space}), "space.yaml")
-    client.log_text(run_id, plan.base_config().to_yaml(), "base_config.yaml")
-    return run_id
+    run = create_run(plan.tracking_uri, plan.experiment, plan.name, tags, params, job="sweep")
+    run.log_text(yaml.safe_dump({"description": plan.description, "space": plan.space}), "space.yaml")
+    run.log_text(plan.base_config().to_yaml(), "base_config.yaml")
+    return run.run_id
 
 
 def new_plan(
@@ -330,7 +327,6 @@ class SweepOutcome:
 def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None) -> SweepOutcome:
     """Start (or, with ``resume``, restore) the sweep on the current Ray cluster and wait for it."""
     import ray
-    from mlflow.tracking import MlflowClient
     from ray import tune
 
     info = load_dataset_info(plan.data, plan.base_config())  # a bad --data fails here, before Ray starts
@@ -346,11 +342,10 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
     plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
     reference = plan.fid_reference or plan.data
     ensure_reference_stats(reference, info.rows, plan.base_config().cadence.sample_precision)  # once, not per trial
-    client = MlflowClient(plan.tracking_uri)
     if resume:
         if not tune.Tuner.can_restore(plan.directory):
             raise FileNotFoundError(f"--resume: no Tune experiment state in {plan.directory}; start the sweep anew")
-        client.update_run(plan.parent_run_id, status="RUNNING")
+        RunHandle(plan.tracking_uri, plan.parent_run_id).reopen()
     else:
         plan = replace(plan, parent_run_id=_start_parent_run(plan))
         saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data),
@@ -381,15 +376,13 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
     try:
         return _finish(plan, tuner.fit())
     except BaseException:
-        client.set_terminated(plan.parent_run_id, status="FAILED")
+        RunHandle(plan.tracking_uri, plan.parent_run_id).end("FAILED")
         raise
 
 
 def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
     """Result table, best config, MLflow artifacts and statuses after ``Tuner.fit`` returned."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(plan.tracking_uri)
+    parent = RunHandle(plan.tracking_uri, plan.parent_run_id)
     rows = trial_rows(results, plan.max_steps, plan.tracking_uri, plan.parent_run_id)
     interrupted = any(r.status == "unfinished" for r in rows)
     for row in rows:
@@ -397,7 +390,7 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
             _end_child_run(plan, row.trial, "KILLED")
     results_uri = storage.join(plan.directory, RESULTS_FILE)
     storage.write_bytes(results_uri, rows_csv(rows).encode())
-    client.log_text(plan.parent_run_id, rows_csv(rows), RESULTS_FILE)
+    parent.log_text(rows_csv(rows), RESULTS_FILE)
     log.info("sweep %s: %d trials, ranked by FID (%d samples, %d NFE)\n%s", plan.name, len(rows), plan.fid_samples, plan.nfe, format_table(rows))
     best_uri = None
     ranked = [r for r in rows if not math.isnan(r.best_fid)]
@@ -406,16 +399,14 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         text = best_config_yaml(with_values(plan.base_config(), best.values), best, plan.name, plan.fid_samples, plan.nfe)
         best_uri = storage.join(plan.directory, BEST_CONFIG_FILE)
         storage.write_bytes(best_uri, text.encode())
-        client.log_text(plan.parent_run_id, text, BEST_CONFIG_FILE)
-        client.log_metric(plan.parent_run_id, "best_fid", best.best_fid)
-        client.set_tag(plan.parent_run_id, "dctdiff.best_trial", best.trial)
-        client.set_tag(plan.parent_run_id, "dctdiff.best_run_id", best.run_id)
+        parent.log_text(text, BEST_CONFIG_FILE)
+        parent.log_metrics([("best_fid", best.best_fid, 0)], {"dctdiff.best_trial": best.trial, "dctdiff.best_run_id": best.run_id})
         log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
     report_uri, curves_uri = write_study_report(
         plan.directory, plan.tracking_uri, plan.parent_run_id, list(plan.space), study_intro(plan, len(rows))
     )
     log.info("study report: %s, %s", report_uri, curves_uri)
-    client.set_terminated(plan.parent_run_id, status="KILLED" if interrupted else "FINISHED")
+    parent.end("KILLED" if interrupted else "FINISHED")
     log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
         log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)

@@ -10,11 +10,11 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from dctdiff.training.config import TrainConfig
+from dctdiff.infra.mlflow_runs import PARENT_TAG, RunHandle
+from dctdiff.models.config import TrainConfig
 
 SWEEP_TAG = "dctdiff.sweep"
 TRIAL_TAG = "dctdiff.trial"
-PARENT_TAG = "mlflow.parentRunId"
 STOPPED_TAG = "dctdiff.stopped_early"
 MAX_CHILD_RUNS = 50_000  # MLflow's largest search page
 
@@ -35,13 +35,7 @@ class TrialRow:
 
 def child_runs(tracking_uri: str, parent_run_id: str) -> dict[str, Any]:
     """The MLflow runs of a sweep's trials (children of ``parent_run_id``), by Tune trial id."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=MAX_CHILD_RUNS
-    )
+    runs = RunHandle(tracking_uri, parent_run_id).child_runs(MAX_CHILD_RUNS)
     return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
 
 
@@ -49,9 +43,7 @@ def _best_fid(tracking_uri: str, run: Any | None) -> tuple[float, int | None]:
     """Lowest FID a run logged and its step ((nan, None) before the first report)."""
     if run is None:
         return math.nan, None
-    from mlflow.tracking import MlflowClient
-
-    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "fid")
+    history = RunHandle(tracking_uri, run.info.run_id).metric_history("fid")
     if not history:
         return math.nan, None
     best = min(history, key=lambda m: m.value)

@@ -128,3 +128,14 @@ def newest_intact(folders: list[str]) -> str | None:
     if problems:
         raise CorruptCheckpointError(f"no intact checkpoint: {'; '.join(problems)}")
     return None
+
+
+def newest_checkpoint(path: str) -> str:
+    """A checkpoint folder itself, or the newest intact ``checkpoint_*`` folder of a run folder (paths or URIs;
+    a corrupt newer one is skipped with a warning). Raises CorruptCheckpointError if none is intact."""
+    if storage.exists(storage.join(path, STATE)) or storage.exists(storage.join(path, MANIFEST)):
+        return path
+    chosen = newest_intact(checkpoint_folders(path))
+    if chosen is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint folder (state.json) nor a run folder with checkpoints")
+    return chosen

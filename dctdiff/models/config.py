@@ -17,7 +17,7 @@ from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_res
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.evaluation.kid import MIN_FEATURES
+from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.infra.suggestions import did_you_mean
 
 
