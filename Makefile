@@ -22,7 +22,7 @@ STUDY_ARGS ?=
 GPU_WHEELS ?= .gpu-wheels
 GPU_PYTHON_VERSION ?= 3.12
 
-.PHONY: demo docs-images docs-study-images test test-all bench venv clean study fashion-mnist gpu-wheels
+.PHONY: demo docs-images docs-study-images test test-all lint bench venv clean study fashion-mnist gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ study: fashion-mnist venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# ruff: lint (pyflakes, pycodestyle, import order) and format, configured in pyproject.toml; CI runs it
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # the heavy system tests too (2-node clusters, ray job submit, an interrupted sweep, a killed worker, memory scaling)
 test-all: venv

@@ -13,7 +13,6 @@ import time
 
 import torch
 
-
 from dctdiff.core.codec import DCTCodec
 from dctdiff.data.bundled_photos import photo_crops
 from tests import codec_reference as ref
@@ -72,7 +71,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, batch, enc, renc, dec, rdec in rows:
-        print(f"{name:<24}{batch:>6}{enc:>15,.0f}{renc:>10,.1f}{enc / renc:>8,.0f}{dec:>15,.0f}{rdec:>10,.1f}{dec / rdec:>8,.0f}")
+        print(
+            f"{name:<24}{batch:>6}{enc:>15,.0f}{renc:>10,.1f}{enc / renc:>8,.0f}{dec:>15,.0f}{rdec:>10,.1f}{dec / rdec:>8,.0f}"
+        )
 
 
 if __name__ == "__main__":

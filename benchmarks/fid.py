@@ -14,10 +14,9 @@ import time
 
 import torch
 
-
+from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.evaluation.fid import extract_features, load_inception
 from dctdiff.evaluation.image_sets import ArrayImages
-from dctdiff.data.bundled_photos import photo_crops
 
 
 def timed(fn) -> float:

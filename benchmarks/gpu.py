@@ -36,10 +36,10 @@ from benchmarks.peaks import peak_tflops
 from dctdiff.core.codec import DCTCodec, PixelCodec
 from dctdiff.core.generation import generate_images
 from dctdiff.core.samplers import SAMPLERS
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
 from dctdiff.models.config import build_config
 from dctdiff.training.device_batches import batch_from_rows
 from dctdiff.training.prefetch import prefetched
-from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
 from dctdiff.training.trainer import Batch, Trainer
 
 log = logging.getLogger("benchmarks.gpu")
@@ -103,7 +103,9 @@ def training_row(preset: str, overrides: list[str], batch: int, device: torch.de
         batches.close()  # stops the prefetch thread
     mfu = f"{100 * 3 * forward_flops(trainer.model.config) * rate / (peak * 1e12):.1f}%" if peak else ""
     mode = "compiled" if config.model.compile else "eager"
-    name = f"train {preset} {config.data.space} {config.model.size} {mode} {codec.num_tokens}x{codec.token_dim} b{batch}"
+    name = (
+        f"train {preset} {config.data.space} {config.model.size} {mode} {codec.num_tokens}x{codec.token_dim} b{batch}"
+    )
     return [(name, rate, mfu)]
 
 
@@ -158,7 +160,9 @@ class Table:
     def markdown(self) -> str:
         """The table under its title."""
         table = ["| measurement | images/s | MFU |", "|---|---:|---:|"]
-        table += [f"| {name} | {'failed' if rate is None else f'{rate:,.1f}'} | {extra} |" for name, rate, extra in self.rows]
+        table += [
+            f"| {name} | {'failed' if rate is None else f'{rate:,.1f}'} | {extra} |" for name, rate, extra in self.rows
+        ]
         return "\n".join([self.title, "", *table])
 
 
@@ -167,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
     parser.add_argument("--output", help="also write the Markdown table here")
-    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: benchmarks.peaks by GPU name)")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="dense bf16 peak for MFU (default: benchmarks.peaks by GPU name)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

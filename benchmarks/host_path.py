@@ -34,10 +34,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.model import forward_flops
 from dctdiff.core.codec import Codec
-from dctdiff.models.config import TrainConfig, build_config
-from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import TrainConfig, build_config
 from dctdiff.training.device_batches import batch_from_rows
+from dctdiff.training.randomness import draw_step, id_keys
 
 MODELLED_TFLOPS = 400.0  # achieved bf16 TFLOP/s assumed for UViT-M on one H100
 LAUNCH_US = 5.0  # host cost of one CUDA kernel launch, beyond the dispatch measured on the CPU

@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from dctdiff.models.config import PRESETS, build_config
 from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import PRESETS, build_config
 
 STATE_BYTES_PER_PARAM = 4 * 5  # fp32 weights, gradients, AdamW exp_avg and exp_avg_sq, EMA copy
 PAPER_PRESETS = [name for name in PRESETS if name != "demo"]

@@ -24,12 +24,11 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-
 from benchmarks.peaks import peak_tflops
 from dctdiff.core.codec import DCTCodec, PixelCodec
 from dctdiff.core.loss import TokenLoss, diffusion_loss
-from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.uvit import MODEL_SIZES, UViT, UViTConfig, build_uvit
 
 CPU_DEFAULTS = dict(embed_dim=256, depth=8, num_heads=4, batch=8, steps=4)
 GPU_DEFAULTS = dict(embed_dim=None, depth=None, num_heads=None, batch=128, steps=20)

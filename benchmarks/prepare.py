@@ -26,17 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-from dctdiff.infra.ray_cluster import init_ray, keep_ray_on_loopback
-
-keep_ray_on_loopback()  # before Ray is first imported (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts")
-
-from dctdiff import storage
-from dctdiff.data.image_decoding import FitSpec, decode, prepare_encoded
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.data.preparation import PrepareConfig, analyze_images, run_prepare
+from dctdiff.data.image_decoding import FitSpec, decode, prepare_encoded
+from dctdiff.data.prepare_job import PrepareConfig, analyze_images, run_prepare
 from dctdiff.data.shards import CodecParams, write_shard
 from dctdiff.data.statistics import coefficient_histogram
+from dctdiff.infra import storage
+from dctdiff.infra.ray_cluster import init_ray
 
 UNIQUE = 500  # distinct crops; the folder repeats them under different names
 
@@ -113,8 +109,13 @@ def plain_loop(folder: Path, size: int, block: int, rows: int, output: Path) -> 
 
 def ray_job(folder: Path, size: int, block: int, rows: int | None, output: Path) -> None:
     config = PrepareConfig(
-        source=f"folder:{folder}", output=str(output), resolution=size, block_size=block, shard_rows=rows,
-        unlabeled=True, progress=False,
+        source=f"folder:{folder}",
+        output=str(output),
+        resolution=size,
+        block_size=block,
+        shard_rows=rows,
+        unlabeled=True,
+        progress=False,
     )
     run_prepare(config)
 
@@ -144,7 +145,9 @@ def main() -> None:
             folder = work / f"images{size}"
             folder.mkdir()
             files = write_folder(folder, args.images, size)
-            rows = args.shard_rows or PrepareConfig("photos", "-", size, args.block_size).rows_per_shard(CodecParams(size, args.block_size))
+            rows = args.shard_rows or PrepareConfig("photos", "-", size, args.block_size).rows_per_shard(
+                CodecParams(size, args.block_size)
+            )
             rates, cpus = [0.0] * 3, [float("inf")] * 3
             for round_ in range(args.rounds):  # interleaved rounds, best of each: robust to background load
                 out = work / f"round{round_}-{size}"
@@ -161,13 +164,19 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{args.images} PNG images per size, block size {args.block_size}, 1 process vs Ray Data on the local Ray "
-          f"({os.cpu_count()} CPUs; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)")
-    print(f"{'size':>5} {'rows/shard':>10} {'decode alone':>13} {'plain loop':>11} {'Ray job':>9} {'job/plain':>10} "
-          f"{'job/decode':>11}   CPU us/image: {'decode':>6} {'plain':>6} {'job':>6}")
+    print(
+        f"\n{args.images} PNG images per size, block size {args.block_size}, 1 process vs Ray Data on the local Ray "
+        f"({os.cpu_count()} CPUs; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)"
+    )
+    print(
+        f"{'size':>5} {'rows/shard':>10} {'decode alone':>13} {'plain loop':>11} {'Ray job':>9} {'job/plain':>10} "
+        f"{'job/decode':>11}   CPU us/image: {'decode':>6} {'plain':>6} {'job':>6}"
+    )
     for size, rows, (floor, plain, job), cpu in results:
-        print(f"{size:>5} {rows:>10} {floor:>11.0f}/s {plain:>9.0f}/s {job:>7.0f}/s {job / plain:>9.2f}x "
-              f"{job / floor:>10.2f}x   {'':>13}{cpu[0]:>6.0f} {cpu[1]:>6.0f} {cpu[2]:>6.0f}")
+        print(
+            f"{size:>5} {rows:>10} {floor:>11.0f}/s {plain:>9.0f}/s {job:>7.0f}/s {job / plain:>9.2f}x "
+            f"{job / floor:>10.2f}x   {'':>13}{cpu[0]:>6.0f} {cpu[1]:>6.0f} {cpu[2]:>6.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import time
 
 import torch
 
-
 from benchmarks.sampler_host import sampler_host_table
 from dctdiff.core.codec import DCTCodec, PixelCodec
-from dctdiff.evaluation.fid import extract_features, load_inception
 from dctdiff.core.generation import generate_images
-from dctdiff.core.uvit import UViT
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.uvit import UViT
+from dctdiff.evaluation.fid import extract_features, load_inception
 
 
 def images_per_second(fn, count: int, sync) -> float:
@@ -66,7 +65,12 @@ def main() -> None:
         rows.append((f"sample {name} ({codec.num_tokens} tokens), NFE {args.nfe}", rate))
     images = generate_images(model, codec, schedule, seeds, "dpm++2m", 2, device=device).numpy()
     inception = load_inception(device=str(device))
-    rows.append(("Inception-v3 features (FID)", images_per_second(lambda: extract_features(images, inception, 16), len(images), sync)))
+    rows.append(
+        (
+            "Inception-v3 features (FID)",
+            images_per_second(lambda: extract_features(images, inception, 16), len(images), sync),
+        )
+    )
 
     print(f"device={device} threads={torch.get_num_threads()} U-ViT width {args.embed_dim} depth {args.depth}")
     print(f"{'what':<48}{'images/s':>10}{'vs DCT':>8}")

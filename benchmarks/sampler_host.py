@@ -21,8 +21,8 @@ import torch
 from benchmarks.host_path import LAUNCH_US, MODELLED_TFLOPS, OpCounter, median_ms
 from benchmarks.model import forward_flops
 from dctdiff.core.counter_rng import SeedNoise
-from dctdiff.models.config import build_config
 from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import build_config
 
 SHAPES = (("cifar10", 256), ("ffhq256", 256))  # preset, images per sampling batch
 

@@ -39,13 +39,13 @@ from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, write_stats
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import build_config
 from dctdiff.training import batch_order
 from dctdiff.training.batch_order import BatchPlan, take, worker_batches
-from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.models.builders import build_codec, build_model
-from dctdiff.training.trainer import Trainer
 from dctdiff.training.device_batches import batch_from_rows
+from dctdiff.training.trainer import Trainer
 
 RESOLUTION, SHARD_ROWS = 64, 2048
 MODES = ("materialised", "streaming")
@@ -217,22 +217,28 @@ def main() -> None:
     print("| input | images/s | vs materialised | peak RSS MiB | first batch s | windows read (rows each) |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
-        print(f"| {mode} | {r['images_per_s']:.0f} | {r['images_per_s'] / base['images_per_s']:.1%} | "
-              f"{r['peak_rss_mib']:.0f} | {r['first_batch_s']:.1f} | {r['windows_read']} ({r['rows_per_window']}) |")
+        print(
+            f"| {mode} | {r['images_per_s']:.0f} | {r['images_per_s'] / base['images_per_s']:.1%} | "
+            f"{r['peak_rss_mib']:.0f} | {r['first_batch_s']:.1f} | {r['windows_read']} ({r['rows_per_window']}) |"
+        )
     epochs = {kind: child(args, kind) for kind in READERS}
     print(f"\none epoch of batches of {args.batch} read without training (2 CPUs):")
     print("| reader | seconds | rows/s | vs windowed |")
     print("|---|---:|---:|---:|")
     for kind, r in epochs.items():
-        print(f"| {kind} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:.0f} | "
-              f"{r['seconds'] / epochs['windowed']['seconds']:.2f}x |")
+        print(
+            f"| {kind} | {r['seconds']:.1f} | {r['rows'] / r['seconds']:.0f} | "
+            f"{r['seconds'] / epochs['windowed']['seconds']:.2f}x |"
+        )
     print("\nhost cost of the input path per row (one process, 1 thread) and CPUs per GPU at the modelled H100 rate:")
     torch.set_num_threads(1)
     print("| shape | read µs/row | gather + batch_from_rows µs/row | modelled GPU images/s | CPUs per GPU |")
     print("|---|---:|---:|---:|---:|")
     for r in decode_rows(args.repeats):
-        print(f"| {r['shape']} | {r['read_us']:.1f} | {r['batch_us']:.1f} | {r['gpu_images_per_s']:.0f} | "
-              f"{r['cpus']:.2f} |")
+        print(
+            f"| {r['shape']} | {r['read_us']:.1f} | {r['batch_us']:.1f} | {r['gpu_images_per_s']:.0f} | "
+            f"{r['cpus']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

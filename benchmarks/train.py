@@ -17,16 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-
 import torch
 
 from benchmarks.host_path import host_table
-from dctdiff.models.config import build_config
+from dctdiff.commands.train_command import parse_args
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import build_config
+from dctdiff.training.train_job import train
 from dctdiff.training.trainer import Batch, Trainer
-from dctdiff.commands.train_command import parse_args
-from dctdiff.training.launcher import train
 from tests.prepared import write_prepared
 
 

@@ -62,7 +62,9 @@ def no_fork_under_ray():
     if _forks_under_ray:
         where = _forks_under_ray[0]
         _forks_under_ray.clear()
-        pytest.fail(f"forked the test process while Ray was running ({where}); use multiprocessing.get_context('spawn')")
+        pytest.fail(
+            f"forked the test process while Ray was running ({where}); use multiprocessing.get_context('spawn')"
+        )
 
 
 RAY_SHUTDOWN_DEADLINE_S = 120

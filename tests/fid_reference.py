@@ -13,7 +13,6 @@ from dctdiff.evaluation.fid import FeatureMoments, FIDStats, ImageArray, extract
 from dctdiff.evaluation.reconstruction import ReconstructionRow, reconstruction_batch, summarize
 
 
-
 def _batches(images: ImageArray | Iterable[ImageArray], batch_size: int) -> Iterable[ImageArray]:
     if isinstance(images, (np.ndarray, torch.Tensor)):
         return (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
@@ -49,5 +48,3 @@ def reconstruction_analysis(
             moments.setdefault(int(keep), FeatureMoments.empty()).update(features[selected])
             squared[int(keep)] = squared.get(int(keep), 0.0) + float(rows["mse"][selected].sum())
     return summarize(moments, {keep: total / len(images) for keep, total in squared.items()})
-
-

@@ -8,14 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
-from dctdiff.data.preparation import stored_pixels
+from dctdiff.data.prepare_job import stored_pixels
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, write_stats
 
 
 def write_prepared(
-    folder: Path, images: np.ndarray, block_size: int = 2, labels=None, shards: int = 2, colour: str = "ycbcr420",
-    store_pixels: bool = False, inf_row: int | None = None,
+    folder: Path,
+    images: np.ndarray,
+    block_size: int = 2,
+    labels=None,
+    shards: int = 2,
+    colour: str = "ycbcr420",
+    store_pixels: bool = False,
+    inf_row: int | None = None,
 ) -> Path:
     """images uint8 [N, R, R, 3] -> folder/coefficients/part-*.parquet (with ``store_pixels`` also the pixels
     column, as prepare stores it) + folder/stats.json.

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dctdiff.commands import (
-    demo_command, docs_images, evaluate_command, prepare_command, sample_command, sweep_command, train_command,
+    demo_command,
+    docs_images,
+    evaluate_command,
+    prepare_command,
+    sample_command,
+    sweep_command,
+    train_command,
     upsample_command,
 )  # fmt: skip
 from dctdiff.commands import main as dctdiff_main
@@ -75,20 +81,55 @@ def test_an_unknown_subcommand_is_one_error_line(capsys):
     [
         (sample_command, ["--checkpoint", "{missing}", "--output", "{tmp}/out"], "--checkpoint"),
         (sample_command, ["--checkpoint", "{missing}.pth", "--output", "{tmp}/out"], "--checkpoint"),
-        (train_command, ["--data", "{missing}", "--storage", "{tmp}/runs", "--mlflow-uri", "sqlite:///{tmp}/m.db"], "--data"),
+        (
+            train_command,
+            ["--data", "{missing}", "--storage", "{tmp}/runs", "--mlflow-uri", "sqlite:///{tmp}/m.db"],
+            "--data",
+        ),
         (train_command, ["--config", "{missing}.yaml", "--dry-run"], "--config"),
         (sweep_command, ["--study", "{missing}.yaml", "--data", "d", "--dry-run"], "--study"),
-        (prepare_command, ["--source", "folder:{missing}", "--preset", "demo", "--output", "{tmp}/o"], "--source folder:PATH"),
-        (prepare_command, ["--source", "cifar10:{missing}", "--preset", "cifar10", "--output", "{tmp}/o"], "--source cifar10:PATH"),
-        (prepare_command, ["--source", "parquet:{missing}", "--preset", "demo", "--output", "{tmp}/o"], "--source parquet:PATH"),
-        (prepare_command, ["--source", "fashion-mnist:{missing}", "--preset", "demo", "--output", "{tmp}/o"],
-         "--source fashion-mnist:PATH"),
+        (
+            prepare_command,
+            ["--source", "folder:{missing}", "--preset", "demo", "--output", "{tmp}/o"],
+            "--source folder:PATH",
+        ),
+        (
+            prepare_command,
+            ["--source", "cifar10:{missing}", "--preset", "cifar10", "--output", "{tmp}/o"],
+            "--source cifar10:PATH",
+        ),
+        (
+            prepare_command,
+            ["--source", "parquet:{missing}", "--preset", "demo", "--output", "{tmp}/o"],
+            "--source parquet:PATH",
+        ),
+        (
+            prepare_command,
+            ["--source", "fashion-mnist:{missing}", "--preset", "demo", "--output", "{tmp}/o"],
+            "--source fashion-mnist:PATH",
+        ),
         (evaluate_command, ["fid", "photos:8", "{missing}.npz", "--resolution", "32", "--no-mlflow"], "image set"),
-        (evaluate_command, ["fid", "photos:8", "--save-stats", "{tmp}/s.npz", "--weights", "{missing}.pt",
-                            "--resolution", "32", "--no-mlflow"], "--weights"),
+        (
+            evaluate_command,
+            [
+                "fid",
+                "photos:8",
+                "--save-stats",
+                "{tmp}/s.npz",
+                "--weights",
+                "{missing}.pt",
+                "--resolution",
+                "32",
+                "--no-mlflow",
+            ],
+            "--weights",
+        ),
         (upsample_command, ["{missing}", "{tmp}/out"], "input folder"),
-        (upsample_command, ["photos:8", "{tmp}/out", "--compare", "--resolution", "32", "--weights", "{missing}.pt"],
-         "--weights"),
+        (
+            upsample_command,
+            ["photos:8", "{tmp}/out", "--compare", "--resolution", "32", "--weights", "{missing}.pt"],
+            "--weights",
+        ),
     ],
 )
 def test_a_missing_path_does_not_exist_naming_its_flag(job, argv, flag, tmp_path, capsys, no_ray):
@@ -240,7 +281,9 @@ def test_the_default_database_ports_are_the_servers(monkeypatch):
     from dctdiff.infra import mlflow_tracking
 
     tried = []
-    monkeypatch.setattr(mlflow_tracking.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed())
+    monkeypatch.setattr(
+        mlflow_tracking.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed()
+    )
     for uri in ("postgresql://u:pw@db/x", "mysql://u:pw@db/x", "mssql+pyodbc://u:pw@db/x", "postgresql://db:6543/x"):
         mlflow_tracking.check_tracking_uri(uri)
     assert tried == [("db", 5432), ("db", 3306), ("db", 1433), ("db", 6543)]
@@ -335,7 +378,9 @@ def test_the_ray_address_check_reads_the_default_ports(monkeypatch):
     from dctdiff.infra import ray_cluster
 
     tried = []
-    monkeypatch.setattr(ray_cluster.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed())
+    monkeypatch.setattr(
+        ray_cluster.socket, "create_connection", lambda address, timeout: tried.append(address) or _Closed()
+    )
     for address in ("head:6380", "head", "ray://head", "ray://head:10002", "[::1]:6379", "auto", "local"):
         ray_cluster.check_ray_address(address)
     assert tried == [("head", 6380), ("head", 6379), ("head", 10001), ("head", 10002), ("::1", 6379)]
@@ -345,7 +390,9 @@ TIMED_OUT = "The current node timed out during startup. This could happen becaus
 
 
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
-def test_a_ray_that_times_out_at_start_is_one_line_with_the_traceback_at_debug_only(level, tmp_path, capsys, monkeypatch):
+def test_a_ray_that_times_out_at_start_is_one_line_with_the_traceback_at_debug_only(
+    level, tmp_path, capsys, monkeypatch
+):
     import ray
 
     def time_out(*args, **kwargs):

@@ -20,9 +20,9 @@ from PIL import Image
 from dctdiff.data import shards
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
+from dctdiff.models.config import build_config
 from dctdiff.training import batch_order
 from dctdiff.training.batch_order import BatchPlan, epoch_order, first_batch_ids, permutation, worker_batches
-from dctdiff.models.config import build_config
 from dctdiff.training.dataset_info import load_dataset_info
 from tests.prepared import write_prepared
 
@@ -65,7 +65,9 @@ def test_permutation_is_a_fixed_uniform_shuffle():
     first = permutation(1000, 7, 0, 0)
     assert sorted(first.tolist()) == list(range(1000))
     assert np.array_equal(first, permutation(1000, 7, 0, 0))  # a pure function of its salts
-    assert not np.array_equal(first, permutation(1000, 7, 1, 0)) and not np.array_equal(first, permutation(1000, 8, 0, 0))
+    assert not np.array_equal(first, permutation(1000, 7, 1, 0)) and not np.array_equal(
+        first, permutation(1000, 8, 0, 0)
+    )
     # each element's position is uniform: over 400 salts the mean position of every element is near (n - 1) / 2
     positions = np.stack([np.argsort(permutation(10, s)) for s in range(400)])  # [400, 10]
     assert np.abs(positions.mean(axis=0) - 4.5).max() < 0.6  # 4.6 standard errors of a uniform position

@@ -14,11 +14,11 @@ import torch
 
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
+from dctdiff.models.builders import build_codec, build_model
 from dctdiff.models.checkpoints import checkpoint_folders, newest_intact, verify_checkpoint, write_checkpoint
 from dctdiff.models.config import build_config
+from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
 from dctdiff.training.dataset_info import DatasetInfo
-from dctdiff.models.builders import build_codec, build_model
 from dctdiff.training.trainer import Batch, Trainer
 
 INFO = DatasetInfo("file:///shards", 8, 0, 32, 2, 242.0, "ycbcr420", "coefficients", {}, {})
@@ -81,7 +81,9 @@ def test_training_goes_on_while_a_slow_write_runs_and_the_checkpoint_is_the_stat
     for _ in range(2):  # the training steps run during the write and change the weights in place
         step(trainer)
         assert writer.ready() is None
-    assert not torch.equal(trainer.model.state_dict()["decoder_pred.weight"], expected[0]["model"]["decoder_pred.weight"])
+    assert not torch.equal(
+        trainer.model.state_dict()["decoder_pred.weight"], expected[0]["model"]["decoder_pred.weight"]
+    )
     release.set()
     folder = writer.ready(wait=True)
     assert folder == str(tmp_path / "c1") and writer.ready() is None  # handed over once

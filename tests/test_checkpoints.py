@@ -9,11 +9,16 @@ import pytest
 import torch
 
 from dctdiff.commands.sample_command import main as sample_main
-from dctdiff.models.checkpoints import newest_checkpoint
 from dctdiff.infra.logs import configure_logging
-from dctdiff.models.checkpoints import CorruptCheckpointError, checkpoint_folders, newest_intact, verify_checkpoint
-from dctdiff.models.config import build_config
 from dctdiff.models.builders import build_codec, build_model, load_ema_model
+from dctdiff.models.checkpoints import (
+    CorruptCheckpointError,
+    checkpoint_folders,
+    newest_checkpoint,
+    newest_intact,
+    verify_checkpoint,
+)
+from dctdiff.models.config import build_config
 from dctdiff.training.trainer import Trainer
 
 
@@ -55,7 +60,10 @@ def flip_bytes(file: Path) -> None:
 def test_a_saved_checkpoint_verifies_and_loads(saved):
     verify_checkpoint(str(saved))
     assert set(json.loads((saved / "manifest.json").read_text())["files"]) == {
-        "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
     }
     model, _, state = load_ema_model(str(saved))
     assert state["step"] == 0 and sum(p.numel() for p in model.parameters()) > 0
@@ -118,4 +126,3 @@ def test_sampling_a_truncated_checkpoint_prints_one_error_line(saved, tmp_path, 
     assert sample_main(["--checkpoint", str(folder), "--output", str(tmp_path / "out"), "--num", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "ema.safetensors is truncated" in err[0], err
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from dctdiff.models.config import ConfigError, PRESETS, build_config, config_from_dict, parse_overrides
+from dctdiff.models.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
 
 # docs/ARCHITECTURE.md, "Presets": preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
 PAPER = {
@@ -49,7 +49,10 @@ def test_overrides_are_typed_and_layered(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["optim.lrr=1"], r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\); allowed here: batch_size, lr"),
+        (
+            ["optim.lrr=1"],
+            r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\); allowed here: batch_size, lr",
+        ),
         (["nope.x=1"], "unknown config key 'nope'"),
         (["data.keep=5"], r"data.keep must be in 1..data.block_size\*\*2 = 1..4"),
         (["data.resolution=30"], "multiple of 2 x block size"),
@@ -59,7 +62,10 @@ def test_overrides_are_typed_and_layered(tmp_path):
         (["data.hflip=maybe"], "data.hflip must be true or false"),
         (["data.class_conditional=true"], "num_classes > 0"),
         (["model.size=XXL"], "model.size must be one of"),
-        (["model.embed_dim=30"], "model.embed_dim .*divisible by 4, got 30: change embed_dim or use pos_embed_init=normal"),
+        (
+            ["model.embed_dim=30"],
+            "model.embed_dim .*divisible by 4, got 30: change embed_dim or use pos_embed_init=normal",
+        ),
         (["model.pos_embed_init=learned"], "model.pos_embed_init must be one of 'sincos', 'normal'"),
         (["optim=3"], "optim is a section"),
         (["lr"], "must look like section.key=value"),
@@ -95,11 +101,16 @@ def test_parse_overrides_nests_and_parses_scalars():
         (["optim.batch_size=true"], "optim.batch_size must be an int, got true: write the number itself"),
         (["cadence.max_steps=false"], "cadence.max_steps must be an int, got false"),
         (["cadence.max_steps=.inf"], "cadence.max_steps must be an int, got inf"),
-        (["cadence.sampler=bogus"],
-         r"cadence.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'"),
+        (
+            ["cadence.sampler=bogus"],
+            r"cadence.sampler must be one of dpm\+\+2m, dpm\+\+3m, ddim, euler, euler_maruyama, got 'bogus'",
+        ),
         (["optim.precision=fp8"], "optim.precision must be one of 'bf16', 'fp16', 'fp32'"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1'.*invalid YAML .*; fix the syntax"),
-        (["cadence.fid_every=10", "cadence.fid_samples=3"], "cadence.fid_samples must be >= 4 with cadence.fid_every on"),
+        (
+            ["cadence.fid_every=10", "cadence.fid_samples=3"],
+            "cadence.fid_samples must be >= 4 with cadence.fid_every on",
+        ),
     ],
 )
 def test_values_that_cannot_work_are_refused_at_the_config(overrides, message):
@@ -119,9 +130,11 @@ def test_the_config_accepts_every_sampler_that_sampling_implements():
     [
         ("optim:\n  lr: 1e-4\n  batch_size: [64\n", r"c.yaml line \d+: invalid YAML \(.*\); fix the syntax$"),
         ("optim:\n\tlr: 1e-4\n", r"c.yaml line 2: invalid YAML"),
-        ("optim: !!python/object/apply:os.system ['echo hi']\n",
-         r"c.yaml line 1: could not determine a constructor for the tag .*python/object.*; config YAML holds plain "
-         r"values only \(remove the tag\)$"),
+        (
+            "optim: !!python/object/apply:os.system ['echo hi']\n",
+            r"c.yaml line 1: could not determine a constructor for the tag .*python/object.*; config YAML holds plain "
+            r"values only \(remove the tag\)$",
+        ),
     ],
 )
 def test_bad_yaml_files_are_one_line_errors_with_file_and_line(tmp_path, text, message):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.models.builders import build_codec, checkpoint_codec
 from dctdiff.models.config import ConfigError, build_config
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.models.builders import build_codec, checkpoint_codec
-from dctdiff.data.bundled_photos import photo_crops
 from tests.prepared import write_prepared
 
 
@@ -28,7 +28,10 @@ def test_pixel_space_without_stored_pixels_is_refused(prepared):
 
 def test_data_colour_follows_the_shards_or_must_agree(prepared):
     for colour in ("auto", "ycbcr420"):
-        assert load_dataset_info(str(prepared), build_config("demo", overrides=[f"data.colour={colour}"])).colour == "ycbcr420"
+        assert (
+            load_dataset_info(str(prepared), build_config("demo", overrides=[f"data.colour={colour}"])).colour
+            == "ycbcr420"
+        )
     with pytest.raises(ValueError, match="prepared with --colour ycbcr420.*data.colour=grey"):
         load_dataset_info(str(prepared), build_config("demo", overrides=["data.colour=grey"]))
     with pytest.raises(ConfigError, match="data.colour must be one of ycbcr420, grey"):

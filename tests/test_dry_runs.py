@@ -11,7 +11,12 @@ import yaml
 from PIL import Image
 
 from dctdiff.commands import (
-    docs_images, evaluate_command, prepare_command, sample_command, sweep_command, upsample_command,
+    docs_images,
+    evaluate_command,
+    prepare_command,
+    sample_command,
+    sweep_command,
+    upsample_command,
 )  # fmt: skip
 
 
@@ -117,7 +122,9 @@ def test_docs_images_writes_small_pngs_with_a_labelled_codec_grid(tmp_path, no_r
     for name in ("samples.png", "codec_grid.png", "reconstruction.png"):
         assert 0 < (tmp_path / "docs" / name).stat().st_size <= 150_000, name
     assert Image.open(tmp_path / "docs" / "reconstruction.png").width == 800
-    rows = docs_images.round_trips(docs_images.photo_crops(1, 64), tuple(docs_images.SHOWN_KEEPS), docs_images.SHOWN_KEEPS)
+    rows = docs_images.round_trips(
+        docs_images.photo_crops(1, 64), tuple(docs_images.SHOWN_KEEPS), docs_images.SHOWN_KEEPS
+    )
     assert {r.block_size for r in rows} == {2, 4} and [r.keep for r in rows if r.block_size == 4] == [1, 2, 4, 8, 16]
 
 

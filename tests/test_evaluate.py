@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FEATURE_DIM, FIDStats, fid_from_stats, load_fid_stats, save_fid_stats
-from dctdiff.evaluation.image_sets import ImageSetError, PreparedImages, open_image_set
 from dctdiff.core.image_metrics import mse, psnr_from_mse
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.sources import FASHION_MNIST_DIR
+from dctdiff.evaluation.fid import FEATURE_DIM, FIDStats, fid_from_stats, load_fid_stats, save_fid_stats
+from dctdiff.evaluation.image_sets import ImageSetError, PreparedImages, open_image_set
 from dctdiff.evaluation.reconstruction import ReconstructionRow, choose_keep, reconstructions
 from tests.fid_reference import compute_fid_stats, reconstruction_analysis
-from dctdiff.data.sources import FASHION_MNIST_DIR
 from tests.image_checks import assert_equal_up_to_rounding
 from tests.prepared import write_prepared
 
@@ -173,7 +173,7 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     from mlflow.tracking import MlflowClient
 
     from dctdiff.commands.evaluate_command import main
-    from dctdiff.evaluation.evaluation_job import run_fid
+    from dctdiff.evaluation.evaluate_job import run_fid
     from dctdiff.infra.mlflow_tracking import TrackingOptions
 
     samples = photo_crops(5, 32, seed=0)
@@ -182,8 +182,17 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     reference = compute_fid_stats(open_image_set(str(tmp_path / "prep")).load(), device="cpu")
     expected = fid_from_stats(compute_fid_stats(samples, device="cpu"), reference)
 
-    argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "prep"), "--save-stats", str(tmp_path / "ref.npz"),
-            "--mlflow-uri", tracking_uri, "--batch-size", "10"]
+    argv = [
+        "fid",
+        str(tmp_path / "samples.npz"),
+        str(tmp_path / "prep"),
+        "--save-stats",
+        str(tmp_path / "ref.npz"),
+        "--mlflow-uri",
+        tracking_uri,
+        "--batch-size",
+        "10",
+    ]
     assert main(argv) == 0
     ref = load_fid_stats(tmp_path / "ref.npz")
     np.testing.assert_allclose(ref.mu, reference.mu, rtol=1e-5, atol=1e-7)
@@ -196,8 +205,12 @@ def test_fid_pipeline_matches_in_process_and_logs(ray_session, tmp_path, trackin
     # Against saved statistics, logged into an existing (e.g. training) run that stays RUNNING.
     experiment = client.create_experiment("training")
     training_run = client.create_run(experiment).info.run_id
-    fid = run_fid([str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")], batch_size=6,
-                  tracking=TrackingOptions(tracking_uri, run_id=training_run), step=500)
+    fid = run_fid(
+        [str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz")],
+        batch_size=6,
+        tracking=TrackingOptions(tracking_uri, run_id=training_run),
+        step=500,
+    )
     assert fid == pytest.approx(expected, rel=1e-5)
     history = client.get_metric_history(training_run, "fid")
     assert [(m.step, round(m.value, 6)) for m in history] == [(500, round(fid, 6))]
@@ -242,12 +255,17 @@ def test_fid_pipeline_bad_inputs(ray_session, tmp_path, tracking_uri, capsys):
 def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_path, tracking_uri, reconstruction_rows):
     from mlflow.tracking import MlflowClient
 
-    from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, run_reconstruction
+    from dctdiff.evaluation.evaluate_job import DEFAULT_EXPERIMENT, run_reconstruction
     from dctdiff.infra.mlflow_tracking import TrackingOptions
 
     rows, chosen = run_reconstruction(
-        f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=str(tmp_path / "out"),
-        batch_size=15, tracking=TrackingOptions(tracking_uri, DEFAULT_EXPERIMENT),
+        f"photos:{RECONSTRUCTION_IMAGES}",
+        block_size=2,
+        resolution=32,
+        gamma=100.0,
+        output=str(tmp_path / "out"),
+        batch_size=15,
+        tracking=TrackingOptions(tracking_uri, DEFAULT_EXPERIMENT),
     )
     for ray_row, local_row in zip(rows, reconstruction_rows, strict=True):  # the Ray job = the in-process analysis
         assert ray_row.keep == local_row.keep
@@ -267,9 +285,17 @@ def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_pat
         assert run.data.metrics[f"psnr_keep_{row.keep}"] == pytest.approx(row.psnr)
     assert "rfid" not in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "reconstruction")}
-    assert artifacts == {"reconstruction/reconstruction.csv", "reconstruction/reconstruction.png", "reconstruction/table.json"}
-    table = json.loads(Path(client.download_artifacts(run.info.run_id, "reconstruction/table.json", str(tmp_path))).read_text())
-    logged = {column: [row[i] for row in table["data"]] for i, column in enumerate(table["columns"])}  # MLflow's table format
+    assert artifacts == {
+        "reconstruction/reconstruction.csv",
+        "reconstruction/reconstruction.png",
+        "reconstruction/table.json",
+    }
+    table = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "reconstruction/table.json", str(tmp_path))).read_text()
+    )
+    logged = {
+        column: [row[i] for row in table["data"]] for i, column in enumerate(table["columns"])
+    }  # MLflow's table format
     assert logged["keep"] == [1, 2, 3, 4] and logged["rfid"] == pytest.approx([r.rfid for r in rows])
     assert run.data.tags["mlflow.source.name"] == "dctdiff evaluate" and run.data.tags["mlflow.user"]
     if chosen is not None:
@@ -278,11 +304,16 @@ def test_reconstruction_pipeline_writes_table_plot_and_logs(ray_session, tmp_pat
 
 @pytest.mark.slow
 def test_reconstruction_and_statistics_are_written_through_uris(ray_session, tmp_path, reconstruction_rows):
-    from dctdiff.evaluation.evaluation_job import run_fid, run_reconstruction
+    from dctdiff.evaluation.evaluate_job import run_fid, run_reconstruction
 
     rows, _ = run_reconstruction(
-        f"photos:{RECONSTRUCTION_IMAGES}", block_size=2, resolution=32, gamma=100.0, output=f"file://{tmp_path}/rec",
-        batch_size=15, tracking=None,
+        f"photos:{RECONSTRUCTION_IMAGES}",
+        block_size=2,
+        resolution=32,
+        gamma=100.0,
+        output=f"file://{tmp_path}/rec",
+        batch_size=15,
+        tracking=None,
     )
     with open(tmp_path / "rec" / "reconstruction.csv") as handle:
         table = list(csv.DictReader(handle))
@@ -293,7 +324,10 @@ def test_reconstruction_and_statistics_are_written_through_uris(ray_session, tmp
         assert plot.format == "PNG" and plot.width > 300
 
     run_fid(["photos:4"], save_stats_to=f"file://{tmp_path}/stats/ref.npz", resolution=32, batch_size=4, tracking=None)
-    saved, expected = load_fid_stats(tmp_path / "stats" / "ref.npz"), compute_fid_stats(photo_crops(4, 32), device="cpu")
+    saved, expected = (
+        load_fid_stats(tmp_path / "stats" / "ref.npz"),
+        compute_fid_stats(photo_crops(4, 32), device="cpu"),
+    )
     np.testing.assert_allclose(saved.mu, expected.mu, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(saved.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
     assert (saved.images, saved.source) == (4, "photos:4")

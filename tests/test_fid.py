@@ -11,6 +11,8 @@ import pytest
 import scipy.linalg
 import torch
 
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.sources import FASHION_MNIST_DIR
 from dctdiff.evaluation.fid import (
     FEATURE_DIM,
     FeatureMoments,
@@ -20,12 +22,10 @@ from dctdiff.evaluation.fid import (
     extract_features,
     fid_from_stats,
     frechet_distance,
-    load_inception,
     load_fid_stats,
+    load_inception,
     save_fid_stats,
 )
-from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.data.sources import FASHION_MNIST_DIR
 from tests.fid_reference import compute_fid_stats
 
 N_IMAGES = 12  # per set: the CPU Inception runs at ~10 images/s on 2 cores

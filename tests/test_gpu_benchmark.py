@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("ray", "mlflow", "pyarrow")  # not on the GPU machine: importing any of them must fail there too
 BLOCK = f"import sys\nsys.modules.update({{name: None for name in {ABSENT!r}}})  # import of these raises ImportError\n"
-RUN = BLOCK + "sys.argv = ['gpu'] + sys.argv[1:]\nimport runpy\nrunpy.run_module('benchmarks.gpu', run_name='__main__')\n"
+RUN = (
+    BLOCK + "sys.argv = ['gpu'] + sys.argv[1:]\nimport runpy\nrunpy.run_module('benchmarks.gpu', run_name='__main__')\n"
+)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -85,9 +87,9 @@ def test_the_training_rows_are_fed_through_the_worker_loops_input_path():
     import torch
 
     from benchmarks.gpu import shard_rows, training_batches
+    from dctdiff.models.builders import build_codec
     from dctdiff.models.config import build_config
     from dctdiff.training.randomness import id_keys
-    from dctdiff.models.builders import build_codec
 
     config = build_config("cifar10", overrides=["optim.batch_size=4"])
     codec = build_codec(config, eta=config.data.eta)
@@ -106,8 +108,8 @@ def test_on_cuda_the_training_rows_come_from_the_prefetch_thread():
     import torch
 
     import benchmarks.gpu as gpu
-    from dctdiff.models.config import build_config
     from dctdiff.models.builders import build_codec
+    from dctdiff.models.config import build_config
 
     config = build_config("cifar10", overrides=["optim.batch_size=4"])
     codec = build_codec(config, eta=config.data.eta)
@@ -134,8 +136,13 @@ def test_on_cuda_the_training_rows_come_from_the_prefetch_thread():
 def test_pytest_m_gpu_collects_without_ray_mlflow_or_pyarrow(tmp_path):
     """A GPU machine with only PyTorch and pytest: ``pytest -m gpu`` collects the gpu tests (before: every
     test module that imports Ray, MLflow or pyarrow was a collection error)."""
-    collect = BLOCK + "import pytest\nsys.exit(pytest.main(['--collect-only', '-q', '-m', 'gpu', '-p', 'no:cacheprovider', 'tests']))\n"
-    done = subprocess.run([sys.executable, "-c", collect], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    collect = (
+        BLOCK
+        + "import pytest\nsys.exit(pytest.main(['--collect-only', '-q', '-m', 'gpu', '-p', 'no:cacheprovider', 'tests']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", collect], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     collected = {line.split("::")[-1] for line in done.stdout.splitlines() if "::" in line}
     assert {"test_a_cuda_step_makes_no_host_sync", "test_cuda_batches_from_rows_equal_the_cpu_batches",

@@ -107,10 +107,10 @@ def test_the_checker_catches_upward_mutual_and_hidden_imports():
         "dctdiff.models.builders:4 imports dctdiff.evaluation.fid",
         "dctdiff.models.builders:5 imports dctdiff.tuning.sweep_job",
     ]
-    assert forbidden_imports("from dctdiff.training import launcher\n", "dctdiff.evaluation.sampling_job") == [
-        "dctdiff.evaluation.sampling_job:1 imports dctdiff.training.launcher"
+    assert forbidden_imports("from dctdiff.training import train_job\n", "dctdiff.evaluation.sample_job") == [
+        "dctdiff.evaluation.sample_job:1 imports dctdiff.training.train_job"
     ]
-    assert forbidden_imports("from dctdiff.evaluation import fid\n", "dctdiff.training.training_fid") == []
+    assert forbidden_imports("from dctdiff.evaluation import fid\n", "dctdiff.training.periodic_fid") == []
 
 
 def test_the_core_imports_only_torch_numpy_pil_safetensors_and_tqdm():
@@ -132,7 +132,9 @@ def test_the_core_imports_no_ray_mlflow_or_storage_layer():
         "for m in pkgutil.walk_packages(core.__path__, 'dctdiff.core.'): importlib.import_module(m.name)\n"
         "print(' '.join(sorted(sys.modules)))"
     )
-    loaded = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    )
     assert "dctdiff.core.codec" in loaded  # the probe imported the core
     forbidden = {m for m in loaded if m.split(".")[0] in ("ray", "mlflow", "pyarrow") or m.startswith("dctdiff.infra")}
     forbidden |= {m for m in loaded if m.startswith("dctdiff.") and m.split(".")[1] not in ("core",)}

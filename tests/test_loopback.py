@@ -152,7 +152,9 @@ def test_local_training_run_listens_on_loopback_only(ray_session, tmp_path):
         watcher.join()
     assert result.error is None
     assert any(name.startswith("ray::RayTrainWo") for name, _ in during), f"saw no worker listening: {during}"
-    exposed = sorted((name, address) for name, address in seen if not _is_loopback(address.rsplit(":", 1)[0].strip("[]")))
+    exposed = sorted(
+        (name, address) for name, address in seen if not _is_loopback(address.rsplit(":", 1)[0].strip("[]"))
+    )
     assert not exposed, f"listening on a non-loopback address: {exposed}"
 
 

@@ -106,7 +106,9 @@ def test_diffusion_loss_is_zero_for_the_exact_noise_predictor():
     def oracle(x_t, timesteps, y):
         return x_t / schedule.sigma(timesteps / network_time(torch.tensor(1.0))).reshape(-1, 1, 1)
 
-    out = diffusion_loss(oracle, schedule, x0, TokenLoss(layout=TokenLayout(1)), generator=torch.Generator().manual_seed(0))
+    out = diffusion_loss(
+        oracle, schedule, x0, TokenLoss(layout=TokenLayout(1)), generator=torch.Generator().manual_seed(0)
+    )
     assert out.per_sample.shape == (64,) and out.per_sample.max() < 1e-20
 
 

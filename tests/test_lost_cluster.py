@@ -194,8 +194,8 @@ def assert_one_lost_line(status: int, err: str, seconds: float, address: str) ->
 
 @pytest.mark.slow
 def test_sample_ends_with_one_line_when_its_cluster_is_lost(ray_head, tmp_path):
-    from dctdiff.models.config import build_config
     from dctdiff.models.builders import build_codec, build_model
+    from dctdiff.models.config import build_config
 
     config = build_config("demo", overrides=["model.embed_dim=128", "model.num_heads=2", "data.eta=242.0"])
     torch.save(build_model(config, build_codec(config, 242.0)).state_dict(), tmp_path / "nnet_ema.pth")

@@ -29,8 +29,9 @@ def test_psnr_matches_skimage(pair):
 def test_ssim_matches_skimage_gaussian_window(pair):
     clean, noisy = pair
     expected = [
-        structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False)
+        structural_similarity(
+            a, b, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         for a, b in zip(clean, noisy)
     ]
     np.testing.assert_allclose(ssim(clean, noisy), expected, rtol=1e-9)

@@ -14,13 +14,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-
 from dctdiff.core.generation import generate_images
-from dctdiff.models.config import build_config
 from dctdiff.infra.mlflow_runs import RunHandle
-from dctdiff.training.run_logger import RankZeroLogger
 from dctdiff.models.builders import build_codec, build_model, build_noise_schedule, checkpoint_codec, load_ema_model
 from dctdiff.models.checkpoints import verify_checkpoint
+from dctdiff.models.config import build_config
+from dctdiff.training.run_logger import RankZeroLogger
 from dctdiff.training.trainer import Trainer
 
 ENTROPY = {"Y": [1.0, 0.8, 0.6, 0.4], "Cb": [1.0, 0.5, 0.5, 0.2], "Cr": [1.0, 0.5, 0.5, 0.2]}
@@ -55,7 +54,13 @@ def test_final_model_loads_from_code_generates_and_registers(tmp_path):
     (output,) = MlflowClient(run.tracking_uri).get_run(run.run_id).outputs.model_outputs
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{output.model_id}", dst_path=str(tmp_path / "dl")))
     assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pickle"))
-    assert {p.name for p in local.rglob("*")} >= {"mlflow_model.py", "ema.safetensors", "state.json", "manifest.json", "MLmodel"}
+    assert {p.name for p in local.rglob("*")} >= {
+        "mlflow_model.py",
+        "ema.safetensors",
+        "state.json",
+        "manifest.json",
+        "MLmodel",
+    }
     config = json.loads(next(local.rglob("state.json")).read_text())
     assert config["eta"] == 242.0 and config["config"]["model"]["depth"] == 4
     # the checkpoint is one of the one writer's: it verifies, and load_ema_model samples the model's images
@@ -66,12 +71,19 @@ def test_final_model_loads_from_code_generates_and_registers(tmp_path):
                                       config.cadence.sampler, 3).numpy()  # fmt: skip
     np.testing.assert_array_equal(images, from_checkpoint)
     version = mlflow.register_model(f"runs:/{run.run_id}/model", "dctdiff-test")
-    assert int(version.version) == 1 and MlflowClient(run.tracking_uri).get_model_version("dctdiff-test", "1").run_id == run.run_id
+    assert (
+        int(version.version) == 1
+        and MlflowClient(run.tracking_uri).get_model_version("dctdiff-test", "1").run_id == run.run_id
+    )
 
 
 def image_steps(files: list[str]) -> list[int]:
     """Steps of MLflow's step-indexed ``samples`` images (images/samples+step+N+timestamp+...png)."""
-    return sorted(int(name.split("+step+")[1].split("+")[0]) for name in files if name.startswith("images/samples+step+") and name.endswith(".png"))
+    return sorted(
+        int(name.split("+step+")[1].split("+")[0])
+        for name in files
+        if name.startswith("images/samples+step+") and name.endswith(".png")
+    )
 
 
 def test_sample_grids_are_step_indexed_viewable_images(tmp_path):
@@ -92,7 +104,9 @@ def test_sample_grids_are_step_indexed_viewable_images(tmp_path):
 
 def shard_digest(data: Path) -> str:
     files = sorted((p.name, p.stat().st_size) for p in (data / "coefficients").glob("*.parquet"))
-    stats = hashlib.sha256(json.dumps(json.loads((data / "stats.json").read_text()), sort_keys=True).encode()).hexdigest()
+    stats = hashlib.sha256(
+        json.dumps(json.loads((data / "stats.json").read_text()), sort_keys=True).encode()
+    ).hexdigest()
     return hashlib.sha256(("\n".join(f"{n}\t{s}" for n, s in files) + "\n" + stats).encode()).hexdigest()[:16]
 
 
@@ -103,9 +117,13 @@ def test_training_run_is_complete_in_mlflow(small_runs, tmp_path):
 
     data, uri = Path(small_runs.path("data-path")), small_runs.mlflow_uri
     client = MlflowClient(uri)
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "attributes.run_name = 'straight'")
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "attributes.run_name = 'straight'"
+    )
     tags, params = run.data.tags, run.data.params
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.name"] == "dctdiff train" and tags["mlflow.source.type"] == "JOB"
     assert tags["mlflow.user"] == getpass.getuser()

@@ -35,16 +35,26 @@ def test_a_run_is_created_logged_to_and_ended(uri, tmp_path):
     client = MlflowClient(uri)
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FAILED" and logged.info.experiment_id == run.experiment_id()
-    assert logged.data.tags["mlflow.runName"] == "first" and logged.data.tags["mlflow.source.name"] == "dctdiff evaluate"
+    assert (
+        logged.data.tags["mlflow.runName"] == "first" and logged.data.tags["mlflow.source.name"] == "dctdiff evaluate"
+    )
     assert logged.data.tags["dctdiff.data"] == "d" and logged.data.tags["fid.reference"] == "ref"
     assert logged.data.tags["dctdiff.best_trial"] == "t1"
     assert logged.data.params == {"optim.lr": "0.0001", "workers": "2"}
     assert [(m.step, m.value) for m in run.metric_history("fid")] == [(10, 3.5), (20, 2.5)]
     files = {a.path for a in client.list_artifacts(run.run_id)} | {a.path for folder in ("plots", "reconstruction")
                                                                     for a in client.list_artifacts(run.run_id, folder)}  # fmt: skip
-    assert {"config.yaml", "stats.json", "plots/curves.png", "reconstruction/table.csv", "reconstruction/table.json"} <= files
+    assert {
+        "config.yaml",
+        "stats.json",
+        "plots/curves.png",
+        "reconstruction/table.csv",
+        "reconstruction/table.json",
+    } <= files
     (dataset_input,) = logged.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == "abc123" and {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training"}
+    assert dataset_input.dataset.digest == "abc123" and {t.key: t.value for t in dataset_input.tags} == {
+        "mlflow.data.context": "training"
+    }
 
 
 def test_a_run_is_found_reopened_and_its_children_listed(uri):

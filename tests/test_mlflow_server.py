@@ -18,18 +18,18 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from urllib.parse import quote
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.commands.train_command import main as train_main
-from tests.prepared import write_prepared
 from dctdiff.commands.sweep_command import main as sweep_main
+from dctdiff.commands.train_command import main as train_main
+from dctdiff.data.bundled_photos import photo_crops
+from tests.prepared import write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "cluster" / "mlflow" / "start.sh"

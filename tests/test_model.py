@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from dctdiff.core.loss import TokenLoss, diffusion_loss
+from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.token_layout import TokenLayout
 from dctdiff.core.uvit import (
     MODEL_SIZES,
     UViT,
@@ -18,8 +20,6 @@ from dctdiff.core.uvit import (
     sincos_pos_embed,
     timestep_embedding,
 )
-from dctdiff.core.noise_schedule import VPSchedule
-from dctdiff.core.token_layout import TokenLayout
 
 
 def official_state_dict(

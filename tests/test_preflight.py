@@ -13,7 +13,12 @@ from dctdiff.models.config import BatchSplit, ConfigError, split_batch
 
 @pytest.mark.parametrize(
     ("batch", "workers", "micro", "expected"),
-    [(256, 8, 4, BatchSplit(32, 8)), (256, 1, 64, BatchSplit(256, 4)), (24, 3, 8, BatchSplit(8, 1)), (7, 7, 1, BatchSplit(1, 1))],
+    [
+        (256, 8, 4, BatchSplit(32, 8)),
+        (256, 1, 64, BatchSplit(256, 4)),
+        (24, 3, 8, BatchSplit(8, 1)),
+        (7, 7, 1, BatchSplit(1, 1)),
+    ],
 )
 def test_a_batch_that_splits_gives_the_per_worker_and_micro_batch_sizes(batch, workers, micro, expected):
     assert split_batch(batch, workers, micro) == expected
@@ -23,7 +28,12 @@ def test_a_batch_that_splits_gives_the_per_worker_and_micro_batch_sizes(batch, w
 @pytest.mark.parametrize(
     ("batch", "workers", "micro", "message"),
     [
-        (256, 8, 64, r"optim.micro_batches 64 must divide the per-worker batch 32 \(optim.batch_size 256 / 8 workers\)"),
+        (
+            256,
+            8,
+            64,
+            r"optim.micro_batches 64 must divide the per-worker batch 32 \(optim.batch_size 256 / 8 workers\)",
+        ),
         (24, 4, 4, "optim.micro_batches 4 must divide the per-worker batch 6"),
         (24, 5, 1, "optim.batch_size 24 must be divisible by --workers 5"),
         (24, 1, 0, "optim.micro_batches must be >= 1, got 0"),
@@ -76,8 +86,8 @@ def test_the_trainer_cuts_micro_batches_by_the_same_rule():
     import torch
 
     from dctdiff.models.builders import build_codec, build_model
-    from dctdiff.training.trainer import Batch, Trainer
     from dctdiff.models.config import build_config
+    from dctdiff.training.trainer import Batch, Trainer
 
     config = build_config("demo", overrides=["model.embed_dim=32", "optim.micro_batches=4"])
     codec = build_codec(config, eta=242.0)
@@ -91,7 +101,7 @@ def _plan(tmp_path, labels, overrides: list[str], images: int = 16):
     """plan_run of a small class-conditional demo run on ``images`` photos with ``labels``."""
     from dctdiff.data.bundled_photos import photo_crops
     from dctdiff.models.config import build_config
-    from dctdiff.training.launcher import LaunchOptions, plan_run
+    from dctdiff.training.train_job import LaunchOptions, plan_run
     from tests.prepared import write_prepared
 
     data = write_prepared(tmp_path / "data", photo_crops(images, 32, seed=0), labels=labels)
@@ -121,7 +131,7 @@ def _reference_plan(tmp_path, reference_images, resolution: int = 32):
     """plan_run of an unconditional demo run on 16 photos, FID against ``reference_images`` others."""
     from dctdiff.data.bundled_photos import photo_crops
     from dctdiff.models.config import build_config
-    from dctdiff.training.launcher import LaunchOptions, plan_run
+    from dctdiff.training.train_job import LaunchOptions, plan_run
     from tests.prepared import write_prepared
 
     data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
@@ -141,10 +151,16 @@ def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path):
     ("images", "resolution", "message"),
     [
         (3, 32, "FID and KID during training need at least 4 training images, got 3"),
-        (6, 16, r"--fid-reference .*held-out holds 16x16 images with block size 2, but the config wants data.resolution=32"),
+        (
+            6,
+            16,
+            r"--fid-reference .*held-out holds 16x16 images with block size 2, but the config wants data.resolution=32",
+        ),
     ],
 )
-def test_a_fid_reference_too_small_or_prepared_otherwise_is_refused_naming_the_flag(tmp_path, images, resolution, message):
+def test_a_fid_reference_too_small_or_prepared_otherwise_is_refused_naming_the_flag(
+    tmp_path, images, resolution, message
+):
     with pytest.raises(ValueError, match=message):
         _reference_plan(tmp_path, images, resolution)
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
+from dctdiff.commands.prepare_command import main
 from dctdiff.core.codec import DCTCodec
-from dctdiff.data.image_decoding import FitSpec, fit
+from dctdiff.core.token_layout import PLANES
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.image_decoding import FitSpec, fit
+from dctdiff.data.prepare_job import PrepareConfig, run_prepare
 from dctdiff.data.shards import read_codec_params, read_pixels, read_shard, shard_files
 from dctdiff.data.sources import FASHION_MNIST_DIR
-from dctdiff.core.token_layout import PLANES
 from dctdiff.data.statistics import in_stats_sample, load_stats
-from dctdiff.commands.prepare_command import main
 from tests.prepare_data import BAD_FILES, BOMB_SIDE, CIFAR10_NAMES, write_cifar10, write_image_folder
 from tests.test_grey_codec import reference_grey_tokens
 from tests.test_stats import reference_stats
@@ -59,8 +59,13 @@ def folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 def folder_config(root: Path, output: Path, **overrides) -> PrepareConfig:
     options = dict(
-        source=f"folder:{root}", output=str(output), resolution=RESOLUTION, block_size=BLOCK,
-        max_pixels=BOMB_SIDE**2 - 1, shard_rows=4, progress=False,
+        source=f"folder:{root}",
+        output=str(output),
+        resolution=RESOLUTION,
+        block_size=BLOCK,
+        max_pixels=BOMB_SIDE**2 - 1,
+        shard_rows=4,
+        progress=False,
     )
     return PrepareConfig(**{**options, **overrides})
 
@@ -218,8 +223,14 @@ def test_fashion_mnist_rows(ray_session, tmp_path):
     import gzip
 
     config = PrepareConfig(
-        source="fashion-mnist", output=str(tmp_path / "fm"), resolution=32, block_size=2, split="test", limit=200,
-        progress=False, store_pixels=True,
+        source="fashion-mnist",
+        output=str(tmp_path / "fm"),
+        resolution=32,
+        block_size=2,
+        split="test",
+        limit=200,
+        progress=False,
+        store_pixels=True,
     )
     report = run_prepare(config)
     assert report["images"]["written"] == 200
@@ -270,9 +281,9 @@ def test_pixel_tokens_of_a_prepared_set_equal_pixel_codec_encode(ray_session, fo
     import ray.data
 
     from dctdiff.core.codec import PixelCodec
+    from dctdiff.models.builders import build_codec
     from dctdiff.models.config import build_config
     from dctdiff.training.dataset_info import load_dataset_info
-    from dctdiff.models.builders import build_codec
     from dctdiff.training.device_batches import batch_from_rows
 
     root, expected = folder

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.prepare_job import PrepareConfig, run_prepare
 from tests.prepare_data import BOMB_SIDE, write_image_folder
 from tests.test_prepare import read_rows
 
@@ -31,7 +31,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_
                                                         "include_dashboard": False})
 cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 ray.init(address=cluster.address)
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.prepare_job import PrepareConfig, run_prepare
 report = run_prepare(PrepareConfig(**json.loads(sys.argv[1])))
 print("NODES", report["nodes"], len([n for n in ray.nodes() if n["Alive"]]))
 ray.shutdown()

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.data.preparation import PrepareConfig
+from dctdiff.data.prepare_job import PrepareConfig
 from tests.prepare_data import encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
@@ -31,7 +31,7 @@ SMALL, SIZE = 200, 512  # 10 x SMALL images of 512 x 512: 1.5 GB of decoded pixe
 TWO_PHASES = """
 import json, sys
 from pathlib import Path
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.prepare_job import PrepareConfig, run_prepare
 small, large, marker = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
 run_prepare(PrepareConfig(**small))
 marker.write_text("large")
@@ -80,10 +80,18 @@ def test_ten_times_more_images_use_at_most_one_and_a_half_times_the_memory(tmp_p
         for i in range(count):
             (folders[name] / f"{i:05d}.jpg").write_bytes(photos[i % len(photos)])
     configs = [
-        json.dumps(asdict(PrepareConfig(
-            source=f"folder:{folders[name]}", output=str(tmp_path / f"out-{name}"), resolution=64, block_size=2,
-            shard_rows=16, progress=False,
-        )))
+        json.dumps(
+            asdict(
+                PrepareConfig(
+                    source=f"folder:{folders[name]}",
+                    output=str(tmp_path / f"out-{name}"),
+                    resolution=64,
+                    block_size=2,
+                    shard_rows=16,
+                    progress=False,
+                )
+            )
+        )
         for name in ("small", "large")
     ]
     marker = tmp_path / "phase"

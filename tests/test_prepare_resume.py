@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.commands.prepare_command import main
+from dctdiff.data.bundled_photos import photo_crops
 from tests.prepare_data import encode
 from tests.test_prepare import read_rows
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dctdiff.data import shards
-from dctdiff.infra import storage
 from dctdiff.data.shards import CodecParams, read_codec_params, read_shard, write_shard
+from dctdiff.infra import storage
 
 
 def test_local_paths_and_file_uris_are_the_same_place(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -46,7 +45,9 @@ def test_draws_match_the_reference():
     for row, sample_id in enumerate(ids):
         (t, flip, drop), normals = reference_draws(3, 11, sample_id, 12)
         assert draws.t[row].item() == t and draws.drop[row].item() == drop and draws.flip[row].item() == (flip < 0.5)
-        torch.testing.assert_close(draws.eps[row].reshape(-1).double(), torch.tensor(normals, dtype=torch.float64), rtol=0, atol=2e-6)
+        torch.testing.assert_close(
+            draws.eps[row].reshape(-1).double(), torch.tensor(normals, dtype=torch.float64), rtol=0, atol=2e-6
+        )
 
 
 def test_draws_are_pinned_and_independent_of_the_batch_split():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from dctdiff.infra.mlflow_runs import create_run
-from dctdiff.training.launcher import close_run
+from dctdiff.training.train_job import close_run
 
 
 def test_a_failed_resume_never_unfinishes_a_finished_run(tmp_path):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dctdiff.models.config import build_config
-from dctdiff.core.generation import generate_images
-from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
-from dctdiff.training.trainer import Trainer
 from dctdiff.commands.sample_command import main
-from dctdiff.evaluation.sampling_job import SamplingSpec, load_sampler, run
+from dctdiff.core.generation import generate_images
+from dctdiff.evaluation.sample_job import SamplingSpec, load_sampler, run
+from dctdiff.models.builders import build_codec, build_model, build_noise_schedule
 from dctdiff.models.checkpoints import newest_checkpoint
+from dctdiff.models.config import build_config
+from dctdiff.training.trainer import Trainer
 from tests.image_checks import assert_equal_up_to_rounding
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,9 @@ def checkpoint(tmp_path_factory):
 
 
 def test_same_seeds_same_images_with_one_or_two_workers(ray_module, checkpoint, tmp_path):
-    spec = SamplingSpec(str(checkpoint.parent), sampler="dpm++2m", nfe=3, labels=(0, 2), batch_size=2, guidance_scale=2.0)
+    spec = SamplingSpec(
+        str(checkpoint.parent), sampler="dpm++2m", nfe=3, labels=(0, 2), batch_size=2, guidance_scale=2.0
+    )
     one = run(spec, 5, str(tmp_path / "one"), seed_start=10, workers=1, progress=False)
     two = run(spec, 5, str(tmp_path / "two"), seed_start=10, workers=2, progress=False)
     assert_equal_up_to_rounding(one, two)  # Ray Data may batch the seeds differently: rounding near .5 moves
@@ -77,7 +79,7 @@ def test_an_actor_uses_only_a_gpu_it_reserved(monkeypatch):
 FAKE_GPU_CLUSTER = """
 import json, sys
 import ray
-from dctdiff.evaluation.sampling_job import SamplingSpec, run
+from dctdiff.evaluation.sample_job import SamplingSpec, run
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import init_ray
 
@@ -112,7 +114,9 @@ def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     """A .pth with the published module names (weights_only load) samples through the preset's codec, with the
     preset's sampler when none is given."""
     torch.manual_seed(1)
-    config = build_config("demo", overrides=["model.embed_dim=128", "model.num_heads=2", "data.eta=242.0"])  # head width 64
+    config = build_config(
+        "demo", overrides=["model.embed_dim=128", "model.num_heads=2", "data.eta=242.0"]
+    )  # head width 64
     codec = build_codec(config, 242.0)
     model = build_model(config, codec)
     path = tmp_path / "nnet_ema.pth"
@@ -120,7 +124,9 @@ def test_published_checkpoint_samples_with_preset_codec(ray_module, tmp_path):
     spec = SamplingSpec(str(path), preset="demo", overrides=("data.eta=242.0",), nfe=2, batch_size=4)
     images = run(spec, 4, str(tmp_path / "out"), workers=1, progress=False)
     assert config.cadence.sampler == "euler_maruyama"
-    expected = generate_images(model.eval(), codec, build_noise_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2).numpy()
+    expected = generate_images(
+        model.eval(), codec, build_noise_schedule(config), [0, 1, 2, 3], "euler_maruyama", 2
+    ).numpy()
     assert_equal_up_to_rounding(images, expected)
 
 
@@ -129,6 +135,8 @@ def test_bad_checkpoints_fail_with_a_message(tmp_path, capsys):
         newest_checkpoint(str(tmp_path))
     assert main(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "neither a checkpoint folder" in capsys.readouterr().err
-    torch.save(build_model(build_config("demo"), build_codec(build_config("demo"), 1.0)).state_dict(), tmp_path / "m.pth")
+    torch.save(
+        build_model(build_config("demo"), build_codec(build_config("demo"), 1.0)).state_dict(), tmp_path / "m.pth"
+    )
     assert main(["--checkpoint", str(tmp_path / "m.pth"), "--output", str(tmp_path / "o"), "--preset", "celeba64"]) == 2
     assert "expects 64 tokens of dim 24" in capsys.readouterr().err

@@ -115,7 +115,9 @@ def test_euler_maruyama_adds_the_seeds_step_noise():
     """One stochastic step from x_1 with eps = 0: x_1 + dt (-beta/2 x_1) plus sqrt(beta |dt|) times draw 1."""
     seeds = [3, 4]
     zero_eps = lambda x, t, labels: torch.zeros_like(x)  # noqa: E731
-    out = sample(zero_eps, SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=2, spacing="time", t_min=0.5, dtype=torch.float64)
+    out = sample(
+        zero_eps, SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=2, spacing="time", t_min=0.5, dtype=torch.float64
+    )
     t = torch.tensor([1.0, 0.75], dtype=torch.float64)
     beta = SCHEDULE.sde_beta(t).tolist()
     x1 = start_noise(seeds)
@@ -130,7 +132,9 @@ def test_cuda_sampling_matches_cpu_sampling():
     """The noise is drawn on the GPU from the same stream: the same samples up to float32 rounding."""
     seeds = list(range(32))
     cpu = sample(gaussian_eps_fn(), SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=10)
-    cuda = sample(gaussian_eps_fn(MU.cuda(), STD.cuda()), SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=10, device="cuda")
+    cuda = sample(
+        gaussian_eps_fn(MU.cuda(), STD.cuda()), SHAPE, seeds, SCHEDULE, "euler_maruyama", nfe=10, device="cuda"
+    )
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-4)
 
 
@@ -192,7 +196,9 @@ def test_bad_arguments():
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_x0_bound_keeps_samples_inside_the_data_range(sampler):
     """Static thresholding: data far outside [-1, 1] (mean 5) is pulled to the bound; unbounded it is not."""
-    eps_fn = gaussian_eps_fn(mu=torch.full(SHAPE, 5.0, dtype=torch.float64), std=torch.full(SHAPE, 0.1, dtype=torch.float64))
+    eps_fn = gaussian_eps_fn(
+        mu=torch.full(SHAPE, 5.0, dtype=torch.float64), std=torch.full(SHAPE, 0.1, dtype=torch.float64)
+    )
     seeds = list(range(16))
     free = sample(eps_fn, SHAPE, seeds, SCHEDULE, sampler=sampler, nfe=20)
     bounded = sample(eps_fn, SHAPE, seeds, SCHEDULE, sampler=sampler, nfe=20, x0_bound=1.0)
@@ -210,7 +216,15 @@ def test_bf16_sampling_stays_close_to_fp32():
 
     torch.manual_seed(0)
     codec = DCTCodec(16, 2, 4, 242.0)
-    model = build_uvit("tiny", token_dim=codec.token_dim, num_tokens=codec.num_tokens, embed_dim=32, depth=2, num_heads=2, token_grid=codec.grid)
+    model = build_uvit(
+        "tiny",
+        token_dim=codec.token_dim,
+        num_tokens=codec.num_tokens,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        token_grid=codec.grid,
+    )
     images = {
         precision: generate_images(model, codec, SCHEDULE, range(4), nfe=5, precision=precision).float()
         for precision in ("fp32", "bf16", "auto")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dctdiff.evaluation.image_sets import open_image_set
+from dctdiff.commands.prepare_command import build_parser, config_from_args, main
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.sources import CIFAR10_RECORD, Cifar10Source, FolderSource, open_source
-from dctdiff.commands.prepare_command import build_parser, config_from_args, main
+from dctdiff.evaluation.image_sets import open_image_set
 from tests.prepare_data import cifar10_records, encode
 from tests.test_prepare import read_rows
 
@@ -62,7 +62,10 @@ def test_self_links_dangling_links_and_hidden_files_are_counted(tmp_path):
     assert [item.id for item in source.items()] == sorted(images)
     assert source.class_names() == ["cats", "dogs"]
     assert reasons(source.skipped()) == {
-        ".git": "hidden", "cats/self": "symlink loop", "dogs/.hidden.png": "hidden", "dogs/gone.png": "dangling link"
+        ".git": "hidden",
+        "cats/self": "symlink loop",
+        "dogs/.hidden.png": "hidden",
+        "dogs/gone.png": "dangling link",
     }
 
 

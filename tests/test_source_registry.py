@@ -16,7 +16,7 @@ from dctdiff.commands.evaluate_command import parse_args as evaluate_args
 from dctdiff.commands.prepare_command import build_parser as prepare_parser
 from dctdiff.core.codec import DCTCodec
 from dctdiff.data.image_decoding import ImageRejected, decode_payload
-from dctdiff.data.preparation import PrepareConfig, run_prepare
+from dctdiff.data.prepare_job import PrepareConfig, run_prepare
 from dctdiff.data.shards import read_shard, shard_files
 from dctdiff.data.sources import (
     EVALUATE,

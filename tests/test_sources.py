@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, fit, prepare_array, prepare_encoded
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode, fit, prepare_array, prepare_encoded
 from dctdiff.data.sources import (
     FASHION_MNIST_DIR,
     Cifar10Source,

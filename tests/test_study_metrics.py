@@ -16,12 +16,12 @@ from dctdiff.core.kid import kernel_inception_distance, mmd2_unbiased
 from dctdiff.evaluation.precision_recall import precision_recall
 from dctdiff.evaluation.spectrum import PLANES, radial_power, spectral_stats
 
-
 # KID -------------------------------------------------------------------------------------------------
 
 
 def slow_mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """The unbiased MMD^2 of Gretton et al. (2012, eq. 3) as a plain double loop over pairs."""
+
     def k(a, b):
         return (sum(float(p) * float(q) for p, q in zip(a, b)) / len(a) + 1.0) ** 3
 
@@ -61,6 +61,7 @@ def test_kid_rejects_sets_too_small_for_subsets():
 
 def slow_precision_recall(real: np.ndarray, generated: np.ndarray, k: int) -> tuple[float, float]:
     """Kynkäänniemi et al. (2019, eqs. 1-2) one sample at a time with exact distances."""
+
     def radius(points, i):
         return sorted(np.linalg.norm(points[i] - points[j]) for j in range(len(points)) if j != i)[k - 1]
 
@@ -255,8 +256,19 @@ def test_fid_subcommand_reports_kid_precision_recall(ray_session, tmp_path, trac
     model = load_inception(weights, "cpu")
     expected = feature_metrics(extract_features(samples, model), extract_features(reference, model))
 
-    argv = ["fid", str(tmp_path / "samples.npz"), str(tmp_path / "reference.npz"), "--weights", str(weights),
-            "--batch-size", "3", "--mlflow-uri", tracking_uri, "--metric", "fid_ema"]
+    argv = [
+        "fid",
+        str(tmp_path / "samples.npz"),
+        str(tmp_path / "reference.npz"),
+        "--weights",
+        str(weights),
+        "--batch-size",
+        "3",
+        "--mlflow-uri",
+        tracking_uri,
+        "--metric",
+        "fid_ema",
+    ]
     assert main(argv) == 0
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dctdiff-evaluate").experiment_id])

@@ -10,11 +10,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from dctdiff.infra.mlflow_runs import PARENT_TAG
 from dctdiff.infra.mlflow_tracking import get_or_create_experiment
 from dctdiff.tuning.study_report import (
-    CURVES_FILE, REPORT_FILE, Point, Spread, TrialCurves, mean_curve, spread, summarize, write_study_report,
+    CURVES_FILE,
+    REPORT_FILE,
+    Point,
+    Spread,
+    TrialCurves,
+    mean_curve,
+    spread,
+    summarize,
+    write_study_report,
 )  # fmt: skip
-from dctdiff.tuning.sweep_report import PARENT_TAG, TRIAL_TAG
+from dctdiff.tuning.sweep_report import TRIAL_TAG
 
 SQRT2 = math.sqrt(2.0)
 

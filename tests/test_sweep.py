@@ -17,20 +17,34 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dctdiff.models.config import ConfigError, build_config
+from dctdiff.commands.sweep_command import main
+from dctdiff.commands.train_command import main as train_main
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.sources import FASHION_MNIST_DIR, FashionMnistSource
 from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError
-from dctdiff.commands.train_command import main as train_main
-from tests.prepared import write_prepared
-from dctdiff.tuning.sweep_report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
-from dctdiff.tuning.study_report import CURVES_FILE, REPORT_FILE, spread
-from dctdiff.tuning.search_space import builtin_studies, grid_size, is_pure_grid, load_study, tune_param_space, validate_space
-from dctdiff.commands.sweep_command import main
-from dctdiff.training.launcher import WorkerResources
-from dctdiff.tuning.sweep_job import (
-    INTERRUPTED, SWEEP_FILE, TRIAL_CPUS, TRIALS_DIR, SweepPlan, TrialProgress, plan_concurrency, trial_config,
+from dctdiff.models.config import ConfigError, build_config
+from dctdiff.training.train_job import WorkerResources
+from dctdiff.tuning.search_space import (
+    builtin_studies,
+    grid_size,
+    is_pure_grid,
+    load_study,
+    tune_param_space,
+    validate_space,
 )
+from dctdiff.tuning.study_report import CURVES_FILE, REPORT_FILE, spread
+from dctdiff.tuning.sweep_job import (
+    INTERRUPTED,
+    SWEEP_FILE,
+    TRIAL_CPUS,
+    TRIALS_DIR,
+    SweepPlan,
+    TrialProgress,
+    plan_concurrency,
+    trial_config,
+)
+from dctdiff.tuning.sweep_report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
+from tests.prepared import write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "optim.batch_size=8", "--set", "model.embed_dim=32", "--set", "optim.warmup_steps=2"]
@@ -61,7 +75,10 @@ def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
 def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
     demo = build_config("demo")
     cases = [
-        ({"optim.learning_rate": {"grid": [1e-3]}}, "unknown space key 'optim.learning_rate'; sweepable keys: .*optim.lr"),
+        (
+            {"optim.learning_rate": {"grid": [1e-3]}},
+            "unknown space key 'optim.learning_rate'; sweepable keys: .*optim.lr",
+        ),
         ({"cadence.max_steps": {"grid": [10]}}, "set by the sweep .* use --max-steps"),
         ({"data.block_size": {"grid": [2, 4]}}, "fixed by the prepared data"),
         ({"data.keep": {"grid": [2, 5]}}, r"value 5 is invalid: data.keep must be in 1..data.block_size\*\*2 = 1..4"),
@@ -77,7 +94,9 @@ def test_bad_spaces_fail_with_a_message_that_says_what_to_change(tmp_path):
         load_study("snr")
     with pytest.raises(ConfigError, match="must be a mapping with 'space'"):
         load_study(write_space(tmp_path / "typo.yaml", "spaces: {}\n"))
-    with pytest.raises(ConfigError, match="unknown keys \\['samples'\\]; allowed: description, space, num_samples, scheduler"):
+    with pytest.raises(
+        ConfigError, match="unknown keys \\['samples'\\]; allowed: description, space, num_samples, scheduler"
+    ):
         load_study(write_space(tmp_path / "extra.yaml", "space: {optim.lr: {grid: [1.0e-3]}}\nsamples: 3\n"))
     with pytest.raises(ConfigError, match="scheduler must be one of asha, grid, got 'fifo'"):
         load_study(write_space(tmp_path / "fifo.yaml", "space: {optim.lr: {grid: [1.0e-3]}}\nscheduler: fifo\n"))
@@ -116,9 +135,18 @@ def test_trial_config_applies_the_values_and_puts_an_fid_in_every_report():
 
 @pytest.mark.parametrize(
     "cpus, gpus, workers, cpus_per_worker, gpus_per_worker",
-    [(2, 0, 1, None, 0), (16, 0, 1, None, 0), (16, 0, 4, 0.5, 0), (8, 2, 1, None, 1), (64, 8, 2, 4, 1), (3, 0, 2, None, 0)],
+    [
+        (2, 0, 1, None, 0),
+        (16, 0, 1, None, 0),
+        (16, 0, 4, 0.5, 0),
+        (8, 2, 1, None, 1),
+        (64, 8, 2, 4, 1),
+        (3, 0, 2, None, 0),
+    ],
 )
-def test_concurrent_trials_and_ray_data_fit_and_one_more_would_not(cpus, gpus, workers, cpus_per_worker, gpus_per_worker):
+def test_concurrent_trials_and_ray_data_fit_and_one_more_would_not(
+    cpus, gpus, workers, cpus_per_worker, gpus_per_worker
+):
     per_worker, concurrent = plan_concurrency(cpus, gpus, workers, cpus_per_worker, gpus_per_worker, None)
     per_trial = TRIAL_CPUS + workers * per_worker
     assert concurrent >= 1 and concurrent * per_trial + DATA_CPUS <= cpus + 1e-9
@@ -142,7 +170,10 @@ def test_command_line_errors_come_before_any_work(tmp_path, capsys):
     common = ["--data", str(tmp_path), "--storage", str(tmp_path / "sweeps")]
     cases = [
         (["--study", space, "--num-samples", "3", *common], "would repeat the same 2 grid trials"),
-        (["--study", space, "--max-steps", "4", "--report-every", "8", *common], "--report-every must be in 1..--max-steps"),
+        (
+            ["--study", space, "--max-steps", "4", "--report-every", "8", *common],
+            "--report-every must be in 1..--max-steps",
+        ),
         (["--resume", "--name", "x", "--study", space, "--storage", str(tmp_path)], "saved settings; drop --study"),
         (["--resume", "--name", "x", "--storage", str(tmp_path)], "x/dctdiff_sweep.json does not exist"),
         (["--study", space, "--fid-samples", "3", *common], "--fid-samples must be >= 4"),
@@ -200,9 +231,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     """2 trials (c in {1, 4}) on 2 CPUs run one at a time; SIGINT after the first trial, --resume; then
     the MLflow parent and 2 child runs, results.csv and a best config that train accepts."""
     data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
-    space = write_space(
-        tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n"
-    )
+    space = write_space(tmp_path / "space.yaml", "space:\n  diffusion.snr_scale: {grid: [1, 4]}\n")
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     sweeps = tmp_path / "sweeps"
     where = ["--storage", str(sweeps), "--name", "ablation"]
@@ -212,7 +241,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     address = ray_session.get_runtime_context().gcs_address
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "tune/sweep.py", *argv, "--address", address], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "tune/sweep.py", *argv, "--address", address],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     record = sweeps / "ablation" / SWEEP_FILE
     wait_for(record.exists, 600, process, log)
@@ -288,8 +320,27 @@ def test_the_dct_vs_pixel_study_writes_its_report(ray_session, tmp_path):
     data = write_prepared(tmp_path / "data", fashion_mnist_images(16), colour="grey", store_pixels=True)
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     sweeps = tmp_path / "sweeps"
-    argv = ["--study", "dct_vs_pixel", "--data", str(data), *TINY, "--max-steps", "2", "--report-every", "2",
-            "--fid-samples", "4", "--nfe", "2", "--mlflow-uri", tracking, "--storage", str(sweeps), "--name", "study"]
+    argv = [
+        "--study",
+        "dct_vs_pixel",
+        "--data",
+        str(data),
+        *TINY,
+        "--max-steps",
+        "2",
+        "--report-every",
+        "2",
+        "--fid-samples",
+        "4",
+        "--nfe",
+        "2",
+        "--mlflow-uri",
+        tracking,
+        "--storage",
+        str(sweeps),
+        "--name",
+        "study",
+    ]
     assert main(argv) == 0  # fmt: skip
 
     plan = SweepPlan.from_json(__import__("json").loads((sweeps / "study" / SWEEP_FILE).read_text()))

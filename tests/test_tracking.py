@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from dctdiff.infra.mlflow_tracking import TrackingError, check_tracking_uri, redact, restore_secret, silence_run_links, ui_command
+from dctdiff.infra.mlflow_tracking import (
+    TrackingError,
+    check_tracking_uri,
+    redact,
+    restore_secret,
+    silence_run_links,
+    ui_command,
+)
 
 PASSWORD = "wJalr/K7MD@EN:G%2Fb"
 
@@ -24,12 +31,18 @@ PASSWORD = "wJalr/K7MD@EN:G%2Fb"
         ("http://alice:a:b:c@host:5000/x", "http://alice:***@host:5000/x"),
         ("http://alice:p%2Fq%40r@host/x", "http://alice:***@host/x"),
         (f"https://alice:{PASSWORD}@mlflow.example.com:443/api", "https://alice:***@mlflow.example.com:443/api"),
-        ("mysql+pymysql://u:pw@h/db?charset=utf8&password=p2&ssl=1",
-         "mysql+pymysql://u:***@h/db?charset=utf8&password=***&ssl=1"),
-        ("https://h/f?X-Amz-Signature=abc&X-Amz-Credential=k/2025&x=1#top",
-         "https://h/f?X-Amz-Signature=***&X-Amz-Credential=***&x=1#top"),
-        ("https://h/?access_token=t0k&api_key=k3y&client_secret=s",
-         "https://h/?access_token=***&api_key=***&client_secret=***"),
+        (
+            "mysql+pymysql://u:pw@h/db?charset=utf8&password=p2&ssl=1",
+            "mysql+pymysql://u:***@h/db?charset=utf8&password=***&ssl=1",
+        ),
+        (
+            "https://h/f?X-Amz-Signature=abc&X-Amz-Credential=k/2025&x=1#top",
+            "https://h/f?X-Amz-Signature=***&X-Amz-Credential=***&x=1#top",
+        ),
+        (
+            "https://h/?access_token=t0k&api_key=k3y&client_secret=s",
+            "https://h/?access_token=***&api_key=***&client_secret=***",
+        ),
         ("http://alice:***@host:5000", "http://alice:***@host:5000"),  # already redacted: unchanged
         # no userinfo, no secret parameter: unchanged, character for character
         ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),

@@ -18,10 +18,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from dctdiff.commands.train_command import parse_args
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.infra.ray_cluster import keep_ray_on_loopback
-from dctdiff.commands.train_command import parse_args
-from dctdiff.training.launcher import train
+from dctdiff.training.train_job import train
 from tests.prepared import write_prepared
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dctdiff.evaluation.fid import extract_features, fid_from_stats, load_fid_stats, load_inception
-from dctdiff.core.kid import kernel_inception_distance
-from tests.fid_reference import compute_fid_stats
-from dctdiff.core.generation import generate_images
-from dctdiff.evaluation.image_sets import PreparedImages
-from dctdiff.training import training_fid
-from dctdiff.training.training_fid import ensure_reference_stats, gather_features, load_reference, reference_uri
-from dctdiff.data.bundled_photos import photo_crops
-from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_model
 from dctdiff.commands.train_command import parse_args
-from dctdiff.training.launcher import train
+from dctdiff.core.generation import generate_images
+from dctdiff.core.kid import kernel_inception_distance
+from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.evaluation.fid import extract_features, fid_from_stats, load_fid_stats, load_inception
+from dctdiff.evaluation.image_sets import PreparedImages
+from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_model
+from dctdiff.training import periodic_fid
+from dctdiff.training.periodic_fid import ensure_reference_stats, gather_features, load_reference, reference_uri
+from dctdiff.training.train_job import train
+from tests.fid_reference import compute_fid_stats
 from tests.prepared import write_prepared
 
 FID_SAMPLES = 8  # the CPU Inception runs at ~10-20 images/s
@@ -87,7 +87,9 @@ def test_periodic_fid_and_kid_match_a_recomputation_from_the_checkpoint(ray_sess
 
     # FID and KID at every fid_every steps and the last, logged and reported to Ray Train
     client = MlflowClient(tracking)
-    history = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("fid", "kid", "kid_std")}
+    history = {
+        key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in ("fid", "kid", "kid_std")
+    }
     assert all(sorted(values) == [2, 4] for values in history.values()), history
     assert history["fid"][2] != history["fid"][4]
     assert result.metrics["fid"] == pytest.approx(history["fid"][4], rel=1e-9)
@@ -109,8 +111,10 @@ def test_periodic_fid_and_kid_match_a_recomputation_from_the_checkpoint(ray_sess
 
 
 @pytest.mark.slow
-def test_the_reference_is_recomputed_when_the_data_or_precision_changes_or_it_lacks_features(ray_session, tmp_path, monkeypatch):
-    monkeypatch.setattr(training_fid, "REFERENCE_FEATURES", 5)  # a sample of the 8 images
+def test_the_reference_is_recomputed_when_the_data_or_precision_changes_or_it_lacks_features(
+    ray_session, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(periodic_fid, "REFERENCE_FEATURES", 5)  # a sample of the 8 images
     data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=1), shards=1)
     uri = reference_uri(str(data))
     buffer = io.BytesIO()  # a cache written before the KID features were kept: right count, no features
@@ -120,7 +124,7 @@ def test_the_reference_is_recomputed_when_the_data_or_precision_changes_or_it_la
     first = load_reference(uri)
     images = PreparedImages(str(data)).load()
     assert not np.allclose(first.stats.mu, 0)
-    positions = training_fid.reference_positions(8, 5)
+    positions = periodic_fid.reference_positions(8, 5)
     assert len(set(positions.tolist())) == 5 and list(positions) == sorted(positions)
     expected = extract_features(images, load_inception(device="cpu"))[positions]
     np.testing.assert_allclose(first.features, expected, rtol=1e-4, atol=1e-4)

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from dctdiff.commands.train_command import main, parse_args
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.infra.ray_cluster import ResourceError, plan_worker_cpus
-from dctdiff.commands.train_command import main, parse_args
-from dctdiff.training.launcher import train
+from dctdiff.training.train_job import train
 from tests.prepared import write_prepared
 
 pytestmark = pytest.mark.slow
@@ -72,9 +72,13 @@ def test_train_logs_to_mlflow_and_resumes_exactly_past_a_corrupt_newest_checkpoi
     artifacts = {a.path for a in client.list_artifacts(straight)}
     assert {"config.yaml", "stats.json", "images"} <= artifacts  # images: the step-indexed sample grids
     # keep_checkpoints=2: steps 4 and 6 remain
-    checkpoints = sorted(p for p in (small_runs.runs / "straight").iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    checkpoints = sorted(
+        p for p in (small_runs.runs / "straight").iterdir() if p.is_dir() and p.name.startswith("checkpoint_")
+    )
     assert len(checkpoints) == 2
-    assert (checkpoints[-1] / "ema.safetensors").exists() and '"step": 6' in (checkpoints[-1] / "state.json").read_text()
+    assert (checkpoints[-1] / "ema.safetensors").exists() and '"step": 6' in (
+        checkpoints[-1] / "state.json"
+    ).read_text()
 
     # the resumed run continues the same MLflow run: steps 1-4, then 3-6 again from the step-2 checkpoint
     split = run_id_of(client, "split")
@@ -96,10 +100,15 @@ def test_worker_killed_mid_run_restarts_from_checkpoint(ray_module, data, places
          "--set", "cadence.checkpoint_every=10", "--set", "cadence.log_every=5", "--set", "cadence.sample_every=0"]
     )  # fmt: skip
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(request.config, request.options, request.tracking)))
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=train(request.config, request.options, request.tracking))
+    )
     thread.start()
     deadline = time.time() + 240
-    while not any(p.is_dir() and p.name.startswith("checkpoint_") for p in (runs / "killed").glob("*")) and time.time() < deadline:
+    while (
+        not any(p.is_dir() and p.name.startswith("checkpoint_") for p in (runs / "killed").glob("*"))
+        and time.time() < deadline
+    ):
         time.sleep(0.2)
     (worker,) = list_actors(
         address=ray.get_runtime_context().gcs_address,
@@ -135,7 +144,13 @@ def test_inf_in_one_row_on_one_of_two_workers_stops_both_without_a_retry(ray_mod
     from ray.util.state import list_actors
 
     def train_workers() -> int:
-        return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+        return len(
+            list_actors(
+                address=ray.get_runtime_context().gcs_address,
+                filters=[("class_name", "=", "RayTrainWorker")],
+                limit=10_000,
+            )
+        )
 
     data = write_prepared(tmp_path / "poisoned", photo_crops(32, 32, seed=0), inf_row=5)
     where, client, _ = places
@@ -162,10 +177,16 @@ def test_an_exception_before_the_first_step_is_recorded_and_not_retried(ray_modu
 
     from dctdiff.models.config import build_config
     from dctdiff.training.failure_record import FirstStepError
-    from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, plan_run
+    from dctdiff.training.train_job import LaunchOptions, WorkerResources, launch, plan_run
 
     def train_workers() -> int:
-        return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000))
+        return len(
+            list_actors(
+                address=ray.get_runtime_context().gcs_address,
+                filters=[("class_name", "=", "RayTrainWorker")],
+                limit=10_000,
+            )
+        )
 
     config = build_config("demo", overrides=SMALL[1::2])
     options = LaunchOptions(str(data), WorkerResources(max_failures=2), str(tmp_path / "runs"), "first-step")

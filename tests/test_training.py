@@ -12,11 +12,11 @@ import torch
 
 from dctdiff.core.codec import DCTCodec
 from dctdiff.core.generation import generate_images
-from dctdiff.models.config import build_config
 from dctdiff.data.bundled_photos import photo_crops
+from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import build_config
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
-from dctdiff.models.builders import build_codec, build_model
 from dctdiff.training.trainer import Batch, Trainer, ema_decay_at
 
 ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], "Cr": [4.014, 1.284, 1.435, 1.0]}
@@ -24,9 +24,13 @@ ENTROPY = {"Y": [6.471, 3.588, 3.767, 2.411], "Cb": [4.308, 1.315, 1.487, 1.0], 
 
 def make_trainer(**overrides) -> Trainer:
     torch.manual_seed(0)
-    settings = ["optim.warmup_steps=3", "optim.lr=1e-3", "optim.ema_decay=0.9", "model.embed_dim=32", *[
-        f"{k}={v}" for k, v in overrides.items()
-    ]]
+    settings = [
+        "optim.warmup_steps=3",
+        "optim.lr=1e-3",
+        "optim.ema_decay=0.9",
+        "model.embed_dim=32",
+        *[f"{k}={v}" for k, v in overrides.items()],
+    ]
     config = build_config("demo", overrides=settings)
     codec = build_codec(config, eta=242.0)
     return Trainer(config, codec, build_model(config, codec), ENTROPY, torch.device("cpu"))
@@ -50,7 +54,11 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["step"] == 3 and state["rng"] == {"seed": 0, "step": 3}
     assert {p.name for p in tmp_path.iterdir()} == {
-        "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "manifest.json"
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "manifest.json",
     }
 
     resumed = make_trainer()
@@ -61,7 +69,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_per_sample_randomness_makes_the_batch_split_irrelevant(batches):
     """Gradient of the whole batch == mean of the two halves' gradients (what DDP computes)."""
     whole, halves = make_trainer(**{"optim.grad_clip": 0}), make_trainer(**{"optim.grad_clip": 0})
@@ -345,8 +353,8 @@ def test_a_cuda_step_makes_no_host_sync(batches):
 @pytest.mark.gpu
 def test_cuda_batches_from_rows_equal_the_cpu_batches():
     """The prefetch thread's batch on CUDA (pinned, non-blocking copies, conversion on the device) is the CPU's."""
-    from dctdiff.training.prefetch import prefetched
     from dctdiff.training.device_batches import batch_from_rows
+    from dctdiff.training.prefetch import prefetched
 
     config = build_config("demo", overrides=["model.embed_dim=32"])
     codec = build_codec(config, eta=242.0)
@@ -378,7 +386,9 @@ def test_only_kept_coefficients_cross_to_the_device(monkeypatch):
     batch = device_batches.batch_from_rows(rows, config, codec, "coefficients", torch.device("cpu"))
     assert codec.keep == 2 and coefficients.shape[-1] == 4
     assert moved[0] == (*coefficients.shape[:-1], 2)
-    torch.testing.assert_close(batch.tokens, codec.tokens_from_coefficients(torch.from_numpy(coefficients)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        batch.tokens, codec.tokens_from_coefficients(torch.from_numpy(coefficients)), rtol=0, atol=0
+    )
 
 
 def test_logged_metrics_are_float32_under_bf16_autocast(batches):

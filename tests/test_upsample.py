@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from scipy.fft import dctn, idctn
 
-from dctdiff.evaluation.image_sets import ImageSetError, open_image_set, read_image
-from dctdiff.core.image_metrics import psnr, ssim
 from dctdiff.core.dct_upsampling import dct_upsample, pil_resize, upsampling_matrix
+from dctdiff.core.image_metrics import psnr, ssim
+from dctdiff.evaluation.image_sets import ImageSetError, open_image_set, read_image
 
 
 def reference_upsample(images: np.ndarray, block_size: int) -> np.ndarray:
@@ -115,7 +115,7 @@ def write_images(folder, names_and_sizes):
 
 @pytest.mark.slow
 def test_folder_job_writes_dct_upsampled_pngs(ray_session, tmp_path):
-    from dctdiff.evaluation.upsampling_job import upsample_folder
+    from dctdiff.evaluation.upsample_job import upsample_folder
 
     source, output = tmp_path / "in", tmp_path / "out"
     write_images(source, [("a.png", (16, 24)), ("sub/b.jpg", (32, 32))])
@@ -127,7 +127,7 @@ def test_folder_job_writes_dct_upsampled_pngs(ray_session, tmp_path):
 
 def test_folder_job_bad_inputs(tmp_path):
     from dctdiff.commands.upsample_command import main
-    from dctdiff.evaluation.upsampling_job import upsample_folder
+    from dctdiff.evaluation.upsample_job import upsample_folder
 
     write_images(tmp_path / "odd", [("a.png", (16, 24)), ("b.png", (30, 30))])
     with pytest.raises(ImageSetError, match=r"b.png is 30x30, not divisible by --block-size 4"):
@@ -142,7 +142,7 @@ def test_folder_job_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_compare_report(ray_session, tmp_path):
-    from dctdiff.evaluation.upsampling_job import COMPARE_METHODS, compare
+    from dctdiff.evaluation.upsample_job import COMPARE_METHODS, compare
 
     image_set = open_image_set("photos:4", resolution=32)
     rows = compare(image_set, str(tmp_path), block_size=4, batch_size=16)
@@ -163,12 +163,14 @@ def test_compare_report(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_folder_job_and_compare_write_through_uris(ray_session, tmp_path):
-    from dctdiff.evaluation.upsampling_job import COMPARE_METHODS, compare, upsample_folder
+    from dctdiff.evaluation.upsample_job import COMPARE_METHODS, compare, upsample_folder
 
     write_images(tmp_path / "in", [("a.png", (16, 24)), ("sub/b.png", (8, 8))])
     assert upsample_folder(str(tmp_path / "in"), f"file://{tmp_path}/out", block_size=4, factor=2) == 2
     for name in ("a.png", "sub/b.png"):
-        expected = dct_upsample(read_image(str(tmp_path / "in" / name))[None], 4)[0]  # checked against the reference above
+        expected = dct_upsample(read_image(str(tmp_path / "in" / name))[None], 4)[
+            0
+        ]  # checked against the reference above
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / name)), expected)
     rows = compare(open_image_set("photos:4", resolution=32), f"file://{tmp_path}/report", block_size=4, batch_size=16)
     with open(tmp_path / "report" / "compare.csv") as handle:

@@ -14,14 +14,15 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dctdiff.data import shards
-from dctdiff.core.codec import DCTCodec
-from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.commands.evaluate_command import main as evaluate_main
 from dctdiff.commands.sample_command import main as sample_main
+from dctdiff.core.codec import DCTCodec
+from dctdiff.data import shards
+from dctdiff.data.bundled_photos import photo_crops
 from tests.small_runs import IMAGES, STEPS
 
 pytestmark = pytest.mark.slow
+
 
 def test_prepare_through_a_uri_writes_the_dataset_a_path_does(small_runs):
     ids, labels, coefficients = zip(*(shards.read_shard(f) for f in shards.shard_files(small_runs.uri("data"))))

@@ -11,7 +11,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("dctdiff.commands.prepare_command", "images -> Parquet DCT shards + stats.json (Ray Data)"),
     "train": ("dctdiff.commands.train_command", "train a U-ViT in DCT or pixel space (Ray Train, MLflow)"),
     "sample": ("dctdiff.commands.sample_command", "generate images from a checkpoint (Ray actors)"),
-    "evaluate": ("dctdiff.commands.evaluate_command", "FID, KID, precision/recall; reconstruction rFID per keep; spectra"),
+    "evaluate": (
+        "dctdiff.commands.evaluate_command",
+        "FID, KID, precision/recall; reconstruction rFID per keep; spectra",
+    ),
     "upsample": ("dctdiff.commands.upsample_command", "DCT upsampling of images; comparison with bicubic/Lanczos"),
     "sweep": ("dctdiff.commands.sweep_command", "Ray Tune sweep over training runs, ranked by FID"),
     "demo": ("dctdiff.commands.demo_command", "the whole pipeline on bundled photos, on a laptop CPU"),
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:
-        sys.stderr.write(f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)} (see dctdiff --help)\n")
+        sys.stderr.write(
+            f"error: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)} (see dctdiff --help)\n"
+        )
         return 2
     return run_subcommand(name, rest)

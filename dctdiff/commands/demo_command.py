@@ -22,13 +22,14 @@ from dctdiff.commands import prepare_command
 from dctdiff.commands.train_command import parse_args as parse_train_args
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.evaluation.codec_grid import SHOWN_KEEPS, codec_grid, psnr_table, round_trips
-from dctdiff.evaluation.evaluation_job import run_fid, run_reconstruction
+from dctdiff.evaluation.evaluate_job import run_fid, run_reconstruction
 from dctdiff.evaluation.image_grid import sample_grid, save_png
-from dctdiff.evaluation.sampling_job import SamplingSpec, run as run_sampling
+from dctdiff.evaluation.sample_job import SamplingSpec
+from dctdiff.evaluation.sample_job import run as run_sampling
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_runs import RunHandle
 from dctdiff.infra.mlflow_tracking import TrackingOptions, resolve_tracking_uri, review_hint
-from dctdiff.training.launcher import train
+from dctdiff.training.train_job import train
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     banner(f"2/5 prepare {args.images} photo crops (32x32, B=2) with Ray Data")
     data = out / "data"
-    status = prepare_command.main(["--source", "photos", "--preset", "demo", "--limit", str(args.images), "--output", str(data)])
+    status = prepare_command.main(
+        ["--source", "photos", "--preset", "demo", "--limit", str(args.images), "--output", str(data)]
+    )
     if status:
         return status
 

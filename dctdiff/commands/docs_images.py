@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(path) for path in inputs.values() if not path.is_file()]
     try:
         if missing:
-            raise ValueError(f"{', '.join(missing)} missing; run `make demo` / `make study` (or give --demo / --study) first")
+            raise ValueError(
+                f"{', '.join(missing)} missing; run `make demo` / `make study` (or give --demo / --study) first"
+            )
         storage.check_writable(str(args.output))
     except ValueError as error:
         return flags.report_error(str(error))

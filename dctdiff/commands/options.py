@@ -8,9 +8,9 @@ import os
 from typing import NoReturn
 
 from dctdiff.infra.logs import LEVELS, configure_logging
-from dctdiff.infra.suggestions import did_you_mean
 from dctdiff.infra.mlflow_tracking import DEFAULT_EXPERIMENT, TrackingOptions, redact
-from dctdiff.training.launcher import WorkerResources
+from dctdiff.infra.suggestions import did_you_mean
+from dctdiff.training.train_job import WorkerResources
 
 
 class JobParser(argparse.ArgumentParser):
@@ -60,7 +60,9 @@ def log_level(args: argparse.Namespace) -> str:
 def add_config_flags(parser: argparse.ArgumentParser, preset_help: str) -> None:
     """``--preset``, ``--config`` and ``--set``: a TrainConfig resolved by ``build_config``."""
     parser.add_argument("--preset", default="demo", help=preset_help)
-    parser.add_argument("--config", action="append", default=[], metavar="FILE.yaml", help="YAML overrides (repeatable)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="FILE.yaml", help="YAML overrides (repeatable)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set optim.lr=1e-4")
 
 

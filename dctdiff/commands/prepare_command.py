@@ -13,15 +13,15 @@ import argparse
 from dataclasses import asdict
 
 from dctdiff.commands import options as flags
+from dctdiff.core.token_layout import AUTO_COLOUR
+from dctdiff.data.dataset_presets import DATA_PRESETS, data_preset
+from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
+from dctdiff.data.prepare_job import PREPARE_COLOURS, PrepareConfig, run_prepare
+from dctdiff.data.shards import DTYPES
+from dctdiff.data.sources import PREPARE, describe_sources, source_forms
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging, show_progress
 from dctdiff.infra.ray_cluster import ResourceError, environment
-from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS
-from dctdiff.core.token_layout import AUTO_COLOUR
-from dctdiff.data.preparation import PREPARE_COLOURS, PrepareConfig, run_prepare
-from dctdiff.data.dataset_presets import DATA_PRESETS, data_preset
-from dctdiff.data.shards import DTYPES
-from dctdiff.data.sources import PREPARE, describe_sources, source_forms
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +79,25 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         resolution, block_size = args.resolution, args.block_size
     try:
         config = PrepareConfig(
-            source=args.source, output=args.output, resolution=resolution, block_size=block_size,
-            dtype=args.dtype, crop_box=crop_box, stats_sample=args.stats_sample, upscale=args.upscale,
-            max_pixels=args.max_pixels, limit=args.limit, seed=args.seed, split=args.split,
-            unlabeled=args.unlabeled, dedupe=args.dedupe, shard_rows=args.shard_rows, overwrite=args.overwrite,
-            progress=not args.no_progress and show_progress(), colour=args.colour, store_pixels=args.store_pixels,
+            source=args.source,
+            output=args.output,
+            resolution=resolution,
+            block_size=block_size,
+            dtype=args.dtype,
+            crop_box=crop_box,
+            stats_sample=args.stats_sample,
+            upscale=args.upscale,
+            max_pixels=args.max_pixels,
+            limit=args.limit,
+            seed=args.seed,
+            split=args.split,
+            unlabeled=args.unlabeled,
+            dedupe=args.dedupe,
+            shard_rows=args.shard_rows,
+            overwrite=args.overwrite,
+            progress=not args.no_progress and show_progress(),
+            colour=args.colour,
+            store_pixels=args.store_pixels,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -112,4 +126,3 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         return flags.report_error(str(error), status=1)
     return 0
-

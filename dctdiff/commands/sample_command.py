@@ -17,7 +17,7 @@ from dataclasses import asdict
 from dctdiff.commands import options as flags
 from dctdiff.core.precision import PRECISIONS
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.evaluation.sampling_job import SamplingSpec, run
+from dctdiff.evaluation.sample_job import SamplingSpec, run
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         "--gpus-per-worker", type=float, help="default: 1 on a cluster with GPUs, else 0 (0: sample on CPUs)"
     )
     parser.add_argument("--preset", default="demo", help="codec settings for a published checkpoint")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (published checkpoints)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides (published checkpoints)"
+    )
     flags.add_ray_flag(parser)
     flags.add_dry_run_flag(parser)
     flags.add_logging_flags(parser)
@@ -66,4 +68,3 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterLostError as error:
         return flags.report_error(f"{error}", status=1)
     return 0
-

@@ -18,13 +18,24 @@ from dataclasses import asdict, replace
 from dctdiff.commands import options as flags
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
-from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.infra.mlflow_tracking import open_tracking, resolve_tracking_uri, restore_secret
+from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
 from dctdiff.models.config import ConfigError, check_run_name
 from dctdiff.tuning.search_space import DEFAULT_SCHEDULER, SCHEDULERS, builtin_studies
 from dctdiff.tuning.sweep_job import INTERRUPTED, SWEEP_FILE, load_plan, new_plan, run_sweep
 
-RESUME_FLAGS = {"resume", "name", "storage", "address", "log_level", "quiet", "mlflow_uri", "data", "fid_reference", "dry_run"}  # what --resume may be given; the rest is saved
+RESUME_FLAGS = {
+    "resume",
+    "name",
+    "storage",
+    "address",
+    "log_level",
+    "quiet",
+    "mlflow_uri",
+    "data",
+    "fid_reference",
+    "dry_run",
+}  # what --resume may be given; the rest is saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, help="samples of the space (default: the study's, else 1)")
     parser.add_argument("--max-concurrent-trials", type=int, help="default: as many as the cluster holds")
     parser.add_argument("--max-steps", type=int, help="training steps per trial (default: the config's)")
-    parser.add_argument("--report-every", type=int, help="steps between reports, each with an FID (default max_steps/10)")
+    parser.add_argument(
+        "--report-every", type=int, help="steps between reports, each with an FID (default max_steps/10)"
+    )
     parser.add_argument("--fid-samples", type=int, help="samples per FID (default: cadence.fid_samples)")
     parser.add_argument("--nfe", type=int, help="sampler steps for FID and grids (default: cadence.sample_nfe)")
-    parser.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default max_steps/8)")
+    parser.add_argument(
+        "--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default max_steps/8)"
+    )
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the best 1/f at each rung")
     flags.add_worker_flags(parser, " per trial")
     flags.add_storage_flag(parser, "outputs/sweeps", "sweep root")
@@ -81,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not args.study:
                 parser.error("--study is required (a built-in study or a YAML file)")
-            plan = new_plan(
-                args, flags.worker_resources(args), flags.tracking_options(args), flags.log_level(args)
-            )
+            plan = new_plan(args, flags.worker_resources(args), flags.tracking_options(args), flags.log_level(args))
             if storage.exists(storage.join(plan.directory, SWEEP_FILE)):
                 raise FileExistsError(
                     f"sweep {plan.name} exists under {plan.storage}; add --resume or choose another --name"
@@ -98,4 +111,3 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterLostError as error:
         return flags.report_error(f"{error}", status=1)
     return INTERRUPTED if outcome.interrupted else 0
-

@@ -20,12 +20,12 @@ from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_tracking import TrackingOptions, open_tracking, redact, resolve_tracking_uri, review_hint
 from dctdiff.infra.ray_cluster import ClusterLostError, ResourceError
-from dctdiff.training.batch_order import first_batch_ids
 from dctdiff.models.config import ConfigError, TrainConfig, build_config, check_run_name
+from dctdiff.training.batch_order import first_batch_ids
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.training.launcher import LaunchOptions, train
-from dctdiff.training.step_metrics import NonFiniteLossError
 from dctdiff.training.failure_record import FirstStepError
+from dctdiff.training.step_metrics import NonFiniteLossError
+from dctdiff.training.train_job import LaunchOptions, train
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_worker_flags(parser, "")
     flags.add_storage_flag(parser, "outputs/runs", "checkpoint root")
     parser.add_argument("--name", help="run name (default: preset-space-timestamp)")
-    parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --name (default: newest run)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the newest checkpoint of --name (default: newest run)"
+    )
     flags.add_mlflow_flags(parser)
     flags.add_ray_flag(parser)
     flags.add_dry_run_flag(parser)

@@ -21,7 +21,7 @@ from dctdiff.commands import options as flags
 from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS
 from dctdiff.evaluation.fid import check_weights
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, error_message, open_image_set
-from dctdiff.evaluation.upsampling_job import DEFAULT_BLOCK_SIZE, compare, upsample_folder
+from dctdiff.evaluation.upsample_job import DEFAULT_BLOCK_SIZE, compare, upsample_folder
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.ray_cluster import ResourceError
@@ -68,4 +68,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ResourceError, RayError) as error:
         return flags.report_error(f"{error_message(error)}")
     return 0
-

@@ -316,8 +316,10 @@ class DCTCodec(Codec):
         frequencies of each block (K = B*B as ``analyze`` returns, or K = keep as the trainer sends them)."""
         coefficients = torch.as_tensor(coefficients)
         expected = (self.num_tokens, self.layout.blocks_per_token)
-        if coefficients.ndim != 4 or tuple(coefficients.shape[1:3]) != expected or not (
-            self.keep <= coefficients.shape[3] <= self.block_size**2
+        if (
+            coefficients.ndim != 4
+            or tuple(coefficients.shape[1:3]) != expected
+            or not (self.keep <= coefficients.shape[3] <= self.block_size**2)
         ):
             raise ValueError(
                 f"coefficients must have shape [N, {', '.join(map(str, expected))}, K] with keep = {self.keep} <= K <= "
@@ -344,8 +346,10 @@ class DCTCodec(Codec):
         cbcr = self._chroma_grid.unpatchify(chroma, 2)  # [N, H/2, W/2, 2]
         # Chroma 4:2:0 -> 4:4:4: bilinear x2, half-pixel centres, edges replicated (align_corners=False).
         cbcr = F.interpolate(cbcr.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
-        ycbcr = torch.cat([y[:, None], cbcr], dim=1) + LEVEL_SHIFT - self._constant(
-            "offset", YCBCR_OFFSET[:, None, None], device
+        ycbcr = (
+            torch.cat([y[:, None], cbcr], dim=1)
+            + LEVEL_SHIFT
+            - self._constant("offset", YCBCR_OFFSET[:, None, None], device)
         )  # [N, 3, H, W]: Y, Cb - 128, Cr - 128
         rgb = torch.einsum("kc,nchw->nhwk", self._constant("to_rgb", YCBCR_TO_RGB, device), ycbcr)
         return _to_uint8(rgb)
@@ -437,7 +441,6 @@ class PixelCodec(Codec):
         n, p = tokens.shape[0], self.patch_size
         flipped = self._grid.flip_columns(tokens).reshape(n, self.num_tokens, p, p, self.channels).flip(3)
         return flipped.reshape(tokens.shape)
-
 
 
 def _analysis_matrix(block_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from dctdiff.core.codec import Codec
-from dctdiff.core.precision import Precision, autocast
-from dctdiff.core.uvit import UViT
-from dctdiff.core.samplers import model_eps_fn, sample
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.precision import Precision, autocast
+from dctdiff.core.samplers import model_eps_fn, sample
+from dctdiff.core.uvit import UViT
 
 
 @torch.no_grad()

@@ -83,8 +83,10 @@ def kernel_inception_distance(
             f"features); KID needs at least {MIN_FEATURES} images per set"
         )
     rng = np.random.default_rng(seed)
-    draws = [(rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))
-             for _ in range(subsets)]
+    draws = [
+        (rng.choice(x.shape[0], size, replace=False), rng.choice(y.shape[0], size, replace=False))
+        for _ in range(subsets)
+    ]
     if x.shape[0] + y.shape[0] <= KERNEL_CACHE_FEATURES:
         k_xx, k_yy, k_xy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
         estimates = [mmd2_from_kernels(k_xx[np.ix_(i, i)], k_yy[np.ix_(j, j)], k_xy[np.ix_(i, j)]) for i, j in draws]

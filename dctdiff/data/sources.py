@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dctdiff.infra import storage
 from dctdiff.data.image_decoding import ImageRejected, Payload
+from dctdiff.infra import storage
 from dctdiff.infra.storage import FileEntry, Skipped
 
 # The jobs that read sources (ImageSource.jobs): prepare, and the evaluation image sets (evaluate, upsample --compare).
@@ -41,7 +41,16 @@ REQUIRED, OPTIONAL, NONE = "required", "optional", "none"  # whether a spec has 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 CIFAR10_RECORD = 1 + 32 * 32 * 3  # label byte, then the R, G and B planes row-major
 CIFAR10_SPLITS = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
@@ -457,7 +466,9 @@ class FashionMnistSource(ImageSource):
         if split not in prefixes:
             raise ValueError(f"--split must be train or test for fashion-mnist, got {split!r}")
         hint = " (apt-get install dataset-fashion-mnist)" if not folder else ""
-        storage.require_exists(folder or FASHION_MNIST_DIR, "--source fashion-mnist:PATH", f"give the folder of the IDX files{hint}")
+        storage.require_exists(
+            folder or FASHION_MNIST_DIR, "--source fashion-mnist:PATH", f"give the folder of the IDX files{hint}"
+        )
         self.folder = storage.normalize(folder or FASHION_MNIST_DIR)
         self.split = split
         self.spec = f"fashion-mnist:{self.folder}"

@@ -79,7 +79,10 @@ def dataset_features(
     return ds.map_batches(
         InceptionActor,
         fn_constructor_kwargs={
-            "weights": weights, "batch_size": batch_size, "actors_per_node": -(-actors // nodes), "precision": precision
+            "weights": weights,
+            "batch_size": batch_size,
+            "actors_per_node": -(-actors // nodes),
+            "precision": precision,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -171,8 +174,15 @@ def image_set_features(
     ]
     union = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     groups = dataset_moments(
-        union, total=sum(s.count for s in sets), group="set", weights=weights, batch_size=batch_size, actors=actors,
-        keep_features=keep_features, keep_positions=keep_positions, precision=precision,
+        union,
+        total=sum(s.count for s in sets),
+        group="set",
+        weights=weights,
+        batch_size=batch_size,
+        actors=actors,
+        keep_features=keep_features,
+        keep_positions=keep_positions,
+        precision=precision,
     )
     return [groups[i] for i in range(len(sets))]
 

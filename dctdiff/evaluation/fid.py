@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dctdiff.infra import storage
 from dctdiff.core.precision import Precision, autocast
+from dctdiff.infra import storage
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -257,7 +257,9 @@ def save_fid_stats(path: str | Path, stats: FIDStats, **arrays: np.ndarray) -> N
     """Write ``mu``, ``sigma`` to an ``.npz`` in pytorch-fid's format (a path or URI, atomically), with the
     known ones of ``precision``, ``images`` and ``source`` beside them (pytorch-fid ignores extra keys) and
     any further ``arrays``."""
-    recorded = {name: getattr(stats, name) for name in ("precision", "images", "source") if getattr(stats, name) is not None}
+    recorded = {
+        name: getattr(stats, name) for name in ("precision", "images", "source") if getattr(stats, name) is not None
+    }
     buffer = io.BytesIO()
     np.savez(buffer, mu=np.asarray(stats.mu), sigma=np.asarray(stats.sigma), **recorded, **arrays)
     storage.write_bytes(str(path), buffer.getvalue())

@@ -29,12 +29,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from dctdiff.data import shards
-from dctdiff.infra import storage
 from dctdiff.core.codec import DCTCodec
-from dctdiff.evaluation.fid import FIDStats, stats_from_npz
+from dctdiff.data import shards
 from dctdiff.data.image_decoding import FitSpec, ImageRejected, decode_payload
 from dctdiff.data.sources import EVALUATE, IMAGE_EXTENSIONS, ImageSource, Item, open_source, source_class
+from dctdiff.evaluation.fid import FIDStats, stats_from_npz
+from dctdiff.infra import storage
 from dctdiff.infra.logs import show_progress
 
 IMAGE_NPZ_KEYS = ("images", "arr_0")
@@ -84,7 +84,9 @@ def _header_size(uri: str) -> tuple[int, int]:
 def image_sizes(files: Sequence[str], progress: bool = False) -> list[tuple[int, int]]:
     """(height, width) of each image file from its header (threads: cheap on object stores too)."""
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
-        bar = tqdm(pool.map(_header_size, files), total=len(files), desc="image headers", disable=not show_progress(progress))
+        bar = tqdm(
+            pool.map(_header_size, files), total=len(files), desc="image headers", disable=not show_progress(progress)
+        )
         return list(bar)
 
 

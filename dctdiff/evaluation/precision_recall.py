@@ -35,10 +35,12 @@ def knn_radii(features: torch.Tensor, k: int = DEFAULT_K, batch_size: int = DEFA
     if not 1 <= k < features.shape[0]:
         raise ValueError(f"k-NN radii need 1 <= k < the number of features, got k = {k} for {features.shape[0]}")
     # Each row's own distance (0) is its smallest, so the k-th neighbour is the (k + 1)-th smallest distance.
-    return torch.cat([
-        _squared_distances(features[start : start + batch_size], features).kthvalue(k + 1, dim=1).values
-        for start in range(0, features.shape[0], batch_size)
-    ])
+    return torch.cat(
+        [
+            _squared_distances(features[start : start + batch_size], features).kthvalue(k + 1, dim=1).values
+            for start in range(0, features.shape[0], batch_size)
+        ]
+    )
 
 
 def manifold_coverage(
@@ -65,8 +67,9 @@ def precision_recall(
     """
     real_t, generated_t = (torch.tensor(np.asarray(f)).to(device) for f in (real, generated))
     if real_t.ndim != 2 or generated_t.shape[1:] != real_t.shape[1:]:
-        raise ValueError(f"precision/recall need features [n, d] and [m, d], got {list(real_t.shape)} and "
-                         f"{list(generated_t.shape)}")
+        raise ValueError(
+            f"precision/recall need features [n, d] and [m, d], got {list(real_t.shape)} and {list(generated_t.shape)}"
+        )
     real_radii, generated_radii = knn_radii(real_t, k, batch_size), knn_radii(generated_t, k, batch_size)
     return PrecisionRecall(
         precision=manifold_coverage(real_t, real_radii, generated_t, batch_size),

@@ -16,9 +16,9 @@ from functools import lru_cache
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
+from dctdiff.core.image_metrics import mse, psnr_from_mse
 from dctdiff.evaluation.fid import FeatureMoments, fid_from_stats
 from dctdiff.evaluation.image_grid import figure_png
-from dctdiff.core.image_metrics import mse, psnr_from_mse
 
 DEFAULT_GAMMA = 0.5
 ORIGINAL = 0  # the ``keep`` value that marks the original images in a reconstruction batch

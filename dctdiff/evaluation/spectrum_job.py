@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from dctdiff.evaluation.evaluation_job import EVALUATE_TRACKING, log_to_mlflow
-from dctdiff.infra.mlflow_tracking import TrackingOptions
+from dctdiff.evaluation.evaluate_job import EVALUATE_TRACKING, log_to_mlflow
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
 from dctdiff.evaluation.spectrum import csv_tables, plot, spectral_metrics, spectral_stats
 from dctdiff.infra import storage
+from dctdiff.infra.mlflow_tracking import TrackingOptions
 
 DEFAULT_BLOCK_SIZE = 4
 DEFAULT_OUTPUT = "outputs/spectrum"
@@ -53,8 +53,13 @@ def run_spectrum(
         logger.info("%-26s %.4f", name, value)
     logger.info("wrote %s, %s and %s", *uris)
     if tracking is not None:
-        tags = {"spectrum.set": samples, "spectrum.reference": reference, "spectrum.block_size": str(block_size),
-                "spectrum.images.set": str(sets[0].count), "spectrum.images.reference": str(sets[1].count)}
+        tags = {
+            "spectrum.set": samples,
+            "spectrum.reference": reference,
+            "spectrum.block_size": str(block_size),
+            "spectrum.images.set": str(sets[0].count),
+            "spectrum.images.reference": str(sets[1].count),
+        }
         run_id = log_to_mlflow(
             tracking, "spectrum", [(name, value, 0) for name, value in metrics.items()], tags, files, "spectrum"
         )

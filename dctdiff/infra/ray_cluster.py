@@ -288,7 +288,6 @@ def _end_process() -> None:
     os._exit(LOST_STATUS)
 
 
-
 # CPUs left free for Ray Data's read tasks: if workers take every CPU, reading stalls and the job
 # waits forever without an error (docs/ARCHITECTURE.md, "Ray, MLflow and storage facts").
 DATA_CPUS = 1.0
@@ -433,8 +432,8 @@ def torch_config(backend: str | None = None, timeout_s: int = 1800):
 
     ``backend`` None picks nccl for GPU workers, else gloo (as Ray does). On a cluster it is Ray's TorchConfig.
     """
-    from ray.train.torch import TorchConfig
     from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
+    from ray.train.torch import TorchConfig
     from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
     class _LoopbackTorchBackend(_TorchBackend):
@@ -453,7 +452,9 @@ def torch_config(backend: str | None = None, timeout_s: int = 1800):
             if not isinstance(worker_group, V1WorkerGroup):  # V1 sets them in on_training_start
                 worker_group.execute(_set_torch_distributed_env_vars)
             setup = _setup_loopback_process_group
-            ray.get([worker_group.execute_single_async(r, setup, chosen, r, size, port, timeout_s) for r in range(size)])
+            ray.get(
+                [worker_group.execute_single_async(r, setup, chosen, r, size, port, timeout_s) for r in range(size)]
+            )
 
     class LoopbackTorchConfig(TorchConfig):
         @property

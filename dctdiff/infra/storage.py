@@ -44,7 +44,9 @@ def _fsspec_filesystem(uri: str, scheme: str) -> tuple[pafs.FileSystem, str]:
 
         importlib.import_module(package)
     except ImportError:
-        raise ValueError(f"cannot open {uri!r}: {scheme}:// needs {package}; install it (pip install {package})") from None
+        raise ValueError(
+            f"cannot open {uri!r}: {scheme}:// needs {package}; install it (pip install {package})"
+        ) from None
     fs, path = fsspec.core.url_to_fs(uri)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 

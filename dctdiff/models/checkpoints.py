@@ -43,7 +43,9 @@ def write_checkpoint(directory: str, tensors: dict[str, dict[str, torch.Tensor]]
     files[STATE] = (json.dumps({"version": CHECKPOINT_VERSION, **state}, indent=2) + "\n").encode()
     for name, data in files.items():
         storage.write_bytes(storage.join(directory, name), data)
-    storage.write_json(storage.join(directory, MANIFEST), {"files": {name: _entry(data) for name, data in files.items()}})
+    storage.write_json(
+        storage.join(directory, MANIFEST), {"files": {name: _entry(data) for name, data in files.items()}}
+    )
 
 
 def _manifest(directory: str) -> dict[str, dict[str, Any]]:

@@ -12,12 +12,12 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.core.precision import Precision
+from dctdiff.core.samplers import SAMPLERS
 from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, check_token_resolution
 from dctdiff.core.uvit import MODEL_SIZES, check_sincos_width
 from dctdiff.data.dataset_presets import DATA_PRESETS
-from dctdiff.core.samplers import SAMPLERS
-from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.infra.suggestions import did_you_mean
 
 
@@ -144,9 +144,7 @@ class TrainConfig:
             + did_you_mean(d.colour, (AUTO_COLOUR, *COLOUR_MODES)),
         )
         patch = self.patch_size
-        _require(
-            d.resolution % patch == 0, f"data.patch_size {patch} must divide data.resolution {d.resolution}"
-        )
+        _require(d.resolution % patch == 0, f"data.patch_size {patch} must divide data.resolution {d.resolution}")
         _require(
             not d.class_conditional or d.num_classes > 0,
             "data.class_conditional needs data.num_classes > 0 (set data.num_classes=K)",
@@ -232,13 +230,11 @@ class BatchSplit:
 
 
 def split_batch(batch_size: int, workers: int, micro_batches: int) -> BatchSplit:
-    """The per-worker rule, checked once for the driver (``launcher.plan_run``, before Ray starts) and the
+    """The per-worker rule, checked once for the driver (``train_job.plan_run``, before Ray starts) and the
     trainer (each step's chunks): the global batch divides into ``workers`` equal shares and each share
     into ``micro_batches`` equal chunks; else ConfigError saying what to change."""
     _require(micro_batches >= 1, f"optim.micro_batches must be >= 1, got {micro_batches}")
-    _require(
-        batch_size % workers == 0, f"optim.batch_size {batch_size} must be divisible by --workers {workers}"
-    )
+    _require(batch_size % workers == 0, f"optim.batch_size {batch_size} must be divisible by --workers {workers}")
     per_worker = batch_size // workers
     _require(
         per_worker % micro_batches == 0,
@@ -359,7 +355,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}{did_you_mean(value, args)}")
+            raise ConfigError(
+                f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}{did_you_mean(value, args)}"
+            )
         return value
     if args and type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -396,9 +394,13 @@ def _apply(target: Any, overrides: dict[str, Any], where: str = "") -> None:
         path = f"{where}{key}"
         if not where and key in RENAMED_KEYS:
             new = RENAMED_KEYS[key]
-            raise ConfigError(f"config key {key!r} was renamed to {new!r}: write {new}.<field> instead of {key}.<field>")
+            raise ConfigError(
+                f"config key {key!r} was renamed to {new!r}: write {new}.<field> instead of {key}.<field>"
+            )
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}{did_you_mean(key, names, where)}; allowed here: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown config key {path!r}{did_you_mean(key, names, where)}; allowed here: {', '.join(names)}"
+            )
         current = getattr(target, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -448,7 +450,9 @@ def build_config(
     Raises ConfigError for an unknown preset, unknown keys, wrong types and inconsistent values.
     """
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(
+            f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose one of {', '.join(PRESETS)}"
+        )
     config = TrainConfig(preset=preset)
     _apply(config, PRESETS[preset])
     for path in files or []:
@@ -471,4 +475,3 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     config = TrainConfig()
     _apply(config, values)
     return config.validate()
-

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dctdiff.core.counter_rng import MIX1, salted, stream_bits
 from dctdiff.data.row_group_reader import RowGroups, WindowReader
 from dctdiff.training.dataset_info import DatasetInfo
-from dctdiff.core.counter_rng import MIX1, salted, stream_bits
 
 MATERIALIZE_BYTES = 512 * 2**20  # a dataset up to this size is one window: read once, kept for every epoch
 WINDOW_BYTES = 256 * 2**20  # a larger dataset is read in shuffle windows of about this size (two in memory)

@@ -7,12 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dctdiff.infra import storage
-from dctdiff.models.config import TrainConfig
 from dctdiff.data.shards import (
-    COEFFICIENT_COLUMN, COEFFICIENT_DIR, PIXEL_COLUMN, CodecParams, read_codec_params, row_group_rows, shard_files,
+    COEFFICIENT_COLUMN,
+    COEFFICIENT_DIR,
+    PIXEL_COLUMN,
+    CodecParams,
+    read_codec_params,
+    row_group_rows,
+    shard_files,
 )  # fmt: skip
 from dctdiff.data.statistics import load_stats
+from dctdiff.infra import storage
+from dctdiff.models.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,7 @@ def _token_column(where: str, params: CodecParams, config: TrainConfig) -> str:
     if config.data.space != "pixel":
         return COEFFICIENT_COLUMN
     if not params.pixels:
-        raise ValueError(
-            f"{where} has no {PIXEL_COLUMN} column for data.space=pixel: prepare with --store-pixels"
-        )
+        raise ValueError(f"{where} has no {PIXEL_COLUMN} column for data.space=pixel: prepare with --store-pixels")
     return PIXEL_COLUMN
 
 

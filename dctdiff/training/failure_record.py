@@ -5,7 +5,7 @@ Ray Train retries a worker that raised and its Result keeps only checkpointed me
 loss rank 0 writes the error to the run folder and every worker ends its loop normally
 (``worker_loop.report_failure``); for a first-step exception the raising rank writes it before raising,
 and ``no_retry.StopOnRecordedFailure`` ends the run instead of retrying it. The driver raises the
-recorded error after the fit (``launcher``), so the job prints it once.
+recorded error after the fit (``train_job``), so the job prints it once.
 """
 
 from __future__ import annotations

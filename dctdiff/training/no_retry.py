@@ -3,7 +3,7 @@ failure before raising (``failure_record``; docs/ARCHITECTURE.md, "Ray, MLflow a
 
 It runs in the Ray Train controller. Ray Train 2.60 routes an exception raised in a callback through its
 failure policy as a ``ControllerError``, which it does not retry: the worker group is shut down and
-``TrainController.fit`` raises, and the driver then raises the recorded error (``launcher.launch``).
+``TrainController.fit`` raises, and the driver then raises the recorded error (``train_job.launch``).
 """
 
 from __future__ import annotations

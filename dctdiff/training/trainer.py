@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load as load_tensors
 
 from dctdiff.core.codec import Codec
-from dctdiff.models.builders import build_noise_schedule
-from dctdiff.models.config import OptimConfig, TrainConfig, split_batch
 from dctdiff.core.loss import TokenLoss, diffusion_loss
 from dctdiff.core.uvit import UViT
+from dctdiff.models.builders import build_noise_schedule
+from dctdiff.models.config import OptimConfig, TrainConfig, split_batch
 from dctdiff.training.randomness import draw_step, id_keys
 from dctdiff.training.step_metrics import StepResult
 

@@ -14,18 +14,18 @@ import torch
 from dctdiff.data.row_group_reader import WindowReader
 from dctdiff.infra.logs import configure_logging
 from dctdiff.infra.mlflow_runs import RunHandle
-from dctdiff.training.batch_order import BatchPlan, worker_batches
-from dctdiff.models.config import TrainConfig, config_from_dict
-from dctdiff.training.dataset_info import DatasetInfo
-from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
-from dctdiff.training.run_logger import RankZeroLogger
-from dctdiff.training.failure_record import FirstStepError, record_failure
-from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
-from dctdiff.training.device_batches import batch_from_rows
-from dctdiff.training.prefetch import prefetched
 from dctdiff.models.builders import build_codec, build_model
+from dctdiff.models.config import config_from_dict
+from dctdiff.training.batch_order import BatchPlan, worker_batches
+from dctdiff.training.checkpoint_writer import BackgroundCheckpoints
+from dctdiff.training.dataset_info import DatasetInfo
+from dctdiff.training.device_batches import batch_from_rows
+from dctdiff.training.failure_record import FirstStepError, record_failure
+from dctdiff.training.periodic_fid import load_reference, sample_metrics
+from dctdiff.training.prefetch import prefetched
+from dctdiff.training.run_logger import RankZeroLogger
+from dctdiff.training.step_metrics import MetricWindow, NonFiniteLossError
 from dctdiff.training.trainer import Trainer
-from dctdiff.training.training_fid import load_reference, sample_metrics
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,9 @@ def train_to_max_steps(settings: LoopSettings, progress: FitProgress) -> None:
     device = ray.train.torch.get_device()
     codec = build_codec(config, info.eta, info.colour)
     torch.manual_seed(config.cadence.seed)  # same initial weights for any worker count (DDP broadcasts rank 0's)
-    trainer = Trainer(config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model)
+    trainer = Trainer(
+        config, codec, build_model(config, codec), info.entropy, device, wrap=ray.train.torch.prepare_model
+    )
     checkpoint = starting_checkpoint(settings)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -195,7 +197,12 @@ def checkpoint_extra(trainer: Trainer, info: DatasetInfo) -> dict[str, Any]:
 
 
 def report(
-    trainer: Trainer, metrics: dict[str, float], save: bool, last: bool, rank: int, info: DatasetInfo,
+    trainer: Trainer,
+    metrics: dict[str, float],
+    save: bool,
+    last: bool,
+    rank: int,
+    info: DatasetInfo,
     checkpoints: BackgroundCheckpoints,
 ) -> None:
     """ray.train.report from every worker (a collective); rank 0 attaches the newest checkpoint its

@@ -76,7 +76,9 @@ def load_study(name_or_path: str) -> Study:
                 "nor a YAML file; see dctdiff/tuning/search_space.py for the format"
             )
     else:
-        storage.require_exists(name_or_path, "--study", f"give a study YAML file or a built-in study ({', '.join(builtin_studies())})")
+        storage.require_exists(
+            name_or_path, "--study", f"give a study YAML file or a built-in study ({', '.join(builtin_studies())})"
+        )
     document = yaml.safe_load(path.read_text()) or {}
     if not isinstance(document, dict) or not isinstance(document.get("space"), dict):
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Ray Tune sweeps over the DCTdiff training pipeline, ranked by FID and tracked in MLflow.
 
-Every trial is one training run (``dctdiff.training.launcher``: its ``plan_run`` and ``launch``: the same Ray Train loop, data path,
+Every trial is one training run (``dctdiff.training.train_job``: its ``plan_run`` and ``launch``: the same Ray Train loop, data path,
 checkpoints and MLflow logging) inside a Tune function trainable, the pattern Ray 2.60 recommends for
 tuning Ray Train (docs/ARCHITECTURE.md, "Sweeps"). Every report carries the FID and KID of ``--fid-samples`` EMA samples
 at ``--nfe`` against the training set's features; trials are ranked, and stopped early by ASHA, on the FID. The training
@@ -26,22 +26,35 @@ from typing import Any
 
 from ray.tune import Callback
 
+from dctdiff.core.kid import MIN_FEATURES
 from dctdiff.infra import storage
+from dctdiff.infra.mlflow_runs import PARENT_TAG, RUN_NAME_TAG, RunHandle, create_run
+from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri, review_hint
+from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, ends_on_lost_cluster, init_ray
 from dctdiff.models.config import ConfigError, TrainConfig, build_config, config_from_dict
 from dctdiff.training.dataset_info import load_dataset_info
-from dctdiff.training.training_fid import ensure_reference_stats
-from dctdiff.core.kid import MIN_FEATURES
-from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, ends_on_lost_cluster, init_ray
-from dctdiff.infra.mlflow_runs import RUN_NAME_TAG, RunHandle, create_run
-from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri, review_hint
-from dctdiff.training.launcher import LaunchOptions, WorkerResources, launch, open_run, plan_run
-from dctdiff.tuning.sweep_report import (
-    PARENT_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv,
-    trial_rows,
+from dctdiff.training.periodic_fid import ensure_reference_stats
+from dctdiff.training.train_job import LaunchOptions, WorkerResources, launch, open_run, plan_run
+from dctdiff.tuning.search_space import (
+    DEFAULT_SCHEDULER,
+    grid_size,
+    is_pure_grid,
+    load_study,
+    tune_param_space,
+    validate_space,
+    with_values,
 )  # fmt: skip
 from dctdiff.tuning.study_report import write_study_report
-from dctdiff.tuning.search_space import (
-    DEFAULT_SCHEDULER, grid_size, is_pure_grid, load_study, tune_param_space, validate_space, with_values,
+from dctdiff.tuning.sweep_report import (
+    STOPPED_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    TrialRow,
+    best_config_yaml,
+    child_runs,
+    format_table,
+    rows_csv,
+    trial_rows,
 )  # fmt: skip
 
 SWEEP_FILE = "dctdiff_sweep.json"  # in <storage>/<name>/: the plan, so --resume needs only the name
@@ -225,7 +238,9 @@ class TrialProgress(Callback):
         )  # fmt: skip
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info) -> None:
-        log.error("trial %s (%s) failed; its error is in %s", trial.trial_id, trial_label(trial.config), trial.local_path)
+        log.error(
+            "trial %s (%s) failed; its error is in %s", trial.trial_id, trial_label(trial.config), trial.local_path
+        )
 
 
 def _scheduler(plan: SweepPlan):
@@ -348,8 +363,12 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
         RunHandle(plan.tracking_uri, plan.parent_run_id).reopen()
     else:
         plan = replace(plan, parent_run_id=_start_parent_run(plan))
-        saved = {**asdict(plan), "tracking_uri": redact(plan.tracking_uri), "data": redact(plan.data),
-                 "fid_reference": redact(plan.fid_reference)}
+        saved = {
+            **asdict(plan),
+            "tracking_uri": redact(plan.tracking_uri),
+            "data": redact(plan.data),
+            "fid_reference": redact(plan.fid_reference),
+        }
         storage.write_json(storage.join(plan.directory, SWEEP_FILE), saved)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"cpu": TRIAL_CPUS})
     if resume:
@@ -368,7 +387,9 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
                 trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=plan.storage, callbacks=[ChildRunCloser(plan), TrialProgress()],
+                name=plan.name,
+                storage_path=plan.storage,
+                callbacks=[ChildRunCloser(plan), TrialProgress()],
                 verbose=0,  # Tune's 30-second status tables: TrialProgress logs each trial's start and end
             ),
         )
@@ -391,17 +412,30 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
     results_uri = storage.join(plan.directory, RESULTS_FILE)
     storage.write_bytes(results_uri, rows_csv(rows).encode())
     parent.log_text(rows_csv(rows), RESULTS_FILE)
-    log.info("sweep %s: %d trials, ranked by FID (%d samples, %d NFE)\n%s", plan.name, len(rows), plan.fid_samples, plan.nfe, format_table(rows))
+    log.info(
+        "sweep %s: %d trials, ranked by FID (%d samples, %d NFE)\n%s",
+        plan.name,
+        len(rows),
+        plan.fid_samples,
+        plan.nfe,
+        format_table(rows),
+    )
     best_uri = None
     ranked = [r for r in rows if not math.isnan(r.best_fid)]
     if ranked:
         best = ranked[0]
-        text = best_config_yaml(with_values(plan.base_config(), best.values), best, plan.name, plan.fid_samples, plan.nfe)
+        text = best_config_yaml(
+            with_values(plan.base_config(), best.values), best, plan.name, plan.fid_samples, plan.nfe
+        )
         best_uri = storage.join(plan.directory, BEST_CONFIG_FILE)
         storage.write_bytes(best_uri, text.encode())
         parent.log_text(text, BEST_CONFIG_FILE)
-        parent.log_metrics([("best_fid", best.best_fid, 0)], {"dctdiff.best_trial": best.trial, "dctdiff.best_run_id": best.run_id})
-        log.info("best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri)
+        parent.log_metrics(
+            [("best_fid", best.best_fid, 0)], {"dctdiff.best_trial": best.trial, "dctdiff.best_run_id": best.run_id}
+        )
+        log.info(
+            "best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri
+        )
     report_uri, curves_uri = write_study_report(
         plan.directory, plan.tracking_uri, plan.parent_run_id, list(plan.space), study_intro(plan, len(rows))
     )
@@ -409,7 +443,9 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
     parent.end("KILLED" if interrupted else "FINISHED")
     log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
-        log.warning("interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name)
+        log.warning(
+            "interrupted: continue with `dctdiff sweep --storage %s --name %s --resume`", plan.storage, plan.name
+        )
     return SweepOutcome(rows, interrupted, results_uri, best_uri, report_uri)
 
 

@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from dctdiff.infra.mlflow_runs import PARENT_TAG, RunHandle
+from dctdiff.infra.mlflow_runs import RunHandle
 from dctdiff.models.config import TrainConfig
 
 SWEEP_TAG = "dctdiff.sweep"
@@ -67,7 +67,9 @@ def trial_rows(results: Any, max_steps: int, tracking_uri: str, parent_run_id: s
             status = "unfinished"
         run = runs.get(trial)
         best, best_step = _best_fid(tracking_uri, run)
-        rows.append(TrialRow(trial, dict(result.config), best, best_step, steps, status, run.info.run_id if run else ""))
+        rows.append(
+            TrialRow(trial, dict(result.config), best, best_step, steps, status, run.info.run_id if run else "")
+        )
     return sorted(rows, key=lambda r: (math.isnan(r.best_fid), r.best_fid, r.trial))
 
 

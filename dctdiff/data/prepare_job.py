@@ -33,12 +33,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from dctdiff.core.token_layout import AUTO_COLOUR, COLOUR_MODES, DEFAULT_COLOUR
-from dctdiff.infra import storage
-from dctdiff.infra.logs import rate
 from dctdiff.data.image_decoding import DEFAULT_MAX_PIXELS, FitSpec, ImageRejected, Payload, decode_payload
 from dctdiff.data.shards import COEFFICIENT_DIR, CodecParams, write_shard
 from dctdiff.data.sources import DIGEST_BYTES, ImageSource, Item, Loaded, content_digest, open_source
 from dctdiff.data.statistics import coefficient_histogram, compute_stats, empty_histogram, in_stats_sample, write_stats
+from dctdiff.infra import storage
+from dctdiff.infra.logs import rate
 
 PARTS_DIR = "_parts"
 PLAN_FILE = "prepare.json"
@@ -300,12 +300,10 @@ def _run_partitions(
     job: PartitionJob, partitions: list[tuple[int, list[Item]]], total: int, done: int, progress: bool
 ) -> None:
     """Run the partition tasks with Ray Data, streaming their summaries into a progress bar."""
+    import ray
     from tqdm import tqdm
 
-    from dctdiff.infra.ray_cluster import init_ray, keep_ray_on_loopback
-
-    keep_ray_on_loopback()  # before the first `import ray`: Ray reads it at import time
-    import ray
+    from dctdiff.infra.ray_cluster import init_ray
 
     init_ray()
     if ray.cluster_resources().get("CPU", 0) < 1:
@@ -333,8 +331,14 @@ def run_prepare(config: PrepareConfig) -> dict[str, Any]:
     started = time.perf_counter()
     fit = config.fit  # validate before touching anything
     source = open_source(
-        config.source, resolution=config.resolution, split=config.split, seed=config.seed,
-        limit=config.limit, unlabeled=config.unlabeled, dedupe=config.dedupe, exclude=(config.output,),
+        config.source,
+        resolution=config.resolution,
+        split=config.split,
+        seed=config.seed,
+        limit=config.limit,
+        unlabeled=config.unlabeled,
+        dedupe=config.dedupe,
+        exclude=(config.output,),
     )
     codec = config.codec(config.colour_for(source))
     output = storage.normalize(config.output)
@@ -428,8 +432,14 @@ def _finish(
     storage.write_json(storage.join(output, "report.json"), report)
     logger.info(
         "prepare: %d images in %.1f s (%s); %d rows in %d shards, %d rejected, %.1f MiB in %s",
-        processed, seconds, rate(processed, seconds), counts["written"], shards, counts["rejected"],
-        output_bytes / 2**20, storage.join(output, COEFFICIENT_DIR),
+        processed,
+        seconds,
+        rate(processed, seconds),
+        counts["written"],
+        shards,
+        counts["rejected"],
+        output_bytes / 2**20,
+        storage.join(output, COEFFICIENT_DIR),
     )
     if not counts["written"]:
         raise RuntimeError(f"no image was usable: see the reasons in {storage.join(output, 'report.json')}")

@@ -27,15 +27,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dctdiff.infra import storage
-from dctdiff.models.config import ConfigError, build_config
 from dctdiff.core.generation import generate_images
 from dctdiff.core.precision import Precision
-from dctdiff.core.uvit import load_official_checkpoint
-from dctdiff.infra.ray_cluster import ends_on_lost_cluster, init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
 from dctdiff.core.samplers import SAMPLERS
-from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_sampling
+from dctdiff.core.uvit import load_official_checkpoint
+from dctdiff.infra import storage
 from dctdiff.infra.logs import rate, show_progress
+from dctdiff.infra.ray_cluster import ends_on_lost_cluster, init_ray, plan_gpu_actors, plan_worker_cpus, reserved_device
+from dctdiff.models.builders import build_codec, build_noise_schedule, load_ema_sampling
+from dctdiff.models.config import ConfigError, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ class SamplingSpec:
 
 def load_sampler(spec: SamplingSpec, device: torch.device):
     """(model, codec, schedule, config) for a checkpoint of ours or a published one."""
-    storage.require_exists(spec.checkpoint, "--checkpoint", "give a checkpoint folder, a run folder or a published .pth")
+    storage.require_exists(
+        spec.checkpoint, "--checkpoint", "give a checkpoint folder, a run folder or a published .pth"
+    )
     if spec.checkpoint.endswith((".pth", ".pt", ".safetensors")):
         config = build_config(spec.preset, overrides=list(spec.overrides))
         if config.data.eta is None and config.data.space == "dct":
@@ -98,7 +100,11 @@ class SampleActor:
             labels=None if labels is None else labels.tolist(), guidance_scale=self.spec.guidance_scale,
             device=self.device, batch_size=self.spec.batch_size, precision=self.spec.precision,
         )  # fmt: skip
-        return {"seed": seeds, "image": images.numpy(), "label": labels if labels is not None else np.full(len(seeds), -1)}
+        return {
+            "seed": seeds,
+            "image": images.numpy(),
+            "label": labels if labels is not None else np.full(len(seeds), -1),
+        }
 
 
 def write_png(uri: str, image: np.ndarray) -> None:
@@ -128,9 +134,7 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
     if num < 1:
         raise ValueError(f"--num must be >= 1, got {num}")
     _, _, _, config = load_sampler(spec, torch.device("cpu"))  # fail fast here, not in an actor, on a bad checkpoint
-    spec = replace(
-        spec, sampler=spec.sampler or config.cadence.sampler, nfe=spec.nfe or config.cadence.sample_nfe
-    )
+    spec = replace(spec, sampler=spec.sampler or config.cadence.sampler, nfe=spec.nfe or config.cadence.sample_nfe)
     if spec.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {spec.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     logger.info("sampler %s, %d network evaluations per image", spec.sampler, spec.nfe)
@@ -174,5 +178,7 @@ def run(spec: SamplingSpec, num: int, output: str, seed_start: int = 0, workers:
         np.savez(handle, images=result, seeds=np.arange(seed_start, seed_start + num), labels=labels)
         handle.seek(0)
         storage.write_bytes(storage.join(output, "images.npz"), handle.read())
-    logger.info("sampled %d images in %.1f s (%s) with %d worker(s) -> %s", num, elapsed, rate(num, elapsed), workers, output)
+    logger.info(
+        "sampled %d images in %.1f s (%s) with %d worker(s) -> %s", num, elapsed, rate(num, elapsed), workers, output
+    )
     return result

@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from dctdiff.infra import storage
-from dctdiff.evaluation.fid import fid_from_stats
+from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS, dct_upsample, pil_resize
+from dctdiff.core.image_metrics import psnr, ssim
+from dctdiff.core.token_layout import check_token_resolution
 from dctdiff.evaluation.feature_job import image_set_stats
+from dctdiff.evaluation.fid import fid_from_stats
 from dctdiff.evaluation.image_grid import figure_png, save_png
 from dctdiff.evaluation.image_sets import (
     ArrayImages,
@@ -35,11 +37,9 @@ from dctdiff.evaluation.image_sets import (
     read_image,
     relative_image_paths,
 )
-from dctdiff.core.image_metrics import psnr, ssim
-from dctdiff.infra.ray_cluster import init_ray
-from dctdiff.core.token_layout import check_token_resolution
-from dctdiff.core.dct_upsampling import SUPPORTED_FACTORS, dct_upsample, pil_resize
+from dctdiff.infra import storage
 from dctdiff.infra.logs import rate, show_progress
+from dctdiff.infra.ray_cluster import init_ray
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,12 @@ def upsample_folder(source: str, output: str, block_size: int = DEFAULT_BLOCK_SI
     seconds = time.perf_counter() - start
     logger.info(
         "upsampled %d images x%d (B = %d) into %s in %.1f s (%s)",
-        count, factor, block_size, output, seconds, rate(count, seconds),
+        count,
+        factor,
+        block_size,
+        output,
+        seconds,
+        rate(count, seconds),
     )
     return count
 
@@ -116,8 +121,12 @@ def upsampled(low: np.ndarray, size: tuple[int, int], method: str, block_size: i
 
 
 def compare(
-    image_set: ImageSet, output: str, block_size: int = DEFAULT_BLOCK_SIZE, weights: str | None = None,
-    batch_size: int = 50, actors: int | None = None,
+    image_set: ImageSet,
+    output: str,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    weights: str | None = None,
+    batch_size: int = 50,
+    actors: int | None = None,
 ) -> list[CompareRow]:
     """Downsample x2, upsample back with each method, score against the originals; write compare.csv and
     compare.png to ``output`` (a path or URI)."""
@@ -133,8 +142,12 @@ def compare(
     sets = [ArrayImages("originals", originals)] + [ArrayImages(m, images) for m, images in results.items()]
     reference, *stats = image_set_stats(sets, weights, batch_size, actors)
     rows = [
-        CompareRow(method, float(np.mean(psnr(originals, images))), float(np.mean(ssim(originals, images))),
-                   fid_from_stats(method_stats, reference))
+        CompareRow(
+            method,
+            float(np.mean(psnr(originals, images))),
+            float(np.mean(ssim(originals, images))),
+            fid_from_stats(method_stats, reference),
+        )
         for (method, images), method_stats in zip(results.items(), stats)
     ]
     table_csv = io.StringIO()
@@ -147,7 +160,13 @@ def compare(
         [f"{'method':<8} {'PSNR dB':>8} {'SSIM':>7} {'FID':>9}"]
         + [f"{r.method:<8} {r.psnr:>8.2f} {r.ssim:>7.4f} {r.fid:>9.3f}" for r in rows]
     )
-    logger.info("x2 upsampling of %s after x2 %s downsampling, DCT B = %d\n%s", image_set.describe(), DOWNSAMPLE_METHOD, block_size, table)
+    logger.info(
+        "x2 upsampling of %s after x2 %s downsampling, DCT B = %d\n%s",
+        image_set.describe(),
+        DOWNSAMPLE_METHOD,
+        block_size,
+        table,
+    )
     logger.info("wrote %s and %s", *uris)
     return rows
 

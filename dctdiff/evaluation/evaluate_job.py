@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-
 import numpy as np
 
 from dctdiff.core.codec import DCTCodec
@@ -29,19 +28,19 @@ from dctdiff.evaluation.feature_job import dataset_moments, feature_precision, i
 from dctdiff.evaluation.feature_metrics import MIN_IMAGES
 from dctdiff.evaluation.fid import FIDStats, check_same_precision, fid_from_stats, save_fid_stats
 from dctdiff.evaluation.image_sets import ImageSet, ImageSetError, open_image_set
-from dctdiff.infra import storage
-from dctdiff.infra.ray_cluster import init_ray
 from dctdiff.evaluation.reconstruction import (
     DEFAULT_GAMMA,
     ReconstructionRow,
     choose_keep,
-    plot,
     csv_table,
+    plot,
     reconstruction_batch,
     summarize,
 )
+from dctdiff.infra import storage
 from dctdiff.infra.mlflow_runs import RunHandle, create_run, find_run
 from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri
+from dctdiff.infra.ray_cluster import init_ray
 
 DEFAULT_EXPERIMENT = "dctdiff-evaluate"
 RECONSTRUCTION_BATCH = 16  # source images per reconstruction task (each becomes B*B + 1 images)
@@ -113,7 +112,9 @@ def run_fid(
         init_ray()
     with_features = len(to_compute) == 2 and min(s.count for s in to_compute) >= MIN_IMAGES
     groups = (
-        image_set_features(to_compute, weights, batch_size, actors, with_features, precision=precision) if to_compute else []
+        image_set_features(to_compute, weights, batch_size, actors, with_features, precision=precision)
+        if to_compute
+        else []
     )
     resolved = feature_precision(precision) if to_compute else None
     computed = iter([group.moments.stats() for group in groups])
@@ -131,11 +132,19 @@ def run_fid(
     logger.info("FID %.4f  (%s vs %s)", fid, _describe(opened[0], specs[0]), _describe(opened[1], specs[1]))
     related = related_metrics(groups[0].features(), groups[1].features()) if with_features else {}
     if related:
-        logger.info("KID %.5f +- %.5f, precision %.4f, recall %.4f", related["kid"], related["kid_std_error"],
-                    related["precision"], related["recall"])
+        logger.info(
+            "KID %.5f +- %.5f, precision %.4f, recall %.4f",
+            related["kid"],
+            related["kid_std_error"],
+            related["precision"],
+            related["recall"],
+        )
     else:
-        logger.info("no KID, precision, recall: they need two image sets of at least %d images each (a statistics "
-                    "file holds moments only)", MIN_IMAGES)
+        logger.info(
+            "no KID, precision, recall: they need two image sets of at least %d images each (a statistics "
+            "file holds moments only)",
+            MIN_IMAGES,
+        )
     if tracking is not None:
         tags = {f"{metric}.set": specs[0], f"{metric}.reference": specs[1]}
         for name, side in zip(("set", "reference"), stats):
@@ -160,7 +169,11 @@ def _describe(opened: ImageSet | FIDStats, spec: str) -> str:
 
 def reconstruction_metrics(rows: Sequence[ReconstructionRow]) -> list[tuple[str, float, int]]:
     """``rfid_keep_K`` and ``psnr_keep_K`` per kept-frequency count, at step 0 (keep is not a step)."""
-    return [(f"{name}_keep_{row.keep}", value, 0) for row in rows for name, value in (("rfid", row.rfid), ("psnr", row.psnr))]
+    return [
+        (f"{name}_keep_{row.keep}", value, 0)
+        for row in rows
+        for name, value in (("rfid", row.rfid), ("psnr", row.psnr))
+    ]
 
 
 def log_reconstruction_table(tracking: TrackingOptions, run_id: str, rows: Sequence[ReconstructionRow]) -> None:
@@ -203,15 +216,23 @@ def run_reconstruction(
         batch_format="numpy",
     )
     groups = dataset_moments(
-        ds, total=image_set.count * (block_size**2 + 1), group="keep", mean_columns=("mse",),
-        weights=weights, batch_size=batch_size, actors=actors, precision=precision,
+        ds,
+        total=image_set.count * (block_size**2 + 1),
+        group="keep",
+        mean_columns=("mse",),
+        weights=weights,
+        batch_size=batch_size,
+        actors=actors,
+        precision=precision,
     )
     rows = summarize({k: g.moments for k, g in groups.items()}, {k: g.mean("mse") for k, g in groups.items()})
     chosen = choose_keep(rows, gamma)
     title = f"{image_set.describe()}, B = {block_size}"
     files = {"reconstruction.csv": csv_table(rows), "reconstruction.png": plot(rows, gamma, chosen, title)}
     uris = storage.write_files(output, files)
-    table = "\n".join([f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}"] + [f"{r.keep:>4} {r.rfid:>10.3f} {r.psnr:>8.2f}" for r in rows])
+    table = "\n".join(
+        [f"{'keep':>4} {'rFID':>10} {'PSNR dB':>8}"] + [f"{r.keep:>4} {r.rfid:>10.3f} {r.psnr:>8.2f}" for r in rows]
+    )
     logger.info("reconstruction of %s\n%s", title, table)
     logger.info("chosen keep (smallest with rFID < %s): %s", gamma, chosen if chosen is not None else "none")
     logger.info("wrote %s and %s", *uris)
@@ -219,8 +240,12 @@ def run_reconstruction(
         metrics = reconstruction_metrics(rows)
         if chosen is not None:
             metrics.append(("chosen_keep", chosen, 0))
-        tags = {"reconstruction.source": source, "reconstruction.block_size": str(block_size),
-                "reconstruction.gamma": str(gamma), "reconstruction.images": str(image_set.count)}
+        tags = {
+            "reconstruction.source": source,
+            "reconstruction.block_size": str(block_size),
+            "reconstruction.gamma": str(gamma),
+            "reconstruction.images": str(image_set.count),
+        }
         run_id = log_to_mlflow(tracking, "reconstruction", metrics, tags, files, "reconstruction")
         log_reconstruction_table(tracking, run_id, rows)
         logger.info("logged to MLflow run %s", run_id)

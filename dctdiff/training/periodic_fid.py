@@ -23,16 +23,22 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dctdiff.infra import storage
 from dctdiff.core.codec import Codec
-from dctdiff.core.precision import Precision
-from dctdiff.evaluation.fid import (
-    FeatureMoments, FIDStats, extract_features, fid_from_stats, load_inception, save_fid_stats, stats_from_npz,
-)  # fmt: skip
-from dctdiff.core.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.core.generation import generate_images
-from dctdiff.core.uvit import UViT
+from dctdiff.core.kid import MIN_FEATURES, kernel_inception_distance
 from dctdiff.core.noise_schedule import VPSchedule
+from dctdiff.core.precision import Precision
+from dctdiff.core.uvit import UViT
+from dctdiff.evaluation.fid import (
+    FeatureMoments,
+    FIDStats,
+    extract_features,
+    fid_from_stats,
+    load_inception,
+    save_fid_stats,
+    stats_from_npz,
+)  # fmt: skip
+from dctdiff.infra import storage
 
 REFERENCE_FILE = "fid_stats.npz"
 REFERENCE_FEATURES = 2000  # training images whose features are cached for KID (16 MB of float32)

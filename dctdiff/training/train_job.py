@@ -20,9 +20,9 @@ from dctdiff.infra.ray_cluster import DATA_CPUS, ends_on_lost_cluster, init_ray,
 from dctdiff.models.checkpoints import checkpoint_folders, newest_intact
 from dctdiff.models.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
-from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.failure_record import FAILURE_FILE, clear_failure, raise_recorded_failure
-from dctdiff.training.training_fid import check_reference_rows, ensure_reference_stats
+from dctdiff.training.periodic_fid import check_reference_rows, ensure_reference_stats
+from dctdiff.training.run_record import log_dataset_input, run_params, system_metrics
 from dctdiff.training.worker_loop import LoopSettings, train_loop_per_worker
 
 log = logging.getLogger(__name__)
