@@ -4,6 +4,7 @@ preset on 2 CPUs that is interrupted after its first trial and resumed (slow).""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import signal
 import subprocess
@@ -163,6 +164,27 @@ def test_misfits_are_explained():
         plan_concurrency(2, 0, 2, 1.0, 0, None)
     with pytest.raises(ResourceError, match="no trial fits"):
         plan_concurrency(8, 0, 1, None, 1, None)  # a GPU per worker on a CPU-only cluster
+
+
+def test_the_fid_reference_is_saved_with_the_plan_checked_before_ray_and_fixed_on_resume(tmp_path, capsys, no_ray):
+    data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=0))
+    held_out = write_prepared(tmp_path / "held-out", photo_crops(8, 32, seed=1))
+    sweeps = tmp_path / "sweeps"
+    common = ["--study", "dct_vs_pixel", "--data", str(data), "--storage", str(sweeps), "--name", "x"]
+    assert main([*common, "--fid-reference", str(held_out), "--dry-run"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan.pop("job") == "sweep" and plan["fid_reference"] == str(held_out)
+
+    assert main([*common, "--fid-reference", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --fid-reference") and "does not exist" in err and "\n" not in err
+
+    (sweeps / "x").mkdir(parents=True)
+    (sweeps / "x" / SWEEP_FILE).write_text(json.dumps(plan))
+    assert main(["--resume", "--name", "x", "--storage", str(sweeps), "--fid-reference", str(data), "--dry-run"]) == 2
+    assert f"--fid-reference {data} is not the saved {held_out}" in capsys.readouterr().err
+    assert main(["--resume", "--name", "x", "--storage", str(sweeps), "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["fid_reference"] == str(held_out)
 
 
 def test_command_line_errors_come_before_any_work(tmp_path, capsys):
