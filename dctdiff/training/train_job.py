@@ -47,12 +47,12 @@ class LaunchOptions:
 
     data: str
     resources: WorkerResources = WorkerResources()
-    fid_reference: str | None = None  # the prepare output FID/KID compare with (None: the training images of data)
     storage: str = "outputs/runs"
     name: str | None = None
     resume: bool = False
     address: str | None = None
     log_level: str = "INFO"
+    fid_reference: str | None = None  # the prepare output FID/KID compare with (None: the training images of data)
 
 
 @dataclass(frozen=True)
