@@ -1,4 +1,5 @@
-"""FID and KID while training: n EMA samples against the training set's Inception features.
+"""FID and KID while training: n EMA samples against the Inception features of the training set, or of
+a held-out prepare output (``--fid-reference``, e.g. the test split).
 
 Used by `dctdiff train` (``cadence.fid_every``, ``cadence.fid_samples``) and, through it, as the
 objective of `dctdiff sweep`: unlike the training loss, FID compares runs with different SNR scales c
@@ -97,7 +98,7 @@ def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "aut
     if _cached_key(uri) == (rows, resolved):
         return uri
     positions = reference_positions(rows, REFERENCE_FEATURES)
-    log.info("FID/KID reference: Inception features of the %d training images of %s (%d kept) -> %s",
+    log.info("FID/KID reference: Inception features of the %d images of %s (%d kept) -> %s",
              rows, data_uri, len(positions), uri)  # fmt: skip
     (group,) = image_set_features(
         [PreparedImages(data_uri)], keep_features=True, keep_positions=positions, precision=precision
