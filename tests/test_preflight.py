@@ -141,6 +141,22 @@ def _reference_plan(tmp_path, reference_images, resolution: int = 32):
     return plan_run(config, options)
 
 
+def test_a_relative_data_folder_gives_absolute_shard_paths(tmp_path, monkeypatch):
+    """Before: `--data fm-train` listed `fm-train/coefficients/part-*.parquet`, which the Ray Train workers
+    (whose working folder is the run's artifact folder) could not open: FirstStepError FileNotFoundError."""
+    from dctdiff.data.bundled_photos import photo_crops
+    from dctdiff.models.config import build_config
+    from dctdiff.training.dataset_info import load_dataset_info
+    from tests.prepared import write_prepared
+
+    write_prepared(tmp_path / "data", photo_crops(4, 32, seed=0))
+    monkeypatch.chdir(tmp_path)
+    info = load_dataset_info("data", build_config("demo"))
+    assert info.shard_files and all(
+        path.startswith(str(tmp_path / "data" / "coefficients")) for path in info.shard_files
+    )
+
+
 def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path):
     plan = _reference_plan(tmp_path, 6)
     assert (plan.info.rows, plan.reference.rows) == (16, 6)

@@ -70,7 +70,7 @@ def load_dataset_info(data_uri: str, config: TrainConfig, flag: str = "--data") 
     """
     where = f"{flag} {data_uri}"
     storage.require_exists(data_uri, flag, "run `dctdiff prepare` to make it")
-    files = shard_files(data_uri)
+    files = shard_files(storage.normalize(data_uri))  # absolute: Ray Train workers run in another folder
     if not files:
         raise FileNotFoundError(
             f"{where} has no {COEFFICIENT_DIR}/*.parquet shards: run `dctdiff prepare` "
