@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from dctdiff.models.builders import build_codec, build_model
 from dctdiff.models.config import PRESETS, ConfigError, build_config, config_from_dict, parse_overrides
 
 # docs/ARCHITECTURE.md, "Presets": preset -> (resolution, B, keep, tokens, model size, batch, lr, eta, c)
@@ -77,9 +78,21 @@ def test_bad_values_say_how_to_fix_them(overrides, message):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="choose one of demo, cifar10"):
+    with pytest.raises(ConfigError, match="choose one of demo, fmnist, cifar10"):
         build_config("cifar100")
     assert set(PRESETS) >= set(PAPER) | {"demo"}
+
+
+def test_the_fmnist_preset_gives_both_arms_64_tokens_of_16_values():
+    """The DCT vs pixel comparison at equal tokens (issue 21): grey 32x32 with B = 2 and keep 4 is 8x8 tokens
+    of 2x2 blocks of 4 coefficients; the pixel arm's patch 4 is 8x8 tokens of 4x4 pixels."""
+    for space in ("dct", "pixel"):
+        config = build_config("fmnist", overrides=[f"data.space={space}"])
+        codec = build_codec(config, eta=250.0, colour="grey")
+        assert (codec.num_tokens, codec.token_dim) == (64, 16), space
+        model = build_model(config, codec)
+        assert 1.4e6 < sum(p.numel() for p in model.parameters()) < 1.6e6  # the measured 1.5 M recipe
+    assert config.cadence.sample_count == 64 and config.optim.ema_warmup
 
 
 def test_parse_overrides_nests_and_parses_scalars():

@@ -18,9 +18,11 @@ from dctdiff.tuning.study_report import (
     Point,
     Spread,
     TrialCurves,
+    equal_minutes,
     mean_curve,
     spread,
     summarize,
+    verdicts,
     write_study_report,
 )  # fmt: skip
 from dctdiff.tuning.sweep_report import TRIAL_TAG
@@ -59,20 +61,55 @@ def test_trials_group_into_arms_by_every_value_but_the_seed():
     assert (pixel.seeds, pixel.steps) == (("0", "1"), (2, 4))
     assert pixel.final_fid == (50.0, pytest.approx(10 * SQRT2))  # 60 (its last step), 40
     assert pixel.best_fid == (50.0, pytest.approx(10 * SQRT2))
-    # the thick mean curve: the steps both seeds logged, mean seconds and value there
+    # the thick mean curve: the steps both seeds logged, mean minutes and value there
     assert mean_curve([trials[1], trials[2]], "fid") == [Point(2, 45.0, 25.0), Point(4, 75.0, 12.0)]
     assert mean_curve([trials[0], trials[3]], "fid") == [Point(2, 25.0, 55.0)]
 
 
+def test_equal_wall_clock_interpolates_each_trial_at_the_time_every_trial_reached():
+    fast = TrialCurves("a", ("dct",), "0", 0.0, curves([(2, 3.0, 30.0), (4, 6.0, 10.0)]))
+    slow = TrialCurves("b", ("pixel",), "0", 0.0, curves([(2, 2.0, 60.0), (4, 4.0, 40.0)]))
+    assert equal_minutes([fast, slow]) == 4.0  # slow's last FID
+    assert fast.at_minutes("fid", 4.0) == pytest.approx(30.0 - 20.0 / 3)  # a third of the way from 3 to 6 min
+    assert slow.at_minutes("fid", 4.0) == 40.0
+    assert math.isnan(fast.at_minutes("fid", 2.0)) and math.isnan(fast.at_minutes("fid", 7.0))  # not logged there
+    assert math.isnan(fast.at_minutes("kid", 4.0))  # no KID history
+    assert math.isnan(equal_minutes([fast, TrialCurves("c", ("x",), "0", 0.0, curves([]))]))  # one never reported
+
+
+def test_verdicts_compare_each_arm_with_the_best_against_the_added_seed_spreads():
+    def arm(space, finals):
+        members = [
+            TrialCurves(f"{space}{i}", (space,), str(i), 0.0, curves([(4, 1.0, v)])) for i, v in enumerate(finals)
+        ]
+        return members
+
+    clear, close, single = arm("dct", [10.0, 14.0]), arm("pixel", [40.0, 60.0]), arm("keep", [13.0, 15.0])
+    lines = verdicts(summarize([*clear, *close]), ["data.space"])
+    # dct 12 ± 2.83, pixel 50 ± 14.1: 38 above, more than 16.97
+    assert lines == ["- Final FID of space=pixel is 38 above space=dct: more than the seed spreads added (17): a real "
+                     "difference at this size."]  # fmt: skip
+    (line,) = verdicts(summarize([*clear, *single]), ["data.space"])  # 14 ± 1.41 vs 12 ± 2.83: 2 < 4.24
+    assert (
+        line
+        == "- Final FID of space=keep is 2 above space=dct: within the seed spreads added (4.24): not established by these seeds."
+    )
+    (line,) = verdicts(summarize([clear[0], close[0]]), ["data.space"])
+    assert line.endswith("no seed spread to compare it with (one seed).")
+    assert verdicts(summarize(clear), ["data.space"]) == []  # one arm: nothing to compare
+
+
 def add_trial(client, experiment, parent, trial, space, seed, start, end, fid, kid):
-    """A finished child run as the sweep leaves it: tags, the config params, fid/kid at steps and times."""
+    """A finished child run as the sweep leaves it: tags, the config params, fid/kid at steps with the
+    train_minutes the worker loop logs at the same steps (the middle number of each point)."""
     run = client.create_run(experiment, start_time=start, tags={PARENT_TAG: parent, TRIAL_TAG: trial})
     run_id = run.info.run_id
     client.log_param(run_id, "data.space", space)
     client.log_param(run_id, "cadence.seed", seed)
     for key, history in (("fid", fid), ("kid", kid)):
-        for step, seconds, value in history:
-            client.log_metric(run_id, key, value, timestamp=start + int(seconds * 1000), step=step)
+        for step, minutes, value in history:
+            client.log_metric(run_id, key, value, timestamp=start + step * 1000, step=step)
+            client.log_metric(run_id, "train_minutes", minutes, timestamp=start + step * 1000, step=step)
     client.set_terminated(run_id, "FINISHED", end_time=end)
 
 
@@ -91,19 +128,32 @@ def test_report_from_child_runs_writes_the_table_and_curves(tmp_path):
               [(2, 30, 0.2), (4, 60, 0.1)])  # fmt: skip
     add_trial(client, experiment, parent, "a1", "dct", "1", t0, t0 + 120_000, [(2, 30, 20.0), (4, 60, 14.0)],
               [(2, 30, 0.3), (4, 60, 0.2)])  # fmt: skip
-    add_trial(client, experiment, parent, "b0", "pixel", "0", t0, t0 + 90_000, [(2, 30, 60.0), (4, 60, 40.0)],
-              [(2, 30, 0.6), (4, 60, 0.4)])  # fmt: skip
+    add_trial(
+        client,
+        experiment,
+        parent,
+        "b0",
+        "pixel",
+        "0",
+        t0,
+        t0 + 90_000,
+        [(2, 20, 60.0), (4, 40, 40.0)],
+        [(2, 20, 0.6), (4, 40, 0.4)],
+    )  # fmt: skip (the slower arm: 40 training minutes at step 4)
     intro = "# Study dct_vs_pixel: sweep s"
     report, image = write_study_report(str(tmp_path / "sweep"), tracking, parent, ["cadence.seed", "data.space"], intro)
 
     text = (tmp_path / "sweep" / REPORT_FILE).read_text()
     assert report == str(tmp_path / "sweep" / REPORT_FILE) and text.startswith(intro + "\n")
     header, rule, *rows = table_rows(text)
-    assert header == ["data.space", "seeds", "steps", "final FID", "final KID", "best FID", "wall-clock per run (s)"]
+    assert header == ["data.space", "seeds", "steps", "final FID", "final KID", "FID at 40 min", "KID at 40 min",
+                      "best FID", "wall-clock per run (s)"]  # fmt: skip
+    # at 40 min, a third of the way from 30 to 60: FID 23.33 and 18 (mean 20.67, std 5.33 / sqrt 2), KID 0.167, 0.267
     assert rows == [
-        ["dct", "0, 1", "4", "12 ± 2.8", "0.15 ± 0.071", "12 ± 2.8", "110 ± 14"],
-        ["pixel", "0", "4", "40", "0.4", "40", "90"],  # one seed: no spread
+        ["dct", "0, 1", "4", "12 ± 2.8", "0.15 ± 0.071", "20.67 ± 3.8", "0.2167 ± 0.071", "12 ± 2.8", "110 ± 14"],
+        ["pixel", "0", "4", "40", "0.4", "40", "0.4", "40", "90"],  # one seed: no spread
     ]
+    assert "- Final FID of space=pixel is 28 above space=dct: no seed spread to compare it with (one seed)." in text
     assert f"]({CURVES_FILE})" in text
 
     png = (tmp_path / "sweep" / CURVES_FILE).read_bytes()
@@ -124,4 +174,7 @@ def test_a_sweep_without_seeds_has_one_seed_per_arm(tmp_path):
         add_trial(client, experiment, parent, trial, space, "0", t0, t0 + 50_000, [(2, 10, 5.0)], [])
     write_study_report(str(tmp_path), tracking, parent, ["data.space"], "# s")
     _, _, *rows = table_rows((tmp_path / REPORT_FILE).read_text())
-    assert rows == [["dct", "0", "2", "5", "-", "5", "50"], ["pixel", "0", "2", "5", "-", "5", "50"]]  # no KID logged
+    assert rows == [  # no KID logged
+        ["dct", "0", "2", "5", "-", "5", "-", "5", "50"],
+        ["pixel", "0", "2", "5", "-", "5", "-", "5", "50"],
+    ]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from dctdiff.tuning.sweep_job import (
     SweepPlan,
     TrialProgress,
     plan_concurrency,
+    study_intro,
     trial_config,
 )
 from dctdiff.tuning.sweep_report import TRIAL_TAG, TrialRow, best_config_yaml, child_runs, format_table, rows_csv
@@ -62,7 +64,8 @@ def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
     for name in builtin_studies():
         validate_space(load_study(name).space, demo)
     seeds = {"cadence.seed": {"grid": [0, 1]}}
-    assert load_study("dct_vs_pixel").space == {"data.space": {"grid": ["dct", "pixel"]}, **seeds}
+    three = {"cadence.seed": {"grid": [0, 1, 2]}}
+    assert load_study("dct_vs_pixel").space == {"data.space": {"grid": ["dct", "pixel"]}, **three}
     assert load_study("snr_scale").space == {"diffusion.snr_scale": {"grid": [1, 2, 4]}, **seeds}
     assert load_study("ebfr").space == {"diffusion.ebfr": {"grid": [True, False]}, **seeds}
     assert load_study("keep").space == {"data.keep": {"grid": [2, 3, 4]}, **seeds}
@@ -174,6 +177,12 @@ def test_the_fid_reference_is_saved_with_the_plan_checked_before_ray_and_fixed_o
     assert main([*common, "--fid-reference", str(held_out), "--dry-run"]) == 0
     plan = yaml.safe_load(capsys.readouterr().out)
     assert plan.pop("job") == "sweep" and plan["fid_reference"] == str(held_out)
+    # study.md says which images the FIDs compare with
+    assert f"EMA samples (euler_maruyama, 250 NFE) against the held-out images of `{held_out}` every" in study_intro(
+        SweepPlan.from_json(plan), 4
+    )
+    training = replace(SweepPlan.from_json(plan), fid_reference="")
+    assert f"against the training images of `{data}` every" in study_intro(training, 4)
 
     assert main([*common, "--fid-reference", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
@@ -337,7 +346,7 @@ def fashion_mnist_images(count: int) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_the_dct_vs_pixel_study_writes_its_report(ray_session, tmp_path):
-    """`make study` in miniature: the built-in study (2 arms x 2 seeds, grid scheduler from the study file)
+    """`make study` in miniature: the built-in study (2 arms x 3 seeds, grid scheduler from the study file)
     for 2 steps on 16 Fashion-MNIST images; KID beside FID in every trial; study.md and the curves."""
     data = write_prepared(tmp_path / "data", fashion_mnist_images(16), colour="grey", store_pixels=True)
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
@@ -376,7 +385,7 @@ def test_the_dct_vs_pixel_study_writes_its_report(ray_session, tmp_path):
         assert all([m.step for m in history] == [2] for history in metrics.values()), metrics
         arm = final.setdefault(run.data.params["data.space"], {})
         arm[run.data.params["cadence.seed"]] = (metrics["fid"][0].value, metrics["kid"][0].value)
-    assert sorted(final) == ["dct", "pixel"] and all(sorted(seeds) == ["0", "1"] for seeds in final.values())
+    assert sorted(final) == ["dct", "pixel"] and all(sorted(seeds) == ["0", "1", "2"] for seeds in final.values())
 
     text = (sweeps / "study" / REPORT_FILE).read_text()
     assert text.startswith("# Study dct_vs_pixel: sweep study")
@@ -384,7 +393,7 @@ def test_the_dct_vs_pixel_study_writes_its_report(ray_session, tmp_path):
     assert [cell.strip() for cell in rows[0]][:3] == ["data.space", "seeds", "steps"]
     for row, space in zip(rows[1:], ["dct", "pixel"]):
         fids, kids = zip(*final[space].values())
-        assert [cell.strip() for cell in row[:5]] == [space, "0, 1", "2", str(spread(fids)), str(spread(kids))]
+        assert [cell.strip() for cell in row[:5]] == [space, "0, 1, 2", "2", str(spread(fids)), str(spread(kids))]
     with Image.open(sweeps / "study" / CURVES_FILE) as picture:
         assert picture.format == "PNG"
     assert {a.path for a in client.list_artifacts(plan.parent_run_id)} >= {REPORT_FILE, CURVES_FILE, "results.csv"}

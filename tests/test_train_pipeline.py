@@ -69,6 +69,9 @@ def test_train_logs_to_mlflow_and_resumes_exactly_past_a_corrupt_newest_checkpoi
     assert run.data.params["worker_threads"] == "2"
     for key in ("loss", "loss_dc", "loss_ac", "loss_luma", "loss_chroma", "lr", "grad_norm", "images_per_s"):
         assert sorted(history(client, straight, key)) == [1, 2, 3, 4, 5, 6], key
+    minutes = history(client, straight, "train_minutes")
+    assert sorted(minutes) == [1, 2, 3, 4, 5, 6]
+    assert 0 < minutes[1] and all(minutes[s] < minutes[s + 1] for s in range(1, 6))  # a clock of training only
     artifacts = {a.path for a in client.list_artifacts(straight)}
     assert {"config.yaml", "stats.json", "images"} <= artifacts  # images: the step-indexed sample grids
     # keep_checkpoints=2: steps 4 and 6 remain

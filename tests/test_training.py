@@ -50,6 +50,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
 
     first = make_trainer()
     losses = [first.train_step(b).value("loss") for b in batches]
+    first.train_seconds = 12.5  # what the worker loop counted
     first.save(tmp_path, {"config": first.config.to_dict()})
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["step"] == 3 and state["rng"] == {"seed": 0, "step": 3}
@@ -63,6 +64,7 @@ def test_resume_from_checkpoint_repeats_the_uninterrupted_run(tmp_path, batches)
 
     resumed = make_trainer()
     resumed.load(tmp_path)
+    assert resumed.train_seconds == 12.5  # the training clock goes on from the checkpoint
     losses += [resumed.train_step(b).value("loss") for b in batches]
     np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-6)
     for a, b in zip(resumed.ema.parameters(), straight.ema.parameters()):

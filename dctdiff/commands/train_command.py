@@ -44,7 +44,7 @@ class TrainRequest:
 def build_parser() -> argparse.ArgumentParser:
     """The flags of `dctdiff train`."""
     parser = flags.job_parser("dctdiff train", __doc__)
-    flags.add_config_flags(parser, "paper preset: demo, cifar10, celeba64, imagenet64, ffhq128, ...")
+    flags.add_config_flags(parser, "preset: demo, fmnist, cifar10, celeba64, imagenet64, ffhq128, ...")
     flags.add_data_flag(parser)
     parser.add_argument("--space", choices=["dct", "pixel"], help="dct (DCTdiff) or pixel (the U-ViT baseline)")
     parser.add_argument("--max-steps", type=flags.positive_int, help="shorthand for --set cadence.max_steps=N")

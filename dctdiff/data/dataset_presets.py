@@ -31,6 +31,7 @@ DATA_PRESETS: dict[str, DataPreset] = {
     "ffhq512": DataPreset(512, 8),
     "afhq512": DataPreset(512, 8),
     "demo": DataPreset(32, 2),  # the offline photo crops (dctdiff.data.bundled_photos)
+    "fmnist": DataPreset(32, 2),  # Fashion-MNIST, 28x28 padded to 32x32 (the fashion-mnist source)
 }
 
 

@@ -97,6 +97,9 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.step = 0
+        # Seconds spent in training steps so far, over all fits of the run (the worker loop adds each
+        # window's; FID, sample grids and start-up are not counted): the x axis of equal wall-clock comparisons.
+        self.train_seconds = 0.0
         mixed = cuda or autocast_on_cpu
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision) if mixed else None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype is torch.float16)
@@ -186,6 +189,7 @@ class Trainer:
         }
         state = {
             "step": self.step,
+            "train_seconds": self.train_seconds,
             # Randomness is counter-based (sample_seed): (seed, step) is the whole RNG state.
             "rng": {"seed": self.config.cadence.seed, "step": self.step},
             "optimizer_param_groups": optimizer_state["param_groups"],
@@ -225,6 +229,7 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.scaler.load_state_dict(state["grad_scaler"])
         self.step = state["step"]
+        self.train_seconds = state["train_seconds"]
         return state
 
 

@@ -145,6 +145,7 @@ def train_to_max_steps(settings: LoopSettings, progress: FitProgress) -> None:
             if step % cadence.log_every and not (save or grid or fid):
                 continue
             elapsed = time.perf_counter() - window_start
+            trainer.train_seconds += elapsed
             steps = len(window)
             try:
                 metrics = window.reduce(world)  # the step's one collective and host sync
@@ -152,7 +153,10 @@ def train_to_max_steps(settings: LoopSettings, progress: FitProgress) -> None:
                 report_failure(error, step, rank, settings.failure_file, checkpoints)
                 return
             epoch = (step - 1) // plan.steps_per_epoch
-            metrics.update(step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed)
+            metrics.update(
+                step=step, epoch=epoch, images_per_s=steps * config.optim.batch_size / elapsed,
+                train_minutes=trainer.train_seconds / 60,
+            )  # fmt: skip
             if fid:  # every rank samples its share of the seeds (a collective): fid, kid, kid_std
                 metrics.update(sample_metrics(
                     trainer.sampling_model, codec, trainer.noise_schedule, reference, cadence.fid_samples,

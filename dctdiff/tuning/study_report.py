@@ -2,10 +2,11 @@
 
 An arm is one combination of the swept values other than ``cadence.seed``; its trials are the seeds.
 From the sweep's MLflow child runs (params and metric histories) the report writes ``study.md`` (one
-table row per arm: values, seeds, steps, final FID and KID, best FID and wall-clock per run, each as
-mean ± standard deviation over seeds) and ``study_curves.png`` (FID and KID against step and against
-wall-clock seconds since the run started: one colour per arm, a thin line per seed, a thick mean);
-docs/ARCHITECTURE.md, "Sweeps".
+table row per arm: values, seeds, steps, final FID and KID (equal steps), FID and KID at the training time
+every trial reached (equal wall-clock), best FID and wall-clock per run, each as mean ± standard deviation
+over seeds; then whether each arm's final FID differs from the best arm's by more than their seed spreads)
+and ``study_curves.png`` (FID and KID against step and against training minutes, the ``train_minutes`` the
+worker loop logs: one colour per arm, a thin line per seed, a thick mean); docs/ARCHITECTURE.md, "Sweeps".
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ CURVES_FILE = "study_curves.png"
 
 
 class Point(NamedTuple):
-    """One logged value: its training step and the seconds since its run started."""
+    """One logged value: its training step and the training minutes (``train_minutes``) at that step."""
 
     step: int
-    seconds: float
+    minutes: float
     value: float
 
 
@@ -61,6 +62,18 @@ class TrialCurves:
         """The last step with an FID (0 before the first report)."""
         points = self.curves.get("fid", [])
         return points[-1].step if points else 0
+
+    def last_minutes(self) -> float:
+        """The training minutes at the last FID (nan before the first report)."""
+        points = self.curves.get("fid", [])
+        return points[-1].minutes if points else math.nan
+
+    def at_minutes(self, metric: str, minutes: float) -> float:
+        """The value linearly interpolated at ``minutes`` of training (nan outside the logged range)."""
+        points = self.curves.get(metric, [])
+        if not points or not points[0].minutes <= minutes <= points[-1].minutes:
+            return math.nan
+        return float(np.interp(minutes, [p.minutes for p in points], [p.value for p in points]))
 
 
 class Spread(NamedTuple):
@@ -92,6 +105,8 @@ class ArmSummary:
     steps: tuple[int, ...]  # the last FID step of each seed
     final_fid: Spread
     final_kid: Spread
+    timed_fid: Spread  # at the study's equal training time
+    timed_kid: Spread
     best_fid: Spread
     seconds: Spread
 
@@ -115,8 +130,15 @@ def arms(trials: Sequence[TrialCurves]) -> dict[tuple[str, ...], list[TrialCurve
     }
 
 
+def equal_minutes(trials: Sequence[TrialCurves]) -> float:
+    """The equal wall-clock point: the training minutes that every trial reached (its last FID), nan if none."""
+    reached = [t.last_minutes() for t in trials]
+    return min(reached) if reached and all(math.isfinite(m) for m in reached) else math.nan
+
+
 def summarize(trials: Sequence[TrialCurves]) -> list[ArmSummary]:
     """One summary per arm (``arms`` order)."""
+    minutes = equal_minutes(trials)
     return [
         ArmSummary(
             values=arm,
@@ -124,6 +146,8 @@ def summarize(trials: Sequence[TrialCurves]) -> list[ArmSummary]:
             steps=tuple(t.last_step() for t in members),
             final_fid=spread([t.final("fid") for t in members]),
             final_kid=spread([t.final("kid") for t in members]),
+            timed_fid=spread([t.at_minutes("fid", minutes) for t in members]),
+            timed_kid=spread([t.at_minutes("kid", minutes) for t in members]),
             best_fid=spread([t.best("fid") for t in members]),
             seconds=spread([t.seconds for t in members]),
         )
@@ -136,25 +160,55 @@ def _steps_cell(steps: tuple[int, ...]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def markdown_table(summaries: Sequence[ArmSummary], keys: Sequence[str]) -> str:
-    """The study table: one row per arm."""
-    header = [*keys, "seeds", "steps", "final FID", "final KID", "best FID", "wall-clock per run (s)"]
+def markdown_table(summaries: Sequence[ArmSummary], keys: Sequence[str], minutes: float) -> str:
+    """The study table: one row per arm; ``minutes``: the equal training time (``equal_minutes``)."""
+    at = f"{minutes:.3g} min" if math.isfinite(minutes) else "equal time"
+    header = [*keys, "seeds", "steps", "final FID", "final KID", f"FID at {at}", f"KID at {at}", "best FID",
+              "wall-clock per run (s)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in summaries:
         cells = [*arm.values, ", ".join(arm.seeds), _steps_cell(arm.steps), str(arm.final_fid), str(arm.final_kid),
-                 str(arm.best_fid), str(arm.seconds)]  # fmt: skip
+                 str(arm.timed_fid), str(arm.timed_kid), str(arm.best_fid), str(arm.seconds)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro: str) -> str:
-    """``study.md``: ``intro`` (Markdown), the table, how to read it, and the curves."""
+def verdicts(summaries: Sequence[ArmSummary], keys: Sequence[str]) -> list[str]:
+    """One sentence per arm other than the best (lowest mean final FID): is its final FID worse by more than
+    the two arms' seed spreads added (std_best + std_arm)? Needs at least two arms with a spread."""
+    ranked = [arm for arm in summaries if math.isfinite(arm.final_fid.mean)]
+    if len(ranked) < 2:
+        return []
+    best = min(ranked, key=lambda arm: arm.final_fid.mean)
+    lines = []
+    for arm in ranked:
+        if arm is best:
+            continue
+        gap, noise = arm.final_fid.mean - best.final_fid.mean, best.final_fid.std + arm.final_fid.std
+        if not math.isfinite(noise):
+            verdict = "no seed spread to compare it with (one seed)"
+        elif gap > noise:
+            verdict = f"more than the seed spreads added ({noise:.3g}): a real difference at this size"
+        else:
+            verdict = f"within the seed spreads added ({noise:.3g}): not established by these seeds"
+        lines.append(
+            f"- Final FID of {_label(keys, arm.values)} is {gap:.3g} above {_label(keys, best.values)}: {verdict}."
+        )
+    return lines
+
+
+def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro: str, minutes: float) -> str:
+    """``study.md``: ``intro`` (Markdown), the table, the verdicts, how to read them, and the curves."""
     notes = (
         "Mean ± standard deviation over seeds (ddof 1; no spread with one seed). Final: at a trial's last "
-        "report; best: its lowest FID; wall-clock: from the start of a trial's MLflow run (Ray Train start "
-        "included) to its end. FID on few samples is biased upward; compare arms within one study.\n"
+        "report (equal steps); at N min: interpolated at the training minutes every trial reached (equal "
+        "wall-clock; training steps only, without FID, grids and start-up); best: its lowest FID; wall-clock "
+        "per run: from the start of a trial's MLflow run (Ray Train start included) to its end. FID on few "
+        "samples is biased upward; compare arms within one study.\n"
     )
-    return f"{intro.rstrip()}\n\n{markdown_table(summaries, keys)}\n{notes}\n![FID and KID curves]({CURVES_FILE})\n"
+    found = "\n".join(verdicts(summaries, keys))
+    table = markdown_table(summaries, keys, minutes)
+    return f"{intro.rstrip()}\n\n{table}\n{found + chr(10) + chr(10) if found else ''}{notes}\n![FID and KID curves]({CURVES_FILE})\n"
 
 
 def _label(keys: Sequence[str], arm: tuple[str, ...]) -> str:
@@ -162,18 +216,18 @@ def _label(keys: Sequence[str], arm: tuple[str, ...]) -> str:
 
 
 def mean_curve(members: Sequence[TrialCurves], metric: str) -> list[Point]:
-    """Mean step, seconds and value over the seeds at the steps every seed logged."""
+    """Mean step, minutes and value over the seeds at the steps every seed logged."""
     by_seed = [{p.step: p for p in t.curves.get(metric, [])} for t in members]
     common = sorted(set.intersection(*(set(points) for points in by_seed))) if by_seed else []
     return [
-        Point(step, float(np.mean([seed[step].seconds for seed in by_seed])),
+        Point(step, float(np.mean([seed[step].minutes for seed in by_seed])),
               float(np.mean([seed[step].value for seed in by_seed])))
         for step in common
     ]  # fmt: skip
 
 
 def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str = "") -> bytes:
-    """PNG: FID (top) and KID (bottom) against step (left) and wall-clock seconds (right)."""
+    """PNG: FID (top) and KID (bottom) against step (left) and training minutes (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +239,7 @@ def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str =
         colour = colours[index % len(colours)]
         for row, metric in enumerate(CURVE_METRICS):
             mean = mean_curve(members, metric)
-            for column, x in enumerate(("step", "seconds")):
+            for column, x in enumerate(("step", "minutes")):
                 axis = axes[row][column]
                 for trial in members:
                     points = trial.curves.get(metric, [])
@@ -194,7 +248,7 @@ def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str =
                 axis.plot([getattr(p, x) for p in mean], [p.value for p in mean], "o-", color=colour, linewidth=2.5,
                           markersize=3, label=_label(keys, arm) if row == column == 0 else None)  # fmt: skip
     for row, metric in enumerate(CURVE_METRICS):
-        for column, x in enumerate(("training step", "wall-clock seconds since the run started")):
+        for column, x in enumerate(("training step", "training minutes (train_minutes)")):
             axes[row][column].set_xlabel(x)
             axes[row][column].set_ylabel(metric.upper())
     axes[0][0].legend(fontsize=8)
@@ -205,23 +259,31 @@ def plot_curves(trials: Sequence[TrialCurves], keys: Sequence[str], title: str =
 
 def collect_trials(tracking_uri: str, parent_run_id: str, keys: Sequence[str]) -> list[TrialCurves]:
     """The trials of a sweep from its MLflow child runs: arm values and seed from their params, FID and
-    KID histories (seconds from the metric timestamps relative to the run's start)."""
+    KID histories with the ``train_minutes`` logged at the same steps."""
     trials = []
     for trial, run in sorted(child_runs(tracking_uri, parent_run_id).items()):
         start, params = run.info.start_time, run.data.params
+        handle = RunHandle(tracking_uri, run.info.run_id)
+        minutes = _latest(handle, "train_minutes")
         curves = {}
         for metric in CURVE_METRICS:
-            history = sorted(RunHandle(tracking_uri, run.info.run_id).metric_history(metric), key=lambda m: m.timestamp)
-            latest = {m.step: m for m in history}  # a step logged twice (a resumed run): its last value
-            curves[metric] = [Point(s, (latest[s].timestamp - start) / 1000, latest[s].value) for s in sorted(latest)]
-        logged = [p.seconds for points in curves.values() for p in points]
+            latest = _latest(handle, metric)
+            curves[metric] = [Point(s, minutes.get(s, math.nan), latest[s]) for s in sorted(latest)]
         if run.info.end_time:
             seconds = (run.info.end_time - start) / 1000
-        else:  # still running (or killed without an end time): up to its last report
-            seconds = max(logged, default=math.nan)
+        else:  # still running (or killed without an end time): up to its last logged metric
+            seconds = (
+                max((m.timestamp for m in handle.metric_history("train_minutes")), default=math.nan) - start
+            ) / 1000
         arm = tuple(params.get(key, "-") for key in keys)
         trials.append(TrialCurves(trial, arm, params.get(SEED_KEY, "-"), seconds, curves))
     return trials
+
+
+def _latest(handle: RunHandle, metric: str) -> dict[int, float]:
+    """step -> value of a metric; a step logged twice (a resumed run) keeps its last value."""
+    history = sorted(handle.metric_history(metric), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in history}
 
 
 def write_study_report(
@@ -232,7 +294,7 @@ def write_study_report(
 
     arm_keys = [key for key in keys if key != SEED_KEY]
     trials = collect_trials(tracking_uri, parent_run_id, arm_keys)
-    text = markdown_report(summarize(trials), arm_keys, intro)
+    text = markdown_report(summarize(trials), arm_keys, intro, equal_minutes(trials))
     image = plot_curves(trials, arm_keys)
     report_uri, curves_uri = storage.join(directory, REPORT_FILE), storage.join(directory, CURVES_FILE)
     storage.write_bytes(report_uri, text.encode())

@@ -450,12 +450,18 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
 
 
 def study_intro(plan: SweepPlan, trials: int) -> str:
-    """The heading of ``study.md``: the study, its description and the measurement settings."""
+    """The heading of ``study.md``: the study, its description and the measurement settings, naming the FID
+    reference (the held-out ``--fid-reference`` or the training images)."""
+    reference = (
+        f"the held-out images of `{redact(plan.fid_reference)}`"
+        if plan.fid_reference
+        else f"the training images of `{redact(plan.data)}`"
+    )
     return (
         f"# Study {plan.study}: sweep {plan.name}\n\n{plan.description or '(no description)'}\n\n"
         f"{trials} trial(s), `--preset {plan.base['preset']}`, scheduler {plan.scheduler}; FID and KID of "
-        f"{plan.fid_samples} EMA samples ({plan.base['cadence']['sampler']}, {plan.nfe} NFE) against the "
-        f"training images every {plan.report_every} steps up to {plan.max_steps}."
+        f"{plan.fid_samples} EMA samples ({plan.base['cadence']['sampler']}, {plan.nfe} NFE) against "
+        f"{reference} every {plan.report_every} steps up to {plan.max_steps}."
     )
 
 
