@@ -347,7 +347,7 @@ _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
             "sampler": "dpm++2m",
             "sample_nfe": 50,
             "fid_every": 1000,
-            "fid_samples": 1000,
+            "fid_samples": 500,
         },
     },  # fmt: skip
     # The paper's settings (docs/ARCHITECTURE.md, "Presets"): keep m, eta, U-ViT size, global batch, lr, c.
