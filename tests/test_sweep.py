@@ -23,7 +23,7 @@ from dctdiff.commands.sweep_command import main
 from dctdiff.commands.train_command import main as train_main
 from dctdiff.data.bundled_photos import photo_crops
 from dctdiff.data.sources import FASHION_MNIST_DIR, FashionMnistSource
-from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError
+from dctdiff.infra.ray_cluster import DATA_CPUS, ResourceError, plan_worker_cpus, training_threads
 from dctdiff.models.config import ConfigError, build_config
 from dctdiff.training.train_job import WorkerResources
 from dctdiff.tuning.search_space import (
@@ -194,6 +194,16 @@ def test_the_fid_reference_is_saved_with_the_plan_checked_before_ray_and_fixed_o
     assert f"--fid-reference {data} is not the saved {held_out}" in capsys.readouterr().err
     assert main(["--resume", "--name", "x", "--storage", str(sweeps), "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["fid_reference"] == str(held_out)
+
+
+def test_a_trial_on_two_cpus_trains_with_two_threads():
+    """A trial's worker gets 0.99 CPU (0.01 is its Tune actor's) plus Ray Data's idle reserved CPU: 2 threads,
+    as `dctdiff train` on the same machine. Before, int(0.99 + 1) = 1: every `make study` trial used one core."""
+    cpus, _ = plan_concurrency(2, 0, 1, None, 0, None)
+    assert int(cpus + DATA_CPUS) == 1  # the old rule
+    assert training_threads(cpus, 1) == 2 == training_threads(plan_worker_cpus(1, 2.0), 1)
+    assert training_threads(0.5, 2) == 1 and training_threads(0.49, 2) == 1  # 2 workers share the 2 cores
+    assert training_threads(3.0, 1) == 4
 
 
 def test_command_line_errors_come_before_any_work(tmp_path, capsys):

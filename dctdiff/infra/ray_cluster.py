@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import math
 import os
 import socket
 import sys
@@ -327,6 +328,14 @@ def plan_worker_cpus(
             f"has {cluster_cpus:g} CPUs; the job would wait forever. Lower --workers or --cpus-per-worker, or add nodes."
         )
     return cpus
+
+
+def training_threads(cpus_per_worker: float, workers: int) -> int:
+    """Torch threads of a training worker: its CPUs plus its share of Ray Data's reserved CPU (idle while the
+    workers read the shards themselves), rounded down to whole cores. A fraction of a CPU held elsewhere
+    for bookkeeping (a sweep trial's Tune actor takes 0.01, so its worker gets 0.99) does not cost a core:
+    before, int(0.99 + 1) gave every 2-core sweep trial 1 thread."""
+    return max(1, math.floor(cpus_per_worker + DATA_CPUS / workers + 0.05))
 
 
 def plan_gpu_actors(workers: int | None, gpus_per_worker: float | None, cluster_gpus: float) -> tuple[int, float]:

@@ -16,7 +16,7 @@ from typing import Any
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_runs import RunHandle, create_run
 from dctdiff.infra.mlflow_tracking import TrackingOptions, redact, resolve_tracking_uri
-from dctdiff.infra.ray_cluster import DATA_CPUS, ends_on_lost_cluster, init_ray, plan_worker_cpus, torch_config
+from dctdiff.infra.ray_cluster import ends_on_lost_cluster, init_ray, plan_worker_cpus, torch_config, training_threads
 from dctdiff.models.checkpoints import checkpoint_folders, newest_intact
 from dctdiff.models.config import ConfigError, TrainConfig, split_batch
 from dctdiff.training.dataset_info import DatasetInfo, load_dataset_info
@@ -175,7 +175,7 @@ def launch(plan: RunPlan, run: RunHandle | None, callbacks: tuple[Any, ...] = ()
         )
     # The workers read the shards themselves (batch_order); Ray Data's reserved CPU is idle during training,
     # so the workers share it as threads.
-    threads = max(1, int(cpus + DATA_CPUS / group.workers))
+    threads = training_threads(cpus, group.workers)
     if run is not None:
         run.log_params({"workers": group.workers, "worker_threads": threads})
     storage.write_json(plan.run_file, {"config": config.to_dict(), "mlflow_run_id": run.run_id if run else None})
