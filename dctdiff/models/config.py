@@ -349,7 +349,7 @@ _TRAIN_PRESETS: dict[str, dict[str, Any]] = {
             "fid_every": 1000,
             "fid_samples": 500,
         },
-    },  # fmt: skip
+    },
     # The paper's settings (docs/ARCHITECTURE.md, "Presets"): keep m, eta, U-ViT size, global batch, lr, c.
     "cifar10": _paper_preset(4, 242.382, "M", 256, 2e-4),
     "celeba64": _paper_preset(4, 244.925, "S", 256, 2e-4),

@@ -175,7 +175,7 @@ def markdown_table(summaries: Sequence[ArmSummary], keys: Sequence[str], minutes
 
 def verdicts(summaries: Sequence[ArmSummary], keys: Sequence[str]) -> list[str]:
     """One sentence per arm other than the best (lowest mean final FID): is its final FID worse by more than
-    the two arms' seed spreads added (std_best + std_arm)? Needs at least two arms with a spread."""
+    the two arms' seed spreads added (std_best + std_arm)? None with fewer than two arms."""
     ranked = [arm for arm in summaries if math.isfinite(arm.final_fid.mean)]
     if len(ranked) < 2:
         return []
@@ -206,9 +206,13 @@ def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro:
         "per run: from the start of a trial's MLflow run (Ray Train start included) to its end. FID on few "
         "samples is biased upward; compare arms within one study.\n"
     )
-    found = "\n".join(verdicts(summaries, keys))
-    table = markdown_table(summaries, keys, minutes)
-    return f"{intro.rstrip()}\n\n{table}\n{found + chr(10) + chr(10) if found else ''}{notes}\n![FID and KID curves]({CURVES_FILE})\n"
+    found = verdicts(summaries, keys)
+    parts = [
+        intro.rstrip() + "\n",
+        markdown_table(summaries, keys, minutes),
+        *(["\n".join(found) + "\n"] if found else []),
+    ]
+    return "\n".join([*parts, notes, f"![FID and KID curves]({CURVES_FILE})\n"])
 
 
 def _label(keys: Sequence[str], arm: tuple[str, ...]) -> str:
