@@ -53,7 +53,7 @@ study: fashion-mnist venv
 	$(PY) -m dctdiff prepare --source fashion-mnist:$(FASHION_MNIST) --output $(STUDY_DIR)/data \
 		--preset fmnist --store-pixels --no-progress
 	$(PY) -m dctdiff prepare --source fashion-mnist:$(FASHION_MNIST) --output $(STUDY_DIR)/test \
-		--preset fmnist --split test --limit $(STUDY_REFERENCE_IMAGES) --store-pixels --no-progress
+		--preset fmnist --split test --limit $(STUDY_REFERENCE_IMAGES) --no-progress
 	$(PY) -m dctdiff sweep --study $(STUDY) --scheduler grid --preset fmnist --data $(STUDY_DIR)/data \
 		--fid-reference $(STUDY_DIR)/test --storage $(STUDY_DIR)/sweeps \
 		--mlflow-uri sqlite:///$(abspath $(STUDY_DIR))/mlflow.db --max-steps $(STUDY_STEPS) \

@@ -127,16 +127,17 @@ def test_labels_that_fit_the_embedding_plan(tmp_path):
     assert _plan(tmp_path, list(range(8)) * 2, ["data.num_classes=8"]).info.rows == 16
 
 
-def _reference_plan(tmp_path, reference_images, resolution: int = 32):
-    """plan_run of an unconditional demo run on 16 photos, FID against ``reference_images`` others."""
+def _reference_plan(tmp_path, reference_images, resolution: int = 32, space: str = "dct"):
+    """plan_run of an unconditional demo run on 16 photos (in ``space``: the pixel arm reads the stored
+    pixels), FID against ``reference_images`` others, prepared without pixels."""
     from dctdiff.data.bundled_photos import photo_crops
     from dctdiff.models.config import build_config
     from dctdiff.training.train_job import LaunchOptions, plan_run
     from tests.prepared import write_prepared
 
-    data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0))
+    data = write_prepared(tmp_path / "data", photo_crops(16, 32, seed=0), store_pixels=space == "pixel")
     held_out = write_prepared(tmp_path / "held-out", photo_crops(reference_images, resolution, seed=1))
-    config = build_config("demo", overrides=["optim.batch_size=2", "cadence.fid_every=2"])
+    config = build_config("demo", overrides=["optim.batch_size=2", "cadence.fid_every=2", f"data.space={space}"])
     options = LaunchOptions(str(data), storage=str(tmp_path / "runs"), fid_reference=str(held_out))
     return plan_run(config, options)
 
@@ -157,10 +158,17 @@ def test_a_relative_data_folder_gives_absolute_shard_paths(tmp_path, monkeypatch
     )
 
 
-def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path):
-    plan = _reference_plan(tmp_path, 6)
+@pytest.mark.parametrize("space", ["dct", "pixel"])
+def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path, space):
+    """Before: the pixel arm refused a reference prepared without --store-pixels (FID decodes the
+    reference's coefficients in either space, so it needs no pixels); make study's pixel trials failed so."""
+    plan = _reference_plan(tmp_path, 6, space=space)
     assert (plan.info.rows, plan.reference.rows) == (16, 6)
     assert plan.reference.shards_uri.startswith(str(tmp_path / "held-out"))
+    assert (plan.info.column, plan.reference.column) == (
+        {"dct": "coefficients", "pixel": "pixels"}[space],
+        "coefficients",
+    )
 
 
 @pytest.mark.parametrize(

@@ -170,8 +170,8 @@ def test_misfits_are_explained():
 
 
 def test_the_fid_reference_is_saved_with_the_plan_checked_before_ray_and_fixed_on_resume(tmp_path, capsys, no_ray):
-    data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=0))
-    held_out = write_prepared(tmp_path / "held-out", photo_crops(8, 32, seed=1))
+    data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=0), store_pixels=True)  # for the pixel arm
+    held_out = write_prepared(tmp_path / "held-out", photo_crops(8, 32, seed=1))  # no pixels: FID needs none
     sweeps = tmp_path / "sweeps"
     common = ["--study", "dct_vs_pixel", "--data", str(data), "--storage", str(sweeps), "--name", "x"]
     assert main([*common, "--fid-reference", str(held_out), "--dry-run"]) == 0
@@ -194,6 +194,15 @@ def test_the_fid_reference_is_saved_with_the_plan_checked_before_ray_and_fixed_o
     assert f"--fid-reference {data} is not the saved {held_out}" in capsys.readouterr().err
     assert main(["--resume", "--name", "x", "--storage", str(sweeps), "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["fid_reference"] == str(held_out)
+
+
+def test_data_without_pixels_fails_a_dct_vs_pixel_sweep_before_ray(tmp_path, capsys, no_ray):
+    """Before: only the base config's arm (dct) was checked, and the pixel trials failed at their start."""
+    data = write_prepared(tmp_path / "data", photo_crops(8, 32, seed=0))
+    argv = ["--study", "dct_vs_pixel", "--data", str(data), "--storage", str(tmp_path / "sweeps"), "--name", "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --data {data} has no pixels column for data.space=pixel: prepare with --store-pixels"
 
 
 def test_a_trial_on_two_cpus_trains_with_two_threads():

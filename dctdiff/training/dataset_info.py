@@ -61,12 +61,15 @@ def _token_column(where: str, params: CodecParams, config: TrainConfig) -> str:
     return PIXEL_COLUMN
 
 
-def load_dataset_info(data_uri: str, config: TrainConfig, flag: str = "--data") -> DatasetInfo:
+def load_dataset_info(
+    data_uri: str, config: TrainConfig, flag: str = "--data", reads_tokens: bool = True
+) -> DatasetInfo:
     """Open and check a prepare output for ``config`` (``flag``: the option that named it, for the errors).
 
     Raises FileNotFoundError for a missing or empty folder and ValueError when the shards were
-    written with another resolution, block size or colour mode than the config asks for, or lack
-    the pixels a data.space=pixel run reads.
+    written with another resolution, block size or colour mode than the config asks for, or (with
+    ``reads_tokens``) lack the pixels a data.space=pixel run reads. A FID reference passes
+    ``reads_tokens=False``: FID decodes its coefficients whatever data.space is, so it needs no pixels.
     """
     where = f"{flag} {data_uri}"
     storage.require_exists(data_uri, flag, "run `dctdiff prepare` to make it")
@@ -86,7 +89,7 @@ def load_dataset_info(data_uri: str, config: TrainConfig, flag: str = "--data") 
             "or prepare the data again with these settings"
         )
     colour = _colour(where, params, config)
-    column = _token_column(where, params, config)
+    column = _token_column(where, params, config) if reads_tokens else COEFFICIENT_COLUMN
     stats = load_stats(data_uri)
     row_groups = tuple(row_group_rows(uri) for uri in files)
     rows = sum(map(sum, row_groups))

@@ -130,7 +130,11 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
             f"{options.data} has {info.rows} images, fewer than one global batch (optim.batch_size="
             f"{config.optim.batch_size}); lower the batch size or prepare more images"
         )
-    reference = load_dataset_info(options.fid_reference, config, "--fid-reference") if options.fid_reference else info
+    reference = (
+        load_dataset_info(options.fid_reference, config, "--fid-reference", reads_tokens=False)
+        if options.fid_reference
+        else info
+    )
     if config.cadence.fid_every:
         check_reference_rows(reference.rows)
     root = storage.normalize(options.storage)

@@ -146,6 +146,11 @@ def validate_space(space: dict[str, Any], base: TrainConfig, workers: int = 1) -
                 raise ConfigError(f"space entry {key}: value {value!r} is invalid: {error}") from None
 
 
+def key_values(space: dict[str, Any], key: str, default: Any) -> list[Any]:
+    """The values (or range ends) a space gives ``key``; ``[default]`` when the space leaves it alone."""
+    return _candidates(key, space[key]) if key in space else [default]
+
+
 def is_pure_grid(space: dict[str, Any]) -> bool:
     """True when nothing is sampled at random (then repeated samples would be identical trials)."""
     return all(next(iter(spec)) == "grid" for spec in space.values())

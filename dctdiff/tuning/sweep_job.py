@@ -39,6 +39,7 @@ from dctdiff.tuning.search_space import (
     DEFAULT_SCHEDULER,
     grid_size,
     is_pure_grid,
+    key_values,
     load_study,
     tune_param_space,
     validate_space,
@@ -344,9 +345,11 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
     import ray
     from ray import tune
 
-    info = load_dataset_info(plan.data, plan.base_config())  # a bad --data fails here, before Ray starts
+    base = plan.base_config()
+    for space in key_values(plan.space, "data.space", base.data.space):  # a bad --data fails here, before Ray
+        info = load_dataset_info(plan.data, with_values(base, {"data.space": space}))  # starts, for every arm
     if plan.fid_reference:
-        info = load_dataset_info(plan.fid_reference, plan.base_config(), "--fid-reference")
+        info = load_dataset_info(plan.fid_reference, base, "--fid-reference", reads_tokens=False)
     init_ray(address)
     resources = ray.cluster_resources()
     group = plan.resources
@@ -356,7 +359,7 @@ def run_sweep(plan: SweepPlan, resume: bool = False, address: str | None = None)
     )  # fmt: skip
     plan = replace(plan, resources=replace(group, cpus_per_worker=cpus), max_concurrent=concurrent)
     reference = plan.fid_reference or plan.data
-    ensure_reference_stats(reference, info.rows, plan.base_config().cadence.sample_precision)  # once, not per trial
+    ensure_reference_stats(reference, info.rows, base.cadence.sample_precision)  # once, not per trial
     if resume:
         if not tune.Tuner.can_restore(plan.directory):
             raise FileNotFoundError(f"--resume: no Tune experiment state in {plan.directory}; start the sweep anew")
