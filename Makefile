@@ -42,7 +42,7 @@ demo: venv
 docs-images: venv
 	$(PY) -m dctdiff.commands.docs_images --demo outputs/demo --output docs
 
-# docs/study_curves.png from the newest `make study` of $(STUDY)
+# docs/study_curves.png and docs/study_grids.png from the newest `make study` of $(STUDY)
 docs-study-images: venv
 	$(PY) -m dctdiff.commands.docs_images --study "$(lastword $(sort $(wildcard $(STUDY_DIR)/sweeps/$(STUDY)-*)))" --output docs
 

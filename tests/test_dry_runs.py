@@ -128,12 +128,14 @@ def test_docs_images_writes_small_pngs_with_a_labelled_codec_grid(tmp_path, no_r
     assert {r.block_size for r in rows} == {2, 4} and [r.keep for r in rows if r.block_size == 4] == [1, 2, 4, 8, 16]
 
 
-def test_docs_images_of_a_study_writes_only_its_curves(tmp_path, no_ray):
+def test_docs_images_of_a_study_writes_only_its_curves_and_grids(tmp_path, no_ray):
     (tmp_path / "sweep").mkdir()
     Image.new("RGB", (2400, 900), "white").save(tmp_path / "sweep" / "study_curves.png")
+    Image.new("RGB", (600, 300), "white").save(tmp_path / "sweep" / "study_grids.png")
     assert docs_images.main(["--study", str(tmp_path / "sweep"), "--output", str(tmp_path / "docs"), "-q"]) == 0
-    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["study_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["study_curves.png", "study_grids.png"]
     assert Image.open(tmp_path / "docs" / "study_curves.png").size == (1000, 375)
+    assert Image.open(tmp_path / "docs" / "study_grids.png").size == (600, 300)  # small enough: as it is
 
 
 def test_docs_images_without_a_demo_says_to_run_it(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -55,6 +56,20 @@ def test_a_run_is_created_logged_to_and_ended(uri, tmp_path):
     assert dataset_input.dataset.digest == "abc123" and {t.key: t.value for t in dataset_input.tags} == {
         "mlflow.data.context": "training"
     }
+
+
+def test_a_logged_image_is_read_back_by_key_and_step_the_last_of_a_step_logged_twice(uri):
+    run = create_run(uri, "exp", "grids", {}, {})
+    images = [np.full((3, 5, 3), value, np.uint8) for value in (10, 20, 30, 40)]
+    run.log_image(images[0], key="samples", step=5)
+    run.log_image(images[1], key="samples", step=50)  # 50 starts with 5: not the step-5 image
+    run.log_image(images[2], key="band/a", step=5)  # another key ("/" is "~" in MLflow's artifact name)
+    time.sleep(0.01)  # a later millisecond timestamp in the name
+    run.log_image(images[3], key="samples", step=5)  # a resumed run's repeat of step 5: the last one counts
+    assert np.array_equal(run.logged_image("samples", 5), images[3])
+    assert np.array_equal(run.logged_image("samples", 50), images[1])
+    assert np.array_equal(run.logged_image("band/a", 5), images[2])
+    assert run.logged_image("samples", 6) is None and run.logged_image("other", 5) is None
 
 
 def test_a_run_is_found_reopened_and_its_children_listed(uri):

@@ -174,7 +174,7 @@ def test_a_held_out_fid_reference_is_planned_with_its_own_rows(tmp_path, space):
 @pytest.mark.parametrize(
     ("images", "resolution", "message"),
     [
-        (3, 32, "FID and KID during training need at least 4 training images, got 3"),
+        (3, 32, "FID and KID during training need at least 4 images in --fid-reference .*held-out, got 3$"),
         (
             6,
             16,

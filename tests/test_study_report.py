@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -14,6 +15,7 @@ from dctdiff.infra.mlflow_runs import PARENT_TAG
 from dctdiff.infra.mlflow_tracking import get_or_create_experiment
 from dctdiff.tuning.study_report import (
     CURVES_FILE,
+    GRIDS_FILE,
     REPORT_FILE,
     Point,
     Spread,
@@ -140,8 +142,15 @@ def test_report_from_child_runs_writes_the_table_and_curves(tmp_path):
         [(2, 20, 60.0), (4, 40, 40.0)],
         [(2, 20, 0.6), (4, 40, 0.4)],
     )  # fmt: skip (the slower arm: 40 training minutes at step 4)
+    runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in client.search_runs([experiment]) if TRIAL_TAG in r.data.tags}
+    for trial, step, colour in (("a0", 2, (255, 0, 0)), ("a1", 4, (0, 255, 0)), ("b0", 2, (0, 0, 0)),
+                                ("b0", 4, (0, 0, 255))):  # fmt: skip
+        grid = np.broadcast_to(np.array(colour, np.uint8), (20, 30, 3)).copy()  # a sample grid of one colour
+        client.log_image(runs[trial], grid, key="samples", step=step)
     intro = "# Study dct_vs_pixel: sweep s"
-    report, image = write_study_report(str(tmp_path / "sweep"), tracking, parent, ["cadence.seed", "data.space"], intro)
+    report, image, grids = write_study_report(
+        str(tmp_path / "sweep"), tracking, parent, ["cadence.seed", "data.space"], intro
+    )
 
     text = (tmp_path / "sweep" / REPORT_FILE).read_text()
     assert report == str(tmp_path / "sweep" / REPORT_FILE) and text.startswith(intro + "\n")
@@ -161,7 +170,16 @@ def test_report_from_child_runs_writes_the_table_and_curves(tmp_path):
     with Image.open(io.BytesIO(png)) as picture:
         picture.verify()
         assert picture.format == "PNG" and picture.size[0] > picture.size[1] > 300
-    assert {a.path for a in client.list_artifacts(parent)} == {REPORT_FILE, CURVES_FILE}
+    assert {a.path for a in client.list_artifacts(parent)} == {REPORT_FILE, CURVES_FILE, GRIDS_FILE}
+    # each arm's grid at its last FID step (4): dct's seed 0 logged one only at step 2, so its seed 1's
+    # (green); pixel's seed 0's step-4 grid (blue, not its step-2 black), side by side under captions
+    assert grids == str(tmp_path / "sweep" / GRIDS_FILE) and f"]({GRIDS_FILE})" in text
+    with Image.open(tmp_path / "sweep" / GRIDS_FILE) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    top = pixels.shape[0] - 12 - 20  # the pictures end 12 pixels (the gap) above the bottom
+    assert pixels.shape[1] == 30 * 2 + 12 * 3
+    assert (pixels[top : top + 20, 12:42] == (0, 255, 0)).all() and (pixels[top : top + 20, 54:84] == (0, 0, 255)).all()
+    assert (pixels[top - 1, 12:42] != (0, 255, 0)).any() and (pixels[top + 20, 12:42] == 255).all()
 
 
 def test_a_sweep_without_seeds_has_one_seed_per_arm(tmp_path):
@@ -172,7 +190,11 @@ def test_a_sweep_without_seeds_has_one_seed_per_arm(tmp_path):
     t0 = 1_700_000_000_000
     for trial, space in (("a", "dct"), ("b", "pixel")):
         add_trial(client, experiment, parent, trial, space, "0", t0, t0 + 50_000, [(2, 10, 5.0)], [])
-    write_study_report(str(tmp_path), tracking, parent, ["data.space"], "# s")
+    assert write_study_report(str(tmp_path), tracking, parent, ["data.space"], "# s") == [
+        str(tmp_path / REPORT_FILE),
+        str(tmp_path / CURVES_FILE),
+    ]  # no trial logged a sample grid: no study_grids.png
+    assert GRIDS_FILE not in (tmp_path / REPORT_FILE).read_text()
     _, _, *rows = table_rows((tmp_path / REPORT_FILE).read_text())
     assert rows == [  # no KID logged
         ["dct", "0", "2", "5", "-", "5", "-", "5", "50"],

@@ -7,7 +7,8 @@
 From the demo: samples.png (its first 64 samples, from DEMO/samples/images.npz), codec_grid.png (photo
 crops round-tripped with B = 2 and B = 4, one labelled row per block size and keep) and reconstruction.png
 (DEMO/reconstruction/reconstruction.png, downscaled). From a study's sweep folder: study_curves.png
-(STUDY/study_curves.png, downscaled). Each PNG is palette-compressed to at most --max-kb kilobytes.
+(STUDY/study_curves.png, downscaled) and study_grids.png (STUDY/study_grids.png: each arm's samples at
+equal steps). Each PNG is palette-compressed to at most --max-kb kilobytes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dctdiff.evaluation.codec_grid import SHOWN_KEEPS, codec_grid, round_trips
 from dctdiff.evaluation.image_grid import enlarged, sample_grid
 from dctdiff.infra import storage
 from dctdiff.infra.logs import configure_logging
+from dctdiff.tuning.study_report import CURVES_FILE, GRIDS_FILE
 
 log = logging.getLogger("dctdiff.docs_images")  # also when run as __main__
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if demo is not None:
         inputs.update(samples=demo / "samples" / "images.npz", plot=demo / "reconstruction" / "reconstruction.png")
     if args.study is not None:
-        inputs["curves"] = args.study / "study_curves.png"
+        inputs.update(curves=args.study / CURVES_FILE, grids=args.study / GRIDS_FILE)
     missing = [str(path) for path in inputs.values() if not path.is_file()]
     try:
         if missing:
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         write_png(codec_picture(), args.output / "codec_grid.png", budget)
         write_png(plot_picture(inputs["plot"]), args.output / "reconstruction.png", budget)
     if args.study is not None:
-        write_png(plot_picture(inputs["curves"], width=1000), args.output / "study_curves.png", budget)
+        write_png(plot_picture(inputs["curves"], width=1000), args.output / CURVES_FILE, budget)
+        write_png(plot_picture(inputs["grids"], width=1000), args.output / GRIDS_FILE, budget)
     return 0
 
 

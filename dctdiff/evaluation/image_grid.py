@@ -59,6 +59,23 @@ def labelled_grid(rows: list[np.ndarray], labels: list[str], scale: int = 1, pad
     return np.asarray(canvas)
 
 
+def captioned_pictures(pictures: list[np.ndarray], captions: list[str], gap: int = 12) -> np.ndarray:
+    """uint8 [H, W, 3] pictures side by side, ``gap`` pixels apart, each under its caption (PIL's default font)."""
+    if len(captions) != len(pictures) or not pictures:
+        raise ValueError(f"{len(pictures)} pictures need as many captions, got {len(captions)}")
+    font = ImageFont.load_default(size=LABEL_SIZE)
+    line = max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), c, font=font)[3] for c in captions)
+    top = line + LABEL_GAP
+    width = sum(p.shape[1] for p in pictures) + gap * (len(pictures) + 1)
+    canvas = Image.new("RGB", (width, top + max(p.shape[0] for p in pictures) + gap), "white")
+    draw, left = ImageDraw.Draw(canvas), gap
+    for picture, caption in zip(pictures, captions):
+        draw.text((left, LABEL_GAP // 2), caption, fill="black", font=font)
+        canvas.paste(Image.fromarray(picture), (left, top))
+        left += picture.shape[1] + gap
+    return np.asarray(canvas)
+
+
 def enlarged(picture: Image.Image, scale: int) -> Image.Image:
     """``picture`` enlarged ``scale`` times with nearest-neighbour pixels (unchanged for scale 1)."""
     if scale <= 1:
@@ -66,12 +83,16 @@ def enlarged(picture: Image.Image, scale: int) -> Image.Image:
     return picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
 
 
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """A uint8 [H, W, 3] picture as PNG bytes, enlarged ``scale`` times."""
+    buffer = io.BytesIO()
+    enlarged(Image.fromarray(image), scale).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_png(image: np.ndarray, path: str, scale: int = 1) -> None:
     """Write a uint8 [H, W, 3] picture as PNG (a path or URI, atomically), enlarged ``scale`` times."""
-    picture = enlarged(Image.fromarray(image), scale)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    storage.write_bytes(str(path), buffer.getvalue())
+    storage.write_bytes(str(path), png_bytes(image, scale))
 
 
 def figure_png(figure: Any) -> bytes:

@@ -117,6 +117,24 @@ class RunHandle:
         """A uint8 image [H, W, 3] as the step-indexed image ``key``."""
         self._mlflow.log_image(self.run_id, image, key=key, step=step)
 
+    def logged_image(self, key: str, step: int) -> np.ndarray | None:
+        """The image that ``log_image(image, key, step)`` logged (uint8 [H, W, 3]; its last, if logged twice),
+        read from MLflow's own artifact name images/<key>+step+<step>+timestamp+<ms>+<uuid>.png; None if
+        there is none."""
+        from PIL import Image
+
+        prefix = f"images/{key.replace('/', '~')}+step+{step}+timestamp+"
+        found = [
+            a.path for a in self._mlflow.list_artifacts(self.run_id, "images")
+            if a.path.startswith(prefix) and a.path.endswith(".png")
+        ]  # fmt: skip
+        if not found:
+            return None
+        newest = max(found, key=lambda path: int(path[len(prefix) :].split("+")[0]))
+        with tempfile.TemporaryDirectory() as directory:
+            with Image.open(self._mlflow.download_artifacts(self.run_id, newest, directory)) as picture:
+                return np.asarray(picture.convert("RGB"))
+
     def log_table(self, table: Mapping[str, Sequence[Any]], artifact_file: str) -> None:
         """Columns of equal length as the MLflow table ``artifact_file`` (.json)."""
         self._mlflow.log_table(self.run_id, data=dict(table), artifact_file=artifact_file)

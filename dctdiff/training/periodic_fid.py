@@ -78,10 +78,11 @@ def _cached_key(uri: str) -> tuple[int, str] | None:
         return int(data["images"]), str(data["precision"]) if "precision" in data.files else "auto"
 
 
-def check_reference_rows(rows: int) -> None:
-    """ValueError unless ``rows`` training images can serve as the FID/KID reference."""
+def check_reference_rows(rows: int, images: str = "reference images") -> None:
+    """ValueError unless ``rows`` images (``images`` says which, for the message) can serve as the FID/KID
+    reference."""
     if rows < MIN_FEATURES:
-        raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} training images, got {rows}")
+        raise ValueError(f"FID and KID during training need at least {MIN_FEATURES} {images}, got {rows}")
 
 
 def ensure_reference_stats(data_uri: str, rows: int, precision: Precision = "auto") -> str:

@@ -15,6 +15,7 @@ from dctdiff.models import image_sampler
 from dctdiff.training.trainer import Trainer
 
 MODEL_NAME = "model"  # the run's MLflow model: runs:/RUN_ID/model
+GRID_KEY = "samples"  # the step-indexed MLflow image of the sample grids (the study report reads them back)
 GRID_MIN_PX = 256  # sample grids are enlarged to at least this width, to be readable in the MLflow UI
 
 
@@ -32,7 +33,7 @@ class RankZeroLogger:
 
     def sample_grid(self, trainer: Trainer, step: int) -> None:
         """Decode EMA samples (fixed seeds, so grids are comparable across steps) and log the grid as the
-        step-indexed image ``samples``, enlarged to at least ``GRID_MIN_PX`` wide."""
+        step-indexed image ``GRID_KEY``, enlarged to at least ``GRID_MIN_PX`` wide."""
         if self.run is None:
             return
         cadence = trainer.config.cadence
@@ -42,7 +43,7 @@ class RankZeroLogger:
         ).numpy()  # fmt: skip
         side = max(1, math.isqrt(len(images)))
         grid = image_grid([images[i : i + side] for i in range(0, len(images), side)])
-        self.run.log_image(enlarge(grid, GRID_MIN_PX), key="samples", step=step)
+        self.run.log_image(enlarge(grid, GRID_MIN_PX), key=GRID_KEY, step=step)
 
     def final_model(self, trainer: Trainer, extra: dict[str, Any]) -> None:
         """The run's MLflow model ``model``: a checkpoint folder written by ``Trainer.save`` (state.json with

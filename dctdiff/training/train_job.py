@@ -136,7 +136,10 @@ def plan_run(config: TrainConfig, options: LaunchOptions, continue_existing: boo
         else info
     )
     if config.cadence.fid_every:
-        check_reference_rows(reference.rows)
+        check_reference_rows(
+            reference.rows,
+            f"images in --fid-reference {options.fid_reference}" if options.fid_reference else "training images",
+        )
     root = storage.normalize(options.storage)
     if options.name:
         name = options.name

@@ -5,8 +5,9 @@ From the sweep's MLflow child runs (params and metric histories) the report writ
 table row per arm: values, seeds, steps, final FID and KID (equal steps), FID and KID at the training time
 every trial reached (equal wall-clock), best FID and wall-clock per run, each as mean ± standard deviation
 over seeds; then whether each arm's final FID differs from the best arm's by more than their seed spreads)
-and ``study_curves.png`` (FID and KID against step and against training minutes, the ``train_minutes`` the
-worker loop logs: one colour per arm, a thin line per seed, a thick mean); docs/ARCHITECTURE.md, "Sweeps".
+``study_curves.png`` (FID and KID against step and against training minutes, the ``train_minutes`` the
+worker loop logs: one colour per arm, a thin line per seed, a thick mean) and ``study_grids.png`` (each
+arm's sample grid at its first seed's last FID step, side by side); docs/ARCHITECTURE.md, "Sweeps".
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dctdiff.evaluation.image_grid import figure_png
+from dctdiff.evaluation.image_grid import captioned_pictures, figure_png, png_bytes
 from dctdiff.infra import storage
 from dctdiff.infra.mlflow_runs import RunHandle
+from dctdiff.training.run_logger import GRID_KEY
 from dctdiff.tuning.sweep_report import child_runs
 
 SEED_KEY = "cadence.seed"
 CURVE_METRICS = ("fid", "kid")
 REPORT_FILE = "study.md"
 CURVES_FILE = "study_curves.png"
+GRIDS_FILE = "study_grids.png"
 
 
 class Point(NamedTuple):
@@ -47,6 +50,7 @@ class TrialCurves:
     seed: str
     seconds: float
     curves: dict[str, list[Point]]
+    run_id: str = ""  # its MLflow run, where its sample grids are
 
     def final(self, metric: str) -> float:
         """The value at the last logged step (nan if never logged)."""
@@ -197,8 +201,11 @@ def verdicts(summaries: Sequence[ArmSummary], keys: Sequence[str]) -> list[str]:
     return lines
 
 
-def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro: str, minutes: float) -> str:
-    """``study.md``: ``intro`` (Markdown), the table, the verdicts, how to read them, and the curves."""
+def markdown_report(
+    summaries: Sequence[ArmSummary], keys: Sequence[str], intro: str, minutes: float, grids: bool = False
+) -> str:
+    """``study.md``: ``intro`` (Markdown), the table, the verdicts, how to read them, the curves and (with
+    ``grids``) the arms' sample grids."""
     notes = (
         "Mean ± standard deviation over seeds (ddof 1; no spread with one seed). Final: at a trial's last "
         "report (equal steps); at N min: interpolated at the training minutes every trial reached (equal "
@@ -212,7 +219,10 @@ def markdown_report(summaries: Sequence[ArmSummary], keys: Sequence[str], intro:
         markdown_table(summaries, keys, minutes),
         *(["\n".join(found) + "\n"] if found else []),
     ]
-    return "\n".join([*parts, notes, f"![FID and KID curves]({CURVES_FILE})\n"])
+    pictures = [f"![FID and KID curves]({CURVES_FILE})\n"]
+    if grids:
+        pictures.append(f"![Each arm's samples at its first seed's last FID step]({GRIDS_FILE})\n")
+    return "\n".join([*parts, notes, *pictures])
 
 
 def _label(keys: Sequence[str], arm: tuple[str, ...]) -> str:
@@ -280,8 +290,22 @@ def collect_trials(tracking_uri: str, parent_run_id: str, keys: Sequence[str]) -
                 max((m.timestamp for m in handle.metric_history("train_minutes")), default=math.nan) - start
             ) / 1000
         arm = tuple(params.get(key, "-") for key in keys)
-        trials.append(TrialCurves(trial, arm, params.get(SEED_KEY, "-"), seconds, curves))
+        trials.append(TrialCurves(trial, arm, params.get(SEED_KEY, "-"), seconds, curves, run.info.run_id))
     return trials
+
+
+def grids_picture(trials: Sequence[TrialCurves], keys: Sequence[str], tracking_uri: str) -> np.ndarray | None:
+    """Each arm's sample grid at the last FID step of its first seed that logged one there, side by side
+    and captioned (the arms at equal steps when their trials ran to the end); None when no trial has one."""
+    pictures, captions = [], []
+    for arm, members in arms(trials).items():
+        for trial in members:
+            grid = RunHandle(tracking_uri, trial.run_id).logged_image(GRID_KEY, trial.last_step())
+            if grid is not None:
+                pictures.append(grid)
+                captions.append(f"{_label(keys, arm)}, seed {trial.seed}, step {trial.last_step()}")
+                break
+    return captioned_pictures(pictures, captions) if pictures else None
 
 
 def _latest(handle: RunHandle, metric: str) -> dict[int, float]:
@@ -292,18 +316,23 @@ def _latest(handle: RunHandle, metric: str) -> dict[int, float]:
 
 def write_study_report(
     directory: str, tracking_uri: str, parent_run_id: str, keys: Sequence[str], intro: str
-) -> tuple[str, str]:
-    """Write ``study.md`` and ``study_curves.png`` to ``directory`` (a path or URI) and to the parent run;
-    ``keys``: the swept config keys (the seed is left out of the arms). Returns both URIs."""
+) -> list[str]:
+    """Write ``study.md``, ``study_curves.png`` and (when a trial logged a grid) ``study_grids.png`` to
+    ``directory`` (a path or URI) and to the parent run; ``keys``: the swept config keys (the seed is left
+    out of the arms). Returns the URIs written."""
 
     arm_keys = [key for key in keys if key != SEED_KEY]
     trials = collect_trials(tracking_uri, parent_run_id, arm_keys)
-    text = markdown_report(summarize(trials), arm_keys, intro, equal_minutes(trials))
-    image = plot_curves(trials, arm_keys)
-    report_uri, curves_uri = storage.join(directory, REPORT_FILE), storage.join(directory, CURVES_FILE)
-    storage.write_bytes(report_uri, text.encode())
-    storage.write_bytes(curves_uri, image)
+    grids = grids_picture(trials, arm_keys, tracking_uri)
+    files = {
+        REPORT_FILE: markdown_report(
+            summarize(trials), arm_keys, intro, equal_minutes(trials), grids is not None
+        ).encode(),
+        CURVES_FILE: plot_curves(trials, arm_keys),
+        **({GRIDS_FILE: png_bytes(grids)} if grids is not None else {}),
+    }
     parent = RunHandle(tracking_uri, parent_run_id)
-    parent.log_text(text, REPORT_FILE)
-    parent.log_bytes(image, CURVES_FILE)
-    return report_uri, curves_uri
+    for name, data in files.items():
+        storage.write_bytes(storage.join(directory, name), data)
+        parent.log_bytes(data, name)
+    return [storage.join(directory, name) for name in files]

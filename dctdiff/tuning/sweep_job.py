@@ -439,10 +439,10 @@ def _finish(plan: SweepPlan, results: Any) -> SweepOutcome:
         log.info(
             "best: trial %s FID %.4g; config for `dctdiff train --config`: %s", best.trial, best.best_fid, best_uri
         )
-    report_uri, curves_uri = write_study_report(
+    report_uri, *pictures = write_study_report(
         plan.directory, plan.tracking_uri, plan.parent_run_id, list(plan.space), study_intro(plan, len(rows))
     )
-    log.info("study report: %s, %s", report_uri, curves_uri)
+    log.info("study report: %s", ", ".join([report_uri, *pictures]))
     parent.end("KILLED" if interrupted else "FINISHED")
     log.info("results: %s\n%s", results_uri, review_hint(plan.tracking_uri, plan.parent_run_id))
     if interrupted:
