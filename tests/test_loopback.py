@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from dctdiff.infra.ray_cluster import _is_loopback, environment, local_ray_environment, torch_config
+from dctdiff.infra.ray_cluster import (
+    DASHBOARD_TIMEOUT_ENV,
+    DASHBOARD_TIMEOUT_S,
+    _is_loopback,
+    environment,
+    local_ray_environment,
+    patient_dashboard_start,
+    torch_config,
+)
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
 
@@ -100,6 +108,59 @@ def test_a_local_ray_gets_its_dashboard_and_quiet_core_logs_and_later_processes_
     assert "RAY_BACKEND_LOG_LEVEL" not in os.environ and os.environ["RAY_API_SERVER_ADDRESS"] == "http://10.0.0.1:8265"
     monkeypatch.setenv("RAY_BACKEND_LOG_LEVEL", "info")  # a user's setting wins
     assert local_ray_environment(1)["RAY_BACKEND_LOG_LEVEL"] == "info"
+
+
+SLOW_DASHBOARD = """
+import sys, time
+if sys.argv and sys.argv[0].endswith("dashboard.py"):
+    time.sleep(6)
+"""
+START_LOCAL_RAY = """
+import sys
+import ray
+from ray._private import ray_constants
+from dctdiff.infra import ray_cluster
+
+ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = 2  # Ray's 60 s, scaled down like the dashboard's delay
+if sys.argv[1] == "ray-timeout":
+    ray_cluster.patient_dashboard_start = lambda: None
+try:
+    ray_cluster.init_ray(num_cpus=1)
+except ray_cluster.RayStartError as error:
+    print(error)
+    sys.exit(3)
+print("started")
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_waits_for_a_slow_dashboard_that_ray_alone_gives_up_on(tmp_path, monkeypatch):
+    """CI's first local Ray failed: its dashboard had not started after Ray's 60 s (fresh 2-core machine).
+    Here a dashboard needs 6 s against a 2 s timeout: Ray alone fails, init_ray waits."""
+    (tmp_path / "sitecustomize.py").write_text(SLOW_DASHBOARD)  # runs first in every Python Ray starts
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path.cwd())])}
+    env.pop(DASHBOARD_TIMEOUT_ENV, None)
+    env.pop("RAY_ADDRESS", None)
+    runs = {
+        mode: subprocess.run([sys.executable, "-c", START_LOCAL_RAY, mode], env=env, capture_output=True, text=True)
+        for mode in ("ray-timeout", "patient")
+    }
+    assert runs["ray-timeout"].returncode == 3, runs["ray-timeout"].stdout + runs["ray-timeout"].stderr
+    assert "could not start or reach a local Ray" in runs["ray-timeout"].stdout
+    assert runs["patient"].returncode == 0 and "started" in runs["patient"].stdout, runs["patient"].stderr[-3000:]
+
+
+def test_a_set_dashboard_timeout_wins(monkeypatch):
+    from ray._private import ray_constants
+
+    monkeypatch.setattr(ray_constants, "RAY_DASHBOARD_STARTUP_TIMEOUT_S", 45)
+    monkeypatch.setenv(DASHBOARD_TIMEOUT_ENV, "45")
+    patient_dashboard_start()
+    assert ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S == 45
+    monkeypatch.delenv(DASHBOARD_TIMEOUT_ENV)
+    patient_dashboard_start()
+    assert ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S == DASHBOARD_TIMEOUT_S
 
 
 def test_local_training_run_listens_on_loopback_only(ray_session, tmp_path):

@@ -27,6 +27,9 @@ LOST_HINT = "check the cluster with `ray status --address {gcs}`, then run the j
 # has not answered for that long is ended by Ray's C++ client (exit 1, its own log line, no Python exception)
 RAY_RECONNECT_ENV, RAY_RECONNECT_DEFAULT_S = "RAY_gcs_rpc_server_reconnect_timeout_s", 60.0
 PROBE_PERIOD_S = 2.0
+# Ray 2.60 gives a local dashboard RAY_DASHBOARD_STARTUP_TIMEOUT_S (60 s) to come up; on a fresh 2-core CI
+# machine the first one was still running with an empty log after 60 s, and ray.init failed
+DASHBOARD_TIMEOUT_ENV, DASHBOARD_TIMEOUT_S = "RAY_DASHBOARD_STARTUP_TIMEOUT_S", 300
 LOST_STATUS = 1  # the exit status of a job that lost its cluster
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,20 @@ def quiet_ray_data() -> None:
         from ray.data._internal.logging import configure_logging  # Ray 2.60: no public way to re-read it
 
         configure_logging()
+
+
+def patient_dashboard_start() -> None:
+    """Give a local Ray's dashboard DASHBOARD_TIMEOUT_S to start, unless RAY_DASHBOARD_STARTUP_TIMEOUT_S is set.
+
+    Ray reads the variable once, when it is imported, and its ``start_api_server`` reads the module
+    constant at each start; a dashboard that crashes still fails at once (Ray polls its exit code)."""
+    if DASHBOARD_TIMEOUT_ENV in os.environ:
+        return
+    from ray._private import ray_constants  # Ray 2.60: no public setting after import
+
+    ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = max(
+        ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S, DASHBOARD_TIMEOUT_S
+    )
 
 
 def free_loopback_port() -> int:
@@ -92,7 +109,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to a Ray cluster, or start a local one bound to loopback.
 
     ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) connects to a running cluster; without
-    it a local Ray starts on 127.0.0.1 with its dashboard on loopback (Ray Train V2 needs the dashboard
+    it a local Ray starts on 127.0.0.1 with its dashboard on loopback, given 300 s to start (Ray Train V2 needs the dashboard
     for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts") and the environment of
     :func:`local_ray_environment`. An already initialised Ray is reused.
     """
@@ -112,6 +129,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
         if _connection.gcs:
             threading.Thread(target=_watch, args=(_connection,), name="dctdiff-cluster-watch", daemon=True).start()
         return context
+    patient_dashboard_start()
     dashboard_port = free_loopback_port()
     with environment(local_ray_environment(dashboard_port)):
         return _started("a local Ray", lambda: ray.init(
