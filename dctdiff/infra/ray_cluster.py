@@ -109,9 +109,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs):
     """Connect to a Ray cluster, or start a local one bound to loopback.
 
     ``address`` (or ``RAY_ADDRESS``, set by ``ray job submit``) connects to a running cluster; without
-    it a local Ray starts on 127.0.0.1 with its dashboard on loopback, given 300 s to start (Ray Train V2 needs the dashboard
-    for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts") and the environment of
-    :func:`local_ray_environment`. An already initialised Ray is reused.
+    it a local Ray starts on 127.0.0.1 with its dashboard on loopback, given 300 s to start (Ray Train V2
+    needs the dashboard for clean-up, docs/ARCHITECTURE.md, "Ray, MLflow and storage facts") and the
+    environment of :func:`local_ray_environment`. An already initialised Ray is reused.
     """
     import ray
 
