@@ -59,7 +59,7 @@ def write_space(path: Path, text: str) -> str:
 
 
 def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
-    assert builtin_studies() == ["dct_vs_pixel", "ebfr", "keep", "lr", "pixel_lr", "snr_scale"]
+    assert builtin_studies() == ["dct_vs_pixel", "ebfr", "keep", "lr", "pixel_arm_lr_4e-3", "pixel_lr", "snr_scale"]
     demo = build_config("demo")
     for name in builtin_studies():
         validate_space(load_study(name).space, demo)
@@ -70,7 +70,16 @@ def test_builtin_studies_hold_the_papers_ablations_and_fit_the_demo_preset():
     assert load_study("ebfr").space == {"diffusion.ebfr": {"grid": [True, False]}, **seeds}
     assert load_study("keep").space == {"data.keep": {"grid": [2, 3, 4]}, **seeds}
     assert load_study("pixel_lr").space == {"data.space": {"grid": ["pixel"]}, "optim.lr": {"grid": [1e-3, 4e-3]}}
-    for name in ("dct_vs_pixel", "ebfr", "keep", "pixel_lr", "snr_scale"):  # comparisons: every arm and seed to the end
+    pixel_arm = {"data.space": {"grid": ["pixel"]}, "optim.lr": {"grid": [4e-3]}, **three}
+    assert load_study("pixel_arm_lr_4e-3").space == pixel_arm
+    for name in (
+        "dct_vs_pixel",
+        "ebfr",
+        "keep",
+        "pixel_arm_lr_4e-3",
+        "pixel_lr",
+        "snr_scale",
+    ):  # comparisons: every arm and seed to the end
         study = load_study(name)
         assert study.scheduler == "grid" and study.num_samples == 1 and is_pure_grid(study.space), name
     lr = load_study("lr")
